@@ -1,0 +1,82 @@
+//! Admission: the step between a completed TLS handshake and a session.
+//!
+//! The verifier judged the certificate during the handshake, but the answer
+//! may be stale by the time the handshake ends (an inactivation can land in
+//! between), and a resumed TLS session skips the verifier altogether. So
+//! every connection, after its handshake:
+//!
+//! 1. takes its identity from the verifier's verdict, or, on resumption,
+//!    verifies the stored peer certificate now;
+//! 2. enters the session table (from here an inactivation kills it);
+//! 3. re-reads the registry: CA active, device not inactive; an unknown
+//!    device is registered here, active (auto-registration);
+//!
+//! and only then becomes a session. Step 2 before step 3 is what makes
+//! InactivateDeviceCertificate exact (see `Registry::set_device_status`).
+
+use rustls::server::ServerConnection;
+use rustls_pki_types::UnixTime;
+use tracing::info;
+
+use crate::Context;
+use crate::registry::{Admission, CertStatus};
+use crate::session::SessionGuard;
+use crate::tls::{ConnectionVerifier, Refusal, Verified};
+
+/// A refused admission. The session guard, when there is one, must be
+/// dropped only after the socket is closed, so that nobody waiting for this
+/// device's sessions to close is told "closed" too early.
+pub(crate) struct Refused {
+    pub refusal: Refusal,
+    pub guard: Option<SessionGuard>,
+}
+
+/// Admits a connection whose handshake completed, or says why not.
+pub(crate) async fn admit(
+    ctx: &Context,
+    tls: &ServerConnection,
+    verifier: &ConnectionVerifier,
+) -> Result<(Verified, SessionGuard), Refused> {
+    let refused = |refusal| Refused {
+        refusal,
+        guard: None,
+    };
+    let verified = match verifier.verdict() {
+        Some(verdict) => verdict.clone().map_err(refused)?,
+        None => {
+            // Resumed session: verify the certificate it was made with.
+            let chain = tls
+                .peer_certificates()
+                .ok_or(refused(Refusal::NoCertificate))?;
+            let end_entity = chain.first().ok_or(refused(Refusal::NoCertificate))?;
+            verifier
+                .core()
+                .verify(end_entity, UnixTime::now())
+                .map_err(refused)?
+        }
+    };
+    let identity = verified.identity;
+    let guard = ctx.sessions.register(identity);
+
+    let refusal = match ctx.registry.ca_status(&identity.ca_sn) {
+        Some(CertStatus::Active) => {
+            match ctx.registry.admit_device(&identity, &verified.cert).await {
+                Admission::Registered => {
+                    info!(device = %identity, name = %verified.cert.common_name, "device auto-registered");
+                    None
+                }
+                Admission::Known(CertStatus::Active) => None,
+                Admission::Known(CertStatus::Inactive) => Some(Refusal::DeviceInactive(identity)),
+            }
+        }
+        Some(CertStatus::Inactive) => Some(Refusal::CaInactive(identity.ca_sn)),
+        None => Some(Refusal::UnknownCa),
+    };
+    match refusal {
+        None => Ok((verified, guard)),
+        Some(refusal) => Err(Refused {
+            refusal,
+            guard: Some(guard),
+        }),
+    }
+}

@@ -1,0 +1,318 @@
+//! Typed settings, loaded with the `config` crate.
+//!
+//! Three layers, later ones winning: the embedded `config/default.toml`, an
+//! optional file (`certmq serve --config PATH`), and environment variables
+//! `CERTMQ__<SECTION>__<KEY>`. Every section denies unknown keys, and
+//! [`Settings::validate`] checks values, so a bad configuration stops
+//! start-up with a message naming the key and the problem.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The embedded defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub instance: InstanceSettings,
+    pub mqtt: MqttSettings,
+    pub tls: TlsSettings,
+    pub admin: AdminSettings,
+    pub storage: StorageSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    pub id: String,
+    pub edition: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    pub listen: String,
+    pub handshake_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_packet_size: usize,
+    pub drop_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub server_cert: String,
+    pub server_key: String,
+    pub ca_files: Vec<PathBuf>,
+    pub dev_pki_dir: PathBuf,
+    pub session_cache_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads the embedded defaults, then `file` if given, then the
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, Some(std::env::vars().collect()))
+    }
+
+    /// The embedded defaults alone (no file, no environment).
+    pub fn embedded_defaults() -> Result<Settings, ConfigError> {
+        Self::load_with_env(None, None)
+    }
+
+    fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(config::ConfigError::Message(format!(
+                    "the configuration file {} does not exist or is not a file",
+                    path.display()
+                ))));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        if let Some(vars) = env {
+            builder = builder.add_source(
+                Environment::with_prefix("CERTMQ")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("tls.ca_files")
+                    .source(Some(vars)),
+            );
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.instance.id.trim().is_empty() {
+            return Err(invalid("instance.id", "must not be empty"));
+        }
+        if self.instance.edition.trim().is_empty() {
+            return Err(invalid(
+                "instance.edition",
+                "must not be empty (e.g. \"platinum\")",
+            ));
+        }
+        self.mqtt_listen()?;
+        self.admin_listen()?;
+        if self.mqtt.handshake_timeout_ms == 0 {
+            return Err(invalid(
+                "mqtt.handshake_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.mqtt.connect_timeout_ms == 0 {
+            return Err(invalid("mqtt.connect_timeout_ms", "must be greater than 0"));
+        }
+        if self.mqtt.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections", "must be greater than 0"));
+        }
+        if !(64..=268_435_455).contains(&self.mqtt.max_packet_size) {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                "must be between 64 and 268435455 bytes (the MQTT maximum)",
+            ));
+        }
+        if self.mqtt.drop_timeout_ms == 0 {
+            return Err(invalid("mqtt.drop_timeout_ms", "must be greater than 0"));
+        }
+        match (
+            self.tls.server_cert.is_empty(),
+            self.tls.server_key.is_empty(),
+        ) {
+            (true, false) => {
+                return Err(invalid(
+                    "tls.server_cert",
+                    "is empty while tls.server_key is set; set both, or neither for the development PKI",
+                ));
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "tls.server_key",
+                    "is empty while tls.server_cert is set; set both, or neither for the development PKI",
+                ));
+            }
+            _ => {}
+        }
+        if self.tls.server_cert.is_empty() && self.tls.dev_pki_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls.dev_pki_dir",
+                "must not be empty when tls.server_cert is empty",
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty (e.g. \"info\")"));
+        }
+        Ok(())
+    }
+
+    pub fn mqtt_listen(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("mqtt.listen", &self.mqtt.listen)
+    }
+
+    pub fn admin_listen(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("admin.listen", &self.admin.listen)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.mqtt.handshake_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.mqtt.connect_timeout_ms)
+    }
+
+    pub fn drop_timeout(&self) -> Duration {
+        Duration::from_millis(self.mqtt.drop_timeout_ms)
+    }
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}` is not an IP address and port such as 0.0.0.0:8883"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn embedded_defaults_load() {
+        let s = Settings::embedded_defaults().unwrap();
+        assert_eq!(s.instance.id, "mqtt-certmq-local");
+        assert_eq!(s.instance.edition, "platinum");
+        assert_eq!(s.mqtt.listen, "0.0.0.0:8883");
+        assert_eq!(s.admin.listen, "127.0.0.1:8080");
+        assert_eq!(s.storage.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("CERTMQ__MQTT__LISTEN", "127.0.0.1:18883"),
+                ("CERTMQ__MQTT__MAX_CONNECTIONS", "7"),
+                ("CERTMQ__TLS__CA_FILES", "a.pem,b.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.mqtt.listen, "127.0.0.1:18883");
+        assert_eq!(s.mqtt.max_connections, 7);
+        assert_eq!(
+            s.tls.ca_files,
+            vec![PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Settings::load_with_env(None, env(&[("CERTMQ__MQTT__LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.listen"), "{err}");
+
+        let err = Settings::load_with_env(None, env(&[("CERTMQ__MQTT__MAX_CONNECTIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
+
+        let err = Settings::load_with_env(None, env(&[("CERTMQ__MQTT__LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn file_layer_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[mqtt]\nhandshake_timeout_ms = 1234\n").unwrap();
+        let s = Settings::load_with_env(Some(&path), None).unwrap();
+        assert_eq!(s.mqtt.handshake_timeout_ms, 1234);
+        assert_eq!(s.mqtt.listen, "0.0.0.0:8883");
+
+        let err = Settings::load_with_env(Some(&dir.path().join("nope.toml")), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.toml"), "{err}");
+
+        std::fs::write(&path, "[tls]\nserver_cert = \"a.pem\"\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.server_key"), "{err}");
+    }
+}

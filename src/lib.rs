@@ -1,0 +1,269 @@
+//! certmq: a self-hosted MQTT broker that enforces the lifecycle of device
+//! certificates.
+//!
+//! Devices connect over mutual TLS with X.509 certificates issued by CAs an
+//! operator registered. An operator who inactivates a device certificate
+//! (InactivateDeviceCertificate, in the ApsaraMQ for MQTT API dialect) gets
+//! the answer only once that certificate has no live session left and no
+//! handshake with it can succeed.
+//!
+//! # Layout
+//!
+//! The path of a connection, in the order it happens:
+//! - [`listener`]: accepts TCP, one task per connection, bounded count;
+//! - [`tls`]: the rustls configuration and the registry-backed verifier;
+//! - [`identity`]: [`DeviceIdentity`] `(CaSn, DeviceSn)`, read from the certificate;
+//! - [`admission`]: after the handshake, enters the session table and
+//!   re-checks the registry (the step that makes revocation exact);
+//! - [`session`]: the per-connection MQTT loop, and the [`SessionTable`]
+//!   of live connections with their kill handles;
+//! - [`router`]: rumqttd's router and the links to it.
+//!
+//! The path of an admin call: [`admin`] (HTTP, RPC dialect) -> [`registry`]
+//! change -> [`SessionTable`] drop -> answer.
+//!
+//! Around them: [`config`] (settings), [`serial`] (serial numbers),
+//! [`pki`] (certificates for operators and the development PKI).
+
+pub mod admin;
+mod admission;
+pub mod config;
+pub mod identity;
+mod listener;
+pub mod pki;
+pub mod registry;
+pub mod router;
+pub mod serial;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Settings;
+pub use identity::DeviceIdentity;
+pub use registry::{CertStatus, Registry};
+pub use serial::{CaSn, DeviceSn};
+pub use session::SessionTable;
+
+use pki::dev::DevPki;
+use registry::{CaCert, RegistryError};
+use router::RouterHandle;
+use session::DropReason;
+use tls::TlsContext;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("development PKI: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("tls.ca_files: {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What every part of a running broker shares.
+pub(crate) struct Context {
+    pub(crate) settings: Settings,
+    pub(crate) registry: Registry,
+    pub(crate) sessions: SessionTable,
+    pub(crate) router: RouterHandle,
+    pub(crate) tls: TlsContext,
+}
+
+/// A running broker.
+pub struct Broker {
+    ctx: Arc<Context>,
+    mqtt_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    dev_pki: Option<DevPki>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Starts the listeners and the router. Returns once both listeners are
+    /// bound.
+    pub async fn start(settings: Settings) -> Result<Broker, StartError> {
+        settings.validate()?;
+        let (server_cert, server_key, mut ca_files, dev_pki) = resolve_pki(&settings)?;
+        let registry = Registry::new();
+        ca_files.extend(settings.tls.ca_files.iter().cloned());
+        for path in &ca_files {
+            register_ca_file(&registry, path).await?;
+        }
+        let tls = TlsContext::new(
+            registry.clone(),
+            &server_cert,
+            &server_key,
+            settings.tls.session_cache_size,
+        )?;
+        // A little headroom: a refused connection may hold a router slot
+        // for a moment while it closes.
+        let router = RouterHandle::spawn(
+            settings.mqtt.max_connections + 64,
+            settings.mqtt.max_packet_size,
+        );
+
+        let mqtt_listen = settings.mqtt_listen()?;
+        let admin_listen = settings.admin_listen()?;
+        let mqtt = bind("mqtt.listen", mqtt_listen).await?;
+        let admin = bind("admin.listen", admin_listen).await?;
+        let mqtt_addr = local_addr("mqtt.listen", &mqtt)?;
+        let admin_addr = local_addr("admin.listen", &admin)?;
+
+        let ctx = Arc::new(Context {
+            settings,
+            registry,
+            sessions: SessionTable::new(),
+            router,
+            tls,
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(listener::serve(mqtt, ctx.clone(), shutdown.clone())),
+            tokio::spawn({
+                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) = admin::serve(admin, ctx, shutdown).await {
+                        warn!(error = %e, "admin API failed");
+                    }
+                }
+            }),
+        ];
+        info!(mqtt = %mqtt_addr, admin = %admin_addr, cas = ctx.registry.ca_count(), "certmq started");
+        Ok(Broker {
+            ctx,
+            mqtt_addr,
+            admin_addr,
+            dev_pki,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The bound MQTT (mutual TLS) address.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// The bound admin API address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.ctx.registry
+    }
+
+    pub fn sessions(&self) -> &SessionTable {
+        &self.ctx.sessions
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.ctx.settings
+    }
+
+    /// The development PKI, when the broker runs on it.
+    pub fn dev_pki(&self) -> Option<&DevPki> {
+        self.dev_pki.as_ref()
+    }
+
+    /// Stops accepting, closes every session (MQTT 5 clients receive
+    /// DISCONNECT 0x8B), and stops the admin API.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let closings = self.ctx.sessions.kill_all(DropReason::ShuttingDown);
+        if let Err(e) = session::table::wait_all(closings, self.ctx.settings.drop_timeout()).await {
+            warn!(error = %e, "sessions still open at shutdown");
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        info!("certmq stopped");
+    }
+}
+
+/// The server certificate and key, plus CAs to register: configured files,
+/// or the development PKI (created on first use).
+fn resolve_pki(
+    settings: &Settings,
+) -> Result<(PathBuf, PathBuf, Vec<PathBuf>, Option<DevPki>), StartError> {
+    if !settings.tls.server_cert.is_empty() {
+        return Ok((
+            PathBuf::from(&settings.tls.server_cert),
+            PathBuf::from(&settings.tls.server_key),
+            Vec::new(),
+            None,
+        ));
+    }
+    let (dev, created) = DevPki::ensure(&settings.tls.dev_pki_dir)?;
+    if created {
+        warn!(dir = %dev.dir.display(), "generated a DEVELOPMENT PKI (not for production)");
+    } else {
+        warn!(dir = %dev.dir.display(), "using the DEVELOPMENT PKI (not for production)");
+    }
+    Ok((
+        dev.server_cert.clone(),
+        dev.server_key.clone(),
+        vec![dev.ca_cert.clone()],
+        Some(dev),
+    ))
+}
+
+/// Registers every CA certificate in a PEM file, skipping registered ones.
+async fn register_ca_file(registry: &Registry, path: &Path) -> Result<(), StartError> {
+    let fail = |reason: String| StartError::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| fail(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("the file holds no PEM CERTIFICATE block".into()));
+    }
+    for der in certs {
+        let ca = CaCert::parse(der, UnixTime::now()).map_err(|e| fail(e.to_string()))?;
+        match registry.register_ca(ca, None, None).await {
+            Ok(sn) => info!(ca_sn = %sn, file = %path.display(), "CA registered"),
+            Err(RegistryError::CaAlreadyRegistered(sn)) => {
+                info!(ca_sn = %sn, file = %path.display(), "CA already registered")
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        key,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}

@@ -1,0 +1,272 @@
+//! The `certmq` command line: `serve` runs the broker, `pki` makes
+//! certificates. `anyhow` lives here, at the edge, and nowhere else.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use certmq::config::{LogFormat, Settings};
+use certmq::pki::{self, CaSigner, KeyKind};
+use certmq::{Broker, pki::dev::DevPki};
+
+#[derive(Parser)]
+#[command(
+    name = "certmq",
+    version,
+    about = "An MQTT broker that enforces the lifecycle of device certificates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker: MQTT over mutual TLS, and the admin API.
+    ///
+    /// With no server certificate configured, the first start generates a
+    /// development PKI under `certs/dev` (CA, server and device
+    /// certificates) and registers its CA; later starts reuse it.
+    Serve {
+        /// A TOML file overriding the embedded defaults (see config/default.toml).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Make certificates: CAs, device certificates, server certificates, and
+    /// the verification certificate of CA registration.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a self-signed CA that issues device certificates. Register it
+    /// with the broker through `tls.ca_files` or the admin API.
+    CreateCa {
+        /// Subject common name of the CA.
+        #[arg(long)]
+        cn: String,
+        #[command(flatten)]
+        out: Output,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        #[arg(long, value_enum, default_value_t)]
+        key: KeyKind,
+    },
+    /// Issue a device certificate (clientAuth) from a CA. The device is
+    /// registered on its first connection; its DeviceName is the CN.
+    IssueDevice {
+        #[command(flatten)]
+        ca: CaFiles,
+        /// Subject common name: the device's name.
+        #[arg(long)]
+        cn: String,
+        #[command(flatten)]
+        out: Output,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long, value_enum, default_value_t)]
+        key: KeyKind,
+    },
+    /// Issue a server certificate (serverAuth) for the broker's names.
+    IssueServer {
+        #[command(flatten)]
+        ca: CaFiles,
+        /// DNS names and IP addresses, e.g. --name mqtt.example.com --name 10.0.0.5
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        out: Output,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long, value_enum, default_value_t)]
+        key: KeyKind,
+    },
+    /// Create the verification certificate that RegisterCaCertificate asks
+    /// for: signed by the CA's key, with the registration code (from
+    /// GetRegisterCode) as subject CN. It proves you hold the CA's key.
+    VerificationCert {
+        #[command(flatten)]
+        ca: CaFiles,
+        /// The instance's registration code.
+        #[arg(long)]
+        code: String,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Args)]
+struct CaFiles {
+    /// The issuing CA's certificate (PEM).
+    #[arg(long, value_name = "PATH")]
+    ca_cert: PathBuf,
+    /// The issuing CA's private key (PEM, PKCS#8).
+    #[arg(long, value_name = "PATH")]
+    ca_key: PathBuf,
+}
+
+#[derive(Args)]
+struct Output {
+    /// Where to write the certificate (PEM).
+    #[arg(long, value_name = "PATH")]
+    out_cert: PathBuf,
+    /// Where to write the private key (PEM, mode 0600).
+    #[arg(long, value_name = "PATH")]
+    out_key: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Pki(cmd) => run_pki(cmd),
+    }
+}
+
+fn serve(config: Option<&Path>) -> Result<()> {
+    let settings = Settings::load(config)?;
+    init_logging(&settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let broker = Broker::start(settings).await?;
+        if let Some(dev) = broker.dev_pki() {
+            print_dev_instructions(dev, &broker);
+        }
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        broker.shutdown().await;
+        Ok(())
+    })
+}
+
+fn init_logging(settings: &Settings) -> Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => {
+            EnvFilter::try_new(v).context("RUST_LOG is not a valid log filter")?
+        }
+        _ => EnvFilter::try_new(&settings.log.level).with_context(|| {
+            format!(
+                "configuration key `log.level`: `{}` is not a valid log filter",
+                settings.log.level
+            )
+        })?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn print_dev_instructions(dev: &DevPki, broker: &Broker) {
+    let port = broker.mqtt_addr().port();
+    let admin = broker.admin_addr();
+    let instance = &broker.settings().instance.id;
+    let dir = dev.dir.display();
+    let (_, cert1, key1) = &dev.devices[0];
+    let (_, cert2, key2) = &dev.devices[1];
+    let (cert1, key1, cert2, key2) = (
+        cert1.display(),
+        key1.display(),
+        cert2.display(),
+        key2.display(),
+    );
+    println!(
+        r#"
+==================== certmq: DEVELOPMENT PKI ====================
+Running on a development PKI in {dir} (not for production).
+
+Subscribe as device-1:
+  mosquitto_sub -h localhost -p {port} --cafile {dir}/ca.pem \
+    --cert {cert1} --key {key1} -i device-1 -t 'demo/#' -v
+Publish as device-2:
+  mosquitto_pub -h localhost -p {port} --cafile {dir}/ca.pem \
+    --cert {cert2} --key {key2} -i device-2 -t demo/hello -m hi
+
+Inactivate device-1 (the admin API is unauthenticated in this
+version: keep it on loopback):
+  CA_SN=$(openssl x509 -noout -serial -in {dir}/ca.pem | cut -d= -f2)
+  DEVICE_SN=$(openssl x509 -noout -serial -in {cert1} | cut -d= -f2)
+  curl -s "http://{admin}/?Action=InactivateDeviceCertificate&MqttInstanceId={instance}&CaSn=$CA_SN&DeviceSn=$DEVICE_SN"
+=================================================================
+"#
+    );
+}
+
+fn run_pki(cmd: PkiCommand) -> Result<()> {
+    match cmd {
+        PkiCommand::CreateCa { cn, out, days, key } => {
+            let issued = pki::create_ca(&cn, days, key)?;
+            issued.write(&out.out_cert, &out.out_key)?;
+            println!(
+                "CA written to {} (key {})",
+                out.out_cert.display(),
+                out.out_key.display()
+            );
+        }
+        PkiCommand::IssueDevice {
+            ca,
+            cn,
+            out,
+            days,
+            key,
+        } => {
+            let signer = CaSigner::load(&ca.ca_cert, &ca.ca_key)?;
+            signer
+                .issue_device(&cn, days, key)?
+                .write(&out.out_cert, &out.out_key)?;
+            println!(
+                "device certificate written to {} (key {})",
+                out.out_cert.display(),
+                out.out_key.display()
+            );
+        }
+        PkiCommand::IssueServer {
+            ca,
+            names,
+            out,
+            days,
+            key,
+        } => {
+            let signer = CaSigner::load(&ca.ca_cert, &ca.ca_key)?;
+            signer
+                .issue_server(&names, days, key)?
+                .write(&out.out_cert, &out.out_key)?;
+            println!(
+                "server certificate written to {} (key {})",
+                out.out_cert.display(),
+                out.out_key.display()
+            );
+        }
+        PkiCommand::VerificationCert { ca, code, out } => {
+            let signer = CaSigner::load(&ca.ca_cert, &ca.ca_key)?;
+            signer
+                .issue_verification(&code, KeyKind::P256)?
+                .write(&out.out_cert, &out.out_key)?;
+            println!(
+                "verification certificate written to {}",
+                out.out_cert.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! MQTT framing over the TLS stream, with rumqttd's codecs behind guards.
+//!
+//! 3.1.1 and 5 share the TLS port: the protocol level byte of CONNECT picks
+//! the codec. rumqttd's codecs have known panics (`rumqttd-embedding.md`):
+//! `V5::read_mut` on client-sent CONNACK/UNSUBACK, `V4::write` on packets
+//! with properties. Both are avoided up front, and every codec call runs
+//! under `catch_unwind` so that an unknown one ends one connection, not the
+//! broker.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol};
+
+/// The MQTT protocol version of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5 (protocol level 5).
+    V5,
+}
+
+/// Why bytes from a client could not be framed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("the first packet is not CONNECT")]
+    NotConnect,
+    #[error("unsupported MQTT protocol level {0} (certmq speaks 3.1.1 and 5)")]
+    UnsupportedLevel(u8),
+    #[error("packet of {0} bytes exceeds the maximum packet size")]
+    TooLarge(usize),
+    #[error("a client may not send {0}")]
+    ServerOnly(&'static str),
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("the MQTT codec failed on this packet ({0})")]
+    CodecPanic(&'static str),
+}
+
+/// Looks at the first bytes of a connection: `Ok(None)` until enough of the
+/// CONNECT packet has arrived to read its protocol level.
+pub fn detect_version(buf: &[u8]) -> Result<Option<Version>, CodecError> {
+    let Some(first) = buf.first() else {
+        return Ok(None);
+    };
+    if first >> 4 != 1 {
+        return Err(CodecError::NotConnect);
+    }
+    // Skip the remaining-length varint (1 to 4 bytes).
+    let mut pos = 1;
+    loop {
+        let Some(byte) = buf.get(pos) else {
+            return Ok(None);
+        };
+        pos += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if pos > 4 {
+            return Err(CodecError::Malformed(
+                "remaining length longer than 4 bytes".into(),
+            ));
+        }
+    }
+    let (Some(hi), Some(lo)) = (buf.get(pos), buf.get(pos + 1)) else {
+        return Ok(None);
+    };
+    let name_len = usize::from(u16::from_be_bytes([*hi, *lo]));
+    let level_pos = pos + 2 + name_len;
+    let Some(level) = buf.get(level_pos) else {
+        return if name_len > 6 {
+            Err(CodecError::Malformed("protocol name is not MQTT".into()))
+        } else {
+            Ok(None)
+        };
+    };
+    match (&buf[pos + 2..level_pos], *level) {
+        (b"MQTT", 4) => Ok(Some(Version::V4)),
+        (b"MQTT", 5) => Ok(Some(Version::V5)),
+        (b"MQTT" | b"MQIsdp", other) => Err(CodecError::UnsupportedLevel(other)),
+        _ => Err(CodecError::Malformed("protocol name is not MQTT".into())),
+    }
+}
+
+/// Frames packets for one connection.
+pub struct Codec {
+    version: Version,
+    max_packet_size: usize,
+}
+
+impl Codec {
+    pub fn new(version: Version, max_packet_size: usize) -> Self {
+        Codec {
+            version,
+            max_packet_size,
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Takes the next whole packet out of `buf`, `Ok(None)` if more bytes
+    /// are needed.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let packet_type = buf[0] >> 4;
+        match packet_type {
+            2 => return Err(CodecError::ServerOnly("CONNACK")),
+            9 => return Err(CodecError::ServerOnly("SUBACK")),
+            11 => return Err(CodecError::ServerOnly("UNSUBACK")),
+            13 => return Err(CodecError::ServerOnly("PINGRESP")),
+            0 | 15 => {
+                return Err(CodecError::Malformed(format!(
+                    "packet type {packet_type} is not supported"
+                )));
+            }
+            _ => {}
+        }
+        let max = self.max_packet_size;
+        let result = catch_unwind(AssertUnwindSafe(|| match self.version {
+            Version::V4 => V4.read_mut(buf, max),
+            Version::V5 => V5.read_mut(buf, max),
+        }))
+        .map_err(|_| CodecError::CodecPanic("decode"))?;
+        match result {
+            Ok(packet) => Ok(Some(packet)),
+            Err(ProtocolError::InsufficientBytes(_)) => Ok(None),
+            Err(ProtocolError::PayloadSizeLimitExceeded(n)) => Err(CodecError::TooLarge(n)),
+            Err(e) => Err(CodecError::Malformed(e.to_string())),
+        }
+    }
+
+    /// Appends `packet` to `out`. Properties are stripped for 3.1.1, which
+    /// has none (and whose encoder panics on them).
+    pub fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<(), CodecError> {
+        let result = catch_unwind(AssertUnwindSafe(|| match self.version {
+            Version::V4 => V4.write(strip_properties(packet), out),
+            Version::V5 => V5.write(packet, out),
+        }))
+        .map_err(|_| CodecError::CodecPanic("encode"))?;
+        result
+            .map(|_| ())
+            .map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+}
+
+fn strip_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Connect(c, _, will, _, login) => Packet::Connect(c, None, will, None, login),
+        Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::Subscribe(p, _) => Packet::Subscribe(p, None),
+        Packet::SubAck(p, _) => Packet::SubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::Unsubscribe(p, _) => Packet::Unsubscribe(p, None),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
+        other @ (Packet::PingReq(_) | Packet::PingResp(_)) => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_levels() {
+        let v4 = [
+            0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0, 60, 0, 0,
+        ];
+        assert_eq!(detect_version(&v4), Ok(Some(Version::V4)));
+        let mut v5 = v4;
+        v5[8] = 5;
+        assert_eq!(detect_version(&v5), Ok(Some(Version::V5)));
+        assert_eq!(detect_version(&v4[..5]), Ok(None));
+        let mut v3 = v4;
+        v3[8] = 3;
+        assert_eq!(detect_version(&v3), Err(CodecError::UnsupportedLevel(3)));
+        assert_eq!(detect_version(&[0x30, 0]), Err(CodecError::NotConnect));
+        assert!(detect_version(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+
+    #[test]
+    fn server_only_packets_are_refused_before_decoding() {
+        let codec = Codec::new(Version::V5, 1024);
+        for (byte, name) in [(0x20u8, "CONNACK"), (0xb0, "UNSUBACK")] {
+            let mut buf = BytesMut::from(&[byte, 0x03, 0x00, 0x00, 0x00][..]);
+            assert_eq!(codec.decode(&mut buf), Err(CodecError::ServerOnly(name)));
+        }
+    }
+
+    #[test]
+    fn oversized_packets_are_refused() {
+        let codec = Codec::new(Version::V4, 64);
+        let mut buf = BytesMut::from(&[0x30, 0xff, 0x01][..]);
+        assert_eq!(codec.decode(&mut buf), Err(CodecError::TooLarge(255)));
+    }
+}

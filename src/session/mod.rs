@@ -1,0 +1,465 @@
+//! A session: one admitted device connection, from CONNECT to close.
+//!
+//! certmq runs its own per-connection loop over the TLS stream and hands
+//! MQTT packets to rumqttd's router through an in-process link (the seam in
+//! `rumqttd-embedding.md`). What rumqttd's own network link did, this loop
+//! does: the CONNECT timeout, keepalive (1.5 x the client's value), the
+//! maximum packet size, client id assignment, the will on abnormal close,
+//! and closing the router link on every exit path.
+//!
+//! The loop always listens to its kill handle first: a session dropped by an
+//! admin call stops whatever it is doing, sends MQTT 5 clients DISCONNECT
+//! 0x98 (administrative action), and closes its socket.
+
+pub mod codec;
+mod connect;
+pub mod table;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+pub use table::{DropReason, SessionGuard, SessionTable};
+
+use crate::Context;
+use crate::router::{Link, LinkRequest};
+use codec::{Codec, CodecError, Version};
+use connect::{ConnectRequest, accept_connect, refusal_connack, valid_publish_topic};
+
+/// Time allowed for the goodbye (DISCONNECT and TLS close_notify) before the
+/// socket is closed regardless.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+
+/// Why a session ended.
+#[derive(Debug)]
+enum Exit {
+    Killed(DropReason),
+    /// The client sent DISCONNECT; `with_will` for MQTT 5 reason 0x04.
+    ClientDisconnect {
+        with_will: bool,
+    },
+    PeerClosed,
+    Io(io::Error),
+    ConnectTimeout,
+    KeepAliveTimeout,
+    Protocol(CodecError),
+    TopicInvalid,
+    ConnectRefused(String),
+    Router(String),
+}
+
+impl Exit {
+    /// The DISCONNECT reason an MQTT 5 client receives, if any.
+    fn reason_code(&self) -> Option<DisconnectReasonCode> {
+        Some(match self {
+            Exit::Killed(DropReason::Administrative) => DisconnectReasonCode::AdministrativeAction,
+            Exit::Killed(DropReason::ShuttingDown) => DisconnectReasonCode::ServerShuttingDown,
+            Exit::Killed(DropReason::TakenOver) => DisconnectReasonCode::SessionTakenOver,
+            Exit::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
+            Exit::Protocol(CodecError::TooLarge(_)) => DisconnectReasonCode::PacketTooLarge,
+            Exit::Protocol(CodecError::Malformed(_)) => DisconnectReasonCode::MalformedPacket,
+            Exit::Protocol(CodecError::CodecPanic(_)) => DisconnectReasonCode::UnspecifiedError,
+            Exit::Protocol(_) => DisconnectReasonCode::ProtocolError,
+            Exit::TopicInvalid => DisconnectReasonCode::TopicNameInvalid,
+            Exit::Router(_) => DisconnectReasonCode::UnspecifiedError,
+            _ => return None,
+        })
+    }
+
+    /// Whether the client's will is published (every end but a normal
+    /// DISCONNECT).
+    fn publishes_will(&self) -> bool {
+        !matches!(self, Exit::ClientDisconnect { with_will: false })
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Killed(reason) => write!(f, "dropped by the broker ({reason:?})"),
+            Exit::ClientDisconnect { with_will } => {
+                write!(f, "client sent DISCONNECT (will: {with_will})")
+            }
+            Exit::PeerClosed => write!(f, "client closed the connection"),
+            Exit::Io(e) => write!(f, "I/O error: {e}"),
+            Exit::ConnectTimeout => write!(f, "no CONNECT within mqtt.connect_timeout_ms"),
+            Exit::KeepAliveTimeout => write!(f, "keepalive expired"),
+            Exit::Protocol(e) => write!(f, "protocol violation: {e}"),
+            Exit::TopicInvalid => write!(f, "PUBLISH to an invalid topic name"),
+            Exit::ConnectRefused(why) => write!(f, "CONNECT refused: {why}"),
+            Exit::Router(why) => write!(f, "router: {why}"),
+        }
+    }
+}
+
+impl From<io::Error> for Exit {
+    fn from(e: io::Error) -> Self {
+        Exit::Io(e)
+    }
+}
+
+/// The state of one connection's loop.
+struct Session<S> {
+    stream: S,
+    guard: SessionGuard,
+    peer: SocketAddr,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    codec: Option<Codec>,
+    /// Whether CONNACK went out (DISCONNECT is only valid after it).
+    connacked: bool,
+}
+
+/// Runs an admitted connection until it ends. `guard` is its entry in the
+/// session table; it is dropped (and the session counts as closed) only once
+/// the socket is closed.
+pub(crate) async fn run<S>(ctx: &Context, stream: S, guard: SessionGuard, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session {
+        stream,
+        guard,
+        peer,
+        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        write_buf: BytesMut::new(),
+        codec: None,
+        connacked: false,
+    };
+    let mut link = None;
+    let mut will = None;
+    let exit = session.drive(ctx, &mut link, &mut will).await;
+    session.finish(exit, link, will).await;
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn drive(
+        &mut self,
+        ctx: &Context,
+        link_slot: &mut Option<Link>,
+        will: &mut Option<Packet>,
+    ) -> Exit {
+        let request = match self.read_connect(ctx).await {
+            Ok(r) => r,
+            Err(exit) => return exit,
+        };
+        *will = request.will.clone();
+        if let Some(previous) = self.guard.claim_client_id(&request.client_id) {
+            // MQTT take-over: the older connection with this id goes first.
+            tokio::select! {
+                biased;
+                _ = self.guard.killed() => return self.killed(),
+                _ = tokio::time::timeout(ctx.settings.drop_timeout(), previous.wait()) => {}
+            }
+        }
+        let link_request = LinkRequest {
+            client_id: request.client_id.clone(),
+            clean_session: request.clean_session,
+            topic_alias_max: request.topic_alias_max,
+        };
+        let link = tokio::select! {
+            biased;
+            _ = self.guard.killed() => return self.killed(),
+            built = ctx.router.link(link_request) => built,
+        };
+        let link = match link {
+            Ok(link) => link_slot.insert(link),
+            Err(e) => {
+                let _ = self.refuse(ConnectReturnCode::ServiceUnavailable).await;
+                return Exit::Router(e.to_string());
+            }
+        };
+        if let Err(exit) = self.send_connack(ctx, link, &request).await {
+            return exit;
+        }
+        info!(
+            peer = %self.peer,
+            device = %self.guard.identity(),
+            client_id = %request.client_id,
+            version = ?self.version(),
+            "session started"
+        );
+        self.pump(link, request.keep_alive_secs).await
+    }
+
+    /// Waits for CONNECT (within `mqtt.connect_timeout_ms`) and checks it.
+    async fn read_connect(&mut self, ctx: &Context) -> Result<ConnectRequest, Exit> {
+        let deadline = Instant::now() + ctx.settings.connect_timeout();
+        let max_packet_size = ctx.settings.mqtt.max_packet_size;
+        loop {
+            if self.codec.is_none() {
+                match codec::detect_version(&self.read_buf) {
+                    Ok(Some(version)) => self.codec = Some(Codec::new(version, max_packet_size)),
+                    Ok(None) => {}
+                    Err(CodecError::UnsupportedLevel(level)) => {
+                        let _ = self.write_raw(&connect::UNSUPPORTED_VERSION_CONNACK).await;
+                        return Err(Exit::ConnectRefused(format!(
+                            "unsupported MQTT protocol level {level}"
+                        )));
+                    }
+                    Err(e) => return Err(Exit::Protocol(e)),
+                }
+            }
+            if let Some(codec) = &self.codec {
+                match codec.decode(&mut self.read_buf) {
+                    Ok(Some(packet @ Packet::Connect(..))) => {
+                        let version = codec.version();
+                        return match accept_connect(packet, version) {
+                            Ok(request) => Ok(request),
+                            Err(refusal) => {
+                                let _ = self.refuse(refusal.return_code()).await;
+                                Err(Exit::ConnectRefused(refusal.to_string()))
+                            }
+                        };
+                    }
+                    Ok(Some(_)) => return Err(Exit::Protocol(CodecError::NotConnect)),
+                    Ok(None) => {}
+                    Err(e) => return Err(Exit::Protocol(e)),
+                }
+            }
+            self.read_buf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                _ = self.guard.killed() => return Err(self.killed()),
+                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                    Ok(0) => return Err(Exit::PeerClosed),
+                    Ok(_) => {}
+                    Err(e) => return Err(Exit::Io(e)),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Err(Exit::ConnectTimeout),
+            }
+        }
+    }
+
+    async fn send_connack(
+        &mut self,
+        ctx: &Context,
+        link: &mut Link,
+        request: &ConnectRequest,
+    ) -> Result<(), Exit> {
+        let Some(Packet::ConnAck(ack, props)) = link.take_connack() else {
+            return Err(Exit::Router(
+                "the router did not acknowledge the connection".into(),
+            ));
+        };
+        let props = (self.version() == Some(Version::V5)).then(|| ConnAckProperties {
+            assigned_client_identifier: request
+                .assigned_client_id
+                .then(|| request.client_id.clone()),
+            max_packet_size: u32::try_from(ctx.settings.mqtt.max_packet_size).ok(),
+            ..props.unwrap_or_default()
+        });
+        self.write_packets(vec![Packet::ConnAck(ack, props)])
+            .await?;
+        self.connacked = true;
+        Ok(())
+    }
+
+    /// The main loop: client -> router, router -> client, keepalive.
+    async fn pump(&mut self, link: &mut Link, keep_alive_secs: u16) -> Exit {
+        let keep_alive =
+            (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
+        let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        loop {
+            self.read_buf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                _ = self.guard.killed() => return self.killed(),
+                read = self.stream.read_buf(&mut self.read_buf) => {
+                    match read {
+                        Ok(0) => return Exit::PeerClosed,
+                        Ok(_) => {}
+                        Err(e) => return Exit::Io(e),
+                    }
+                    if let Some(k) = keep_alive {
+                        deadline = Some(Instant::now() + k);
+                    }
+                    if let Some(exit) = self.forward_client_packets(link).await {
+                        return exit;
+                    }
+                }
+                out = link.recv() => {
+                    let out = match out {
+                        Ok(out) => out,
+                        Err(e) => return Exit::Router(e.to_string()),
+                    };
+                    let router_disconnect = out.packets.iter().any(|p| matches!(p, Packet::Disconnect(..)));
+                    if let Err(exit) = self.write_packets(out.packets).await {
+                        return exit;
+                    }
+                    if router_disconnect {
+                        return Exit::Router("the router closed the session".into());
+                    }
+                    if out.reschedule {
+                        if let Err(e) = link.ready().await {
+                            return Exit::Router(e.to_string());
+                        }
+                    }
+                }
+                _ = sleep_until_opt(deadline) => return Exit::KeepAliveTimeout,
+            }
+        }
+    }
+
+    /// Decodes what the client sent and forwards it to the router.
+    async fn forward_client_packets(&mut self, link: &mut Link) -> Option<Exit> {
+        let Some(codec) = &self.codec else {
+            return Some(Exit::Protocol(CodecError::NotConnect));
+        };
+        let mut batch = Vec::new();
+        let mut pings = 0usize;
+        let mut ending = None;
+        loop {
+            match codec.decode(&mut self.read_buf) {
+                Ok(None) => break,
+                Ok(Some(packet)) => match packet {
+                    Packet::Publish(ref publish, _) if !valid_publish_topic(&publish.topic) => {
+                        ending = Some(Exit::TopicInvalid);
+                        break;
+                    }
+                    Packet::PingReq(_) => pings += 1,
+                    Packet::Disconnect(d, _) => {
+                        let with_will =
+                            d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                        ending = Some(Exit::ClientDisconnect { with_will });
+                        break;
+                    }
+                    Packet::Connect(..) => {
+                        ending = Some(Exit::Protocol(CodecError::ServerOnly("a second CONNECT")));
+                        break;
+                    }
+                    packet => batch.push(packet),
+                },
+                Err(e) => {
+                    ending = Some(Exit::Protocol(e));
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            tokio::select! {
+                biased;
+                _ = self.guard.killed() => return Some(self.killed()),
+                sent = link.send(batch) => if let Err(e) = sent {
+                    return Some(Exit::Router(e.to_string()));
+                },
+            }
+        }
+        if pings > 0 {
+            let replies = (0..pings).map(|_| Packet::PingResp(PingResp)).collect();
+            if let Err(exit) = self.write_packets(replies).await {
+                return Some(exit);
+            }
+        }
+        ending
+    }
+
+    async fn write_packets(&mut self, packets: Vec<Packet>) -> Result<(), Exit> {
+        let Some(codec) = &self.codec else {
+            return Ok(());
+        };
+        for packet in packets {
+            if codec.version() == Version::V4 && matches!(packet, Packet::Disconnect(..)) {
+                // MQTT 3.1.1 has no server-sent DISCONNECT; closing says it.
+                continue;
+            }
+            codec
+                .encode(packet, &mut self.write_buf)
+                .map_err(Exit::Protocol)?;
+        }
+        let bytes = self.write_buf.split();
+        self.write_raw(&bytes).await
+    }
+
+    /// Writes bytes, giving way to the kill handle.
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Exit> {
+        let Session { stream, guard, .. } = self;
+        tokio::select! {
+            biased;
+            _ = guard.killed() => Err(Exit::Killed(guard.drop_reason().unwrap_or(DropReason::Administrative))),
+            written = async {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            } => written.map_err(Exit::Io),
+        }
+    }
+
+    async fn refuse(&mut self, code: ConnectReturnCode) -> Result<(), Exit> {
+        self.write_packets(vec![refusal_connack(code)]).await
+    }
+
+    fn killed(&self) -> Exit {
+        Exit::Killed(
+            self.guard
+                .drop_reason()
+                .unwrap_or(DropReason::Administrative),
+        )
+    }
+
+    fn version(&self) -> Option<Version> {
+        self.codec.as_ref().map(Codec::version)
+    }
+
+    /// Says goodbye, closes the socket, leaves the session table, and only
+    /// then closes the router link (publishing the will if due), so that
+    /// whoever waits for the close is not kept waiting by the router.
+    async fn finish(mut self, exit: Exit, link: Option<Link>, will: Option<Packet>) {
+        if self.connacked && self.version() == Some(Version::V5) {
+            if let Some(reason_code) = exit.reason_code() {
+                let goodbye = Packet::Disconnect(Disconnect { reason_code }, None);
+                if let Some(codec) = &self.codec {
+                    if codec.encode(goodbye, &mut self.write_buf).is_ok() {
+                        let bytes = self.write_buf.split();
+                        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+                            self.stream.write_all(&bytes).await?;
+                            self.stream.flush().await
+                        })
+                        .await;
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
+        let Session {
+            stream,
+            guard,
+            peer,
+            ..
+        } = self;
+        drop(stream);
+        let identity = guard.identity();
+        drop(guard);
+        match &exit {
+            Exit::Killed(reason) => info!(%peer, device = %identity, ?reason, "session dropped"),
+            Exit::ClientDisconnect { .. } | Exit::PeerClosed => {
+                debug!(%peer, device = %identity, %exit, "session ended by the client")
+            }
+            other => info!(%peer, device = %identity, exit = %other, "session closed"),
+        }
+        if let Some(link) = link {
+            let will = will.filter(|_| exit.publishes_will());
+            link.close(will).await;
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

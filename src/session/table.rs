@@ -1,0 +1,325 @@
+//! The session table: every live connection, by device identity and by MQTT
+//! client id, each with a kill handle.
+//!
+//! A connection enters the table right after its TLS handshake, *before* it
+//! re-reads its certificate's status (see `admission`), and leaves it when
+//! its socket is closed. That makes "drop every session of this device"
+//! exact: once [`SessionTable::drop_device`] has waited, no socket of that
+//! device is open, and any connection that was still between handshake and
+//! table entry will see the new status when it re-reads it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::identity::DeviceIdentity;
+use crate::serial::CaSn;
+
+/// Identifies one connection for its whole life.
+pub type SessionId = u64;
+
+/// Why certmq closes a session; MQTT 5 clients receive it as DISCONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// An admin call removed the certificate's access (reason code 0x98).
+    Administrative,
+    /// The broker is stopping (0x8B).
+    ShuttingDown,
+    /// Another connection claimed the same client id (0x8E).
+    TakenOver,
+}
+
+/// Sessions did not close within the allowed time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{open} session(s) were still open after {waited:?}")]
+pub struct DropTimeout {
+    pub open: usize,
+    pub waited: Duration,
+}
+
+#[derive(Clone)]
+struct Handle {
+    kill: CancellationToken,
+    closed: CancellationToken,
+    reason: Arc<OnceLock<DropReason>>,
+}
+
+impl Handle {
+    fn kill(&self, reason: DropReason) -> Closing {
+        let _ = self.reason.set(reason);
+        self.kill.cancel();
+        Closing {
+            closed: self.closed.clone(),
+        }
+    }
+}
+
+/// Resolves when a killed session's socket is closed.
+pub struct Closing {
+    closed: CancellationToken,
+}
+
+impl Closing {
+    pub async fn wait(self) {
+        self.closed.cancelled().await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+}
+
+/// Waits for all `closings`, at most `timeout`.
+pub async fn wait_all(closings: Vec<Closing>, timeout: Duration) -> Result<usize, DropTimeout> {
+    let count = closings.len();
+    let pending: Vec<_> = closings.iter().map(|c| c.closed.clone()).collect();
+    let all = async {
+        for token in &pending {
+            token.cancelled().await;
+        }
+    };
+    match tokio::time::timeout(timeout, all).await {
+        Ok(()) => Ok(count),
+        Err(_) => Err(DropTimeout {
+            open: pending.iter().filter(|t| !t.is_cancelled()).count(),
+            waited: timeout,
+        }),
+    }
+}
+
+/// The live sessions; cheap to clone, all clones share state.
+#[derive(Clone, Default)]
+pub struct SessionTable {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    next_id: AtomicU64,
+    by_device: DashMap<DeviceIdentity, HashMap<SessionId, Handle>>,
+    by_client: DashMap<Arc<str>, (SessionId, DeviceIdentity, Handle)>,
+}
+
+impl SessionTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Enters a new connection of `identity`. The returned guard removes it
+    /// again, and signals "closed", when dropped.
+    pub fn register(&self, identity: DeviceIdentity) -> SessionGuard {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle {
+            kill: CancellationToken::new(),
+            closed: CancellationToken::new(),
+            reason: Arc::new(OnceLock::new()),
+        };
+        self.shared
+            .by_device
+            .entry(identity)
+            .or_default()
+            .insert(id, handle.clone());
+        SessionGuard {
+            table: self.clone(),
+            id,
+            identity,
+            handle,
+            client_id: None,
+        }
+    }
+
+    /// Kills every session of a device; returns their close waiters.
+    pub fn kill_device(&self, identity: &DeviceIdentity, reason: DropReason) -> Vec<Closing> {
+        match self.shared.by_device.get(identity) {
+            Some(sessions) => sessions.values().map(|h| h.kill(reason)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Kills every session of every device issued by a CA.
+    pub fn kill_ca(&self, ca_sn: &CaSn, reason: DropReason) -> Vec<Closing> {
+        let mut closings = Vec::new();
+        for entry in self.shared.by_device.iter() {
+            if entry.key().ca_sn == *ca_sn {
+                closings.extend(entry.value().values().map(|h| h.kill(reason)));
+            }
+        }
+        closings
+    }
+
+    /// Kills every session (shutdown).
+    pub fn kill_all(&self, reason: DropReason) -> Vec<Closing> {
+        let mut closings = Vec::new();
+        for entry in self.shared.by_device.iter() {
+            closings.extend(entry.value().values().map(|h| h.kill(reason)));
+        }
+        closings
+    }
+
+    /// Kills the session holding `client_id`, if any.
+    pub fn kill_client(&self, client_id: &str, reason: DropReason) -> Option<Closing> {
+        self.shared
+            .by_client
+            .get(client_id)
+            .map(|entry| entry.value().2.kill(reason))
+    }
+
+    /// Kills every session of a device and waits until their sockets are
+    /// closed. Returns how many there were.
+    pub async fn drop_device(
+        &self,
+        identity: &DeviceIdentity,
+        reason: DropReason,
+        timeout: Duration,
+    ) -> Result<usize, DropTimeout> {
+        wait_all(self.kill_device(identity, reason), timeout).await
+    }
+
+    /// Live sessions of a device.
+    pub fn sessions_of(&self, identity: &DeviceIdentity) -> usize {
+        self.shared.by_device.get(identity).map_or(0, |s| s.len())
+    }
+
+    /// Whether a connection currently holds this client id.
+    pub fn is_online(&self, client_id: &str) -> bool {
+        self.shared.by_client.contains_key(client_id)
+    }
+
+    /// All live sessions.
+    pub fn len(&self) -> usize {
+        self.shared.by_device.iter().map(|e| e.value().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection's membership in the table, held by its task.
+pub struct SessionGuard {
+    table: SessionTable,
+    id: SessionId,
+    identity: DeviceIdentity,
+    handle: Handle,
+    client_id: Option<Arc<str>>,
+}
+
+impl SessionGuard {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn identity(&self) -> DeviceIdentity {
+        self.identity
+    }
+
+    /// Resolves when the session is to be dropped.
+    pub fn killed(&self) -> WaitForCancellationFuture<'_> {
+        self.handle.kill.cancelled()
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.handle.kill.is_cancelled()
+    }
+
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        self.handle.reason.get().copied()
+    }
+
+    /// Makes this session the holder of `client_id`. A previous holder is
+    /// killed (MQTT session take-over) and its waiter returned.
+    pub fn claim_client_id(&mut self, client_id: &str) -> Option<Closing> {
+        let key: Arc<str> = Arc::from(client_id);
+        let previous = self
+            .table
+            .shared
+            .by_client
+            .insert(key.clone(), (self.id, self.identity, self.handle.clone()));
+        self.client_id = Some(key);
+        previous
+            .filter(|(id, _, _)| *id != self.id)
+            .map(|(_, _, handle)| handle.kill(DropReason::TakenOver))
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let shared = &self.table.shared;
+        if let Some(client_id) = &self.client_id {
+            shared
+                .by_client
+                .remove_if(client_id, |_, (id, _, _)| *id == self.id);
+        }
+        if let Some(mut sessions) = shared.by_device.get_mut(&self.identity) {
+            sessions.remove(&self.id);
+        }
+        shared
+            .by_device
+            .remove_if(&self.identity, |_, s| s.is_empty());
+        self.handle.closed.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serial::{DeviceSn, Serial};
+
+    fn identity(n: u8) -> DeviceIdentity {
+        DeviceIdentity {
+            ca_sn: CaSn(Serial::from_der_content(&[1]).unwrap()),
+            device_sn: DeviceSn(Serial::from_der_content(&[n]).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn kill_reaches_only_the_device() {
+        let table = SessionTable::new();
+        let a = table.register(identity(1));
+        let b = table.register(identity(2));
+        assert_eq!(table.len(), 2);
+        let closings = table.kill_device(&identity(1), DropReason::Administrative);
+        assert_eq!(closings.len(), 1);
+        assert!(a.is_killed());
+        assert_eq!(a.drop_reason(), Some(DropReason::Administrative));
+        assert!(!b.is_killed());
+        drop(a);
+        assert_eq!(wait_all(closings, Duration::from_secs(1)).await, Ok(1));
+        assert_eq!(table.sessions_of(&identity(1)), 0);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn drop_times_out_when_a_session_stays() {
+        let table = SessionTable::new();
+        let _a = table.register(identity(1));
+        let err = table
+            .drop_device(
+                &identity(1),
+                DropReason::Administrative,
+                Duration::from_millis(20),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.open, 1);
+    }
+
+    #[test]
+    fn claiming_a_client_id_takes_it_over() {
+        let table = SessionTable::new();
+        let mut a = table.register(identity(1));
+        let mut b = table.register(identity(1));
+        assert!(a.claim_client_id("c").is_none());
+        assert!(table.is_online("c"));
+        assert!(b.claim_client_id("c").is_some());
+        assert_eq!(a.drop_reason(), Some(DropReason::TakenOver));
+        drop(a); // must not remove b's claim
+        assert!(table.is_online("c"));
+        drop(b);
+        assert!(!table.is_online("c"));
+    }
+}
