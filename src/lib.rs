@@ -35,6 +35,7 @@ pub mod registry;
 pub mod router;
 pub mod serial;
 pub mod session;
+mod stats;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ pub use identity::DeviceIdentity;
 pub use registry::{CertStatus, Registry};
 pub use serial::{CaSn, DeviceSn};
 pub use session::SessionTable;
+pub use stats::Stats;
 
 use pki::dev::DevPki;
 use registry::{CaCert, RegistryError};
@@ -86,6 +88,7 @@ pub(crate) struct Context {
     pub(crate) sessions: SessionTable,
     pub(crate) router: RouterHandle,
     pub(crate) tls: TlsContext,
+    pub(crate) stats: Stats,
 }
 
 /// A running broker.
@@ -135,6 +138,7 @@ impl Broker {
             sessions: SessionTable::new(),
             router,
             tls,
+            stats: Stats::default(),
         });
         let shutdown = CancellationToken::new();
         let tasks = vec![
@@ -175,6 +179,11 @@ impl Broker {
 
     pub fn sessions(&self) -> &SessionTable {
         &self.ctx.sessions
+    }
+
+    /// What the broker has done so far.
+    pub fn stats(&self) -> &Stats {
+        &self.ctx.stats
     }
 
     pub fn settings(&self) -> &Settings {

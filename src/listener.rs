@@ -73,8 +73,14 @@ async fn connection(
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .is_some_and(|inner| matches!(inner, rustls::Error::NoCertificatesPresented));
             match verifier.verdict() {
-                Some(Err(refusal)) => log_refusal(peer, refusal),
-                _ if no_certificate => log_refusal(peer, &Refusal::NoCertificate),
+                Some(Err(refusal)) => {
+                    ctx.stats.handshake_refused();
+                    log_refusal(peer, refusal)
+                }
+                _ if no_certificate => {
+                    ctx.stats.handshake_refused();
+                    log_refusal(peer, &Refusal::NoCertificate)
+                }
                 _ => debug!(%peer, error = %e, "TLS handshake failed"),
             }
             return;
@@ -88,6 +94,11 @@ async fn connection(
     match admitted {
         Ok((_verified, guard)) => session::run(&ctx, stream, guard, peer).await,
         Err(Refused { refusal, guard }) => {
+            match verifier.verdict() {
+                Some(Ok(_)) => ctx.stats.admission_refused(false),
+                Some(Err(_)) => {}
+                None => ctx.stats.admission_refused(true),
+            }
             log_refusal(peer, &refusal);
             drop(stream);
             drop(guard);

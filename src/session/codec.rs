@@ -12,7 +12,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use bytes::BytesMut;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol};
+use rumqttd::protocol::{
+    DisconnectProperties, DisconnectReasonCode, Error as ProtocolError, Packet, Protocol,
+};
 
 /// The MQTT protocol version of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +143,50 @@ impl Codec {
     pub fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<(), CodecError> {
         let result = catch_unwind(AssertUnwindSafe(|| match self.version {
             Version::V4 => V4.write(strip_properties(packet), out),
-            Version::V5 => V5.write(packet, out),
+            Version::V5 => V5.write(with_disconnect_properties(packet), out),
         }))
         .map_err(|_| CodecError::CodecPanic("encode"))?;
         result
             .map(|_| ())
             .map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+}
+
+/// rumqttd's 5 encoder mis-frames a DISCONNECT that carries a reason code:
+/// without properties it writes `E0 01 <reason> 00` (remaining length 1,
+/// two bytes follow), and with an empty property block it writes `E0 00`,
+/// losing the reason. With a non-empty property block it is correct, so
+/// certmq always sends a Reason String, which also tells the client why.
+fn with_disconnect_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Disconnect(d, None)
+            if d.reason_code != DisconnectReasonCode::NormalDisconnection =>
+        {
+            let props = DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(reason_text(d.reason_code)),
+                user_properties: Vec::new(),
+                server_reference: None,
+            };
+            Packet::Disconnect(d, Some(props))
+        }
+        other => other,
+    }
+}
+
+fn reason_text(code: DisconnectReasonCode) -> String {
+    match code {
+        DisconnectReasonCode::AdministrativeAction => {
+            "the certificate's access was removed by an administrator".into()
+        }
+        DisconnectReasonCode::ServerShuttingDown => "the broker is shutting down".into(),
+        DisconnectReasonCode::SessionTakenOver => {
+            "another connection took over this client id".into()
+        }
+        DisconnectReasonCode::KeepAliveTimeout => {
+            "nothing received within 1.5 times the keep alive".into()
+        }
+        other => format!("{other:?}"),
     }
 }
 
@@ -196,6 +236,21 @@ mod tests {
             let mut buf = BytesMut::from(&[byte, 0x03, 0x00, 0x00, 0x00][..]);
             assert_eq!(codec.decode(&mut buf), Err(CodecError::ServerOnly(name)));
         }
+    }
+
+    #[test]
+    fn disconnect_with_a_reason_is_well_formed() {
+        use rumqttd::protocol::Disconnect;
+        let codec = Codec::new(Version::V5, 1024);
+        let mut out = BytesMut::new();
+        let d = Disconnect {
+            reason_code: DisconnectReasonCode::AdministrativeAction,
+        };
+        codec.encode(Packet::Disconnect(d, None), &mut out).unwrap();
+        assert_eq!(&out[..3], [0xe0, out.len() as u8 - 2, 0x98]);
+        // The rest is the property block: its length, then a Reason String.
+        assert_eq!(usize::from(out[3]), out.len() - 4);
+        assert_eq!(out[4], 0x1f);
     }
 
     #[test]

@@ -186,6 +186,7 @@ where
         if let Err(exit) = self.send_connack(ctx, link, &request).await {
             return exit;
         }
+        ctx.stats.session_started();
         info!(
             peer = %self.peer,
             device = %self.guard.identity(),

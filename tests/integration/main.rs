@@ -1,0 +1,15 @@
+//! certmq's integration tests: a real broker on loopback ports, real TLS
+//! (rustls), real MQTT clients (rumqttc, and the mosquitto clients), real
+//! HTTP admin calls. One test binary, so the suite links once.
+
+mod support;
+
+mod admin;
+mod cli;
+mod inactivation;
+mod mosquitto;
+mod mqtt;
+mod pubsub;
+mod race;
+mod resumption;
+mod tls;

@@ -1,0 +1,75 @@
+//! A resumed TLS session skips the verifier; the post-handshake re-check
+//! must still refuse an inactivated certificate.
+
+use std::time::Duration;
+
+use rustls::HandshakeKind;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::pki::client_config_versions;
+use crate::support::{self, Ca};
+
+const CONNECT: [u8; 16] = [
+    0x10, 0x0e, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x02, b'r', b'1',
+];
+
+/// Connects, sends CONNECT, returns (handshake kind, CONNACK bytes or the
+/// read error).
+async fn attempt(
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> (Option<HandshakeKind>, Result<[u8; 4], String>) {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let kind = stream.get_ref().1.handshake_kind();
+    stream.write_all(&CONNECT).await.unwrap();
+    let mut connack = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut connack)).await;
+    let result = match read {
+        Ok(Ok(_)) => Ok(connack),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    };
+    // Let the client read the session tickets that follow.
+    let mut rest = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut rest)).await;
+    (kind, result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_sessions_are_rechecked() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let device = ca.device("resumer");
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One client config = one client session cache.
+        let tls = client_config_versions(&tb.server_ca, Some(&device), &[version]);
+        let (kind, connack) = attempt(tb.port(), tls.clone()).await;
+        assert_eq!(kind, Some(HandshakeKind::Full));
+        assert_eq!(connack.unwrap(), [0x20, 0x02, 0x00, 0x00]);
+        let (kind, connack) = attempt(tb.port(), tls.clone()).await;
+        assert_eq!(
+            kind,
+            Some(HandshakeKind::Resumed),
+            "{version:?}: resumption is on"
+        );
+        assert_eq!(connack.unwrap(), [0x20, 0x02, 0x00, 0x00]);
+
+        tb.inactivate(&device).await;
+        let refused_before = tb.broker.stats().resumptions_refused();
+        let (kind, connack) = attempt(tb.port(), tls.clone()).await;
+        assert_eq!(kind, Some(HandshakeKind::Resumed), "{version:?}");
+        assert!(
+            connack.is_err(),
+            "{version:?}: a resumed session of an inactive device got CONNACK"
+        );
+        assert_eq!(tb.broker.stats().resumptions_refused(), refused_before + 1);
+        tb.activate(&device).await;
+    }
+}

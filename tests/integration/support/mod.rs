@@ -1,0 +1,125 @@
+//! Shared test support: a real broker on free loopback ports, real TLS
+//! clients, real HTTP admin calls.
+
+pub mod mqtt;
+pub mod pki;
+pub mod raw;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use certmq::{Broker, Settings};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub use pki::{Ca, Device};
+
+/// A running broker with its files.
+pub struct TestBroker {
+    pub broker: Broker,
+    /// The CA that issued the broker's server certificate; clients trust it.
+    pub server_ca: Ca,
+    pub dir: TempDir,
+    http: reqwest::Client,
+}
+
+/// Starts a broker trusting the device CAs `cas`, on free loopback ports.
+pub async fn start(cas: &[&Ca]) -> TestBroker {
+    start_with(cas, |_| {}).await
+}
+
+pub async fn start_with(cas: &[&Ca], tweak: impl FnOnce(&mut Settings)) -> TestBroker {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new("certmq test server CA");
+    let (server_cert, server_key) = server_ca.server();
+    let write = |name: &str, contents: &str| -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    };
+    let server_cert = write("server.pem", &server_cert);
+    let server_key = write("server.key", &server_key);
+    let ca_files = cas
+        .iter()
+        .enumerate()
+        .map(|(i, ca)| write(&format!("ca-{i}.pem"), &ca.cert_pem))
+        .collect();
+
+    let mut settings = Settings::embedded_defaults().unwrap();
+    settings.mqtt.listen = "127.0.0.1:0".into();
+    settings.admin.listen = "127.0.0.1:0".into();
+    settings.mqtt.max_connections = 512;
+    settings.tls.server_cert = server_cert.display().to_string();
+    settings.tls.server_key = server_key.display().to_string();
+    settings.tls.ca_files = ca_files;
+    settings.storage.data_dir = dir.path().join("data");
+    tweak(&mut settings);
+    let broker = Broker::start(settings).await.unwrap();
+    TestBroker {
+        broker,
+        server_ca,
+        dir,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestBroker {
+    pub fn port(&self) -> u16 {
+        self.broker.mqtt_addr().port()
+    }
+
+    /// Calls the admin API (GET, parameters in the query string).
+    pub async fn admin(&self, params: &[(&str, &str)]) -> (u16, Value) {
+        let url = format!("http://{}/", self.broker.admin_addr());
+        let response = self
+            .http
+            .get(url)
+            .query(params)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body)
+    }
+
+    /// The device parameters of a device certificate operation.
+    pub async fn device_call(&self, action: &str, device: &Device) -> (u16, Value) {
+        let ca_sn = device.identity.ca_sn.to_string();
+        let device_sn = device.identity.device_sn.to_string();
+        let instance = self.broker.settings().instance.id.clone();
+        self.admin(&[
+            ("Action", action),
+            ("MqttInstanceId", &instance),
+            ("CaSn", &ca_sn),
+            ("DeviceSn", &device_sn),
+        ])
+        .await
+    }
+
+    /// InactivateDeviceCertificate, asserting success.
+    pub async fn inactivate(&self, device: &Device) {
+        let (status, body) = self
+            .device_call("InactivateDeviceCertificate", device)
+            .await;
+        assert_eq!(status, 200, "inactivate failed: {body}");
+    }
+
+    /// ActiveDeviceCertificate, asserting success.
+    pub async fn activate(&self, device: &Device) {
+        let (status, body) = self.device_call("ActiveDeviceCertificate", device).await;
+        assert_eq!(status, 200, "activate failed: {body}");
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+}
