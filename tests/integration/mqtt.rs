@@ -164,3 +164,106 @@ async fn client_id_rules_and_protocol_levels() {
     .unwrap();
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x01]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sent_server_packets_end_only_that_connection() {
+    // rumqttd's 5 decoder panics on a client-sent CONNACK or UNSUBACK; certmq
+    // refuses them before decoding, with DISCONNECT 0x82 (protocol error).
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let bystander = ca.device("bystander");
+    let mut watcher = connect(&tb, &bystander, "bystander", Version::V4)
+        .await
+        .unwrap();
+    watcher.subscribe("t").await;
+    let device = ca.device("rogue");
+    let tls = client_config(&tb.server_ca, Some(&device));
+    for (name, packet) in [
+        ("CONNACK", [0x20u8, 0x03, 0x00, 0x00, 0x00]),
+        ("UNSUBACK", [0xb0, 0x03, 0x00, 0x01, 0x00]),
+    ] {
+        let mut stream = raw::tls_connect(tb.port(), tls.clone()).await.unwrap();
+        let connack = raw::exchange(
+            &mut stream,
+            &raw::connect_packet(b"MQTT", 5, "rogue", 30),
+            2,
+        )
+        .await
+        .unwrap();
+        assert_eq!(connack[0], 0x20);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &packet)
+            .await
+            .unwrap();
+        let goodbye = raw::until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{name}: connection not closed"));
+        assert!(
+            goodbye.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x82),
+            "{name}: no DISCONNECT 0x82 in {goodbye:02x?}"
+        );
+    }
+    // The broker and the other session are fine.
+    let publisher = connect(&tb, &ca.device("publisher"), "publisher", Version::V5)
+        .await
+        .unwrap();
+    publisher.publish("t", b"alive", 0).await;
+    assert_eq!(watcher.expect_publish("t").await, b"alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exit_path_frees_the_router_slot() {
+    // The router holds max_connections + 64 links. Far more connections
+    // than that come and go, ending every way a connection can end; if any
+    // exit path leaked its router link, connections would start failing.
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.mqtt.max_connections = 4).await;
+    let device = ca.device("churn");
+    let tls = client_config(&tb.server_ca, Some(&device));
+    for round in 0..40 {
+        // Clean DISCONNECT.
+        let client = connect_with(
+            tb.port(),
+            tls.clone(),
+            &format!("clean-{round}"),
+            Version::V4,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        client.disconnect().await;
+        // Abrupt close, no DISCONNECT.
+        let mut stream = raw::tls_connect(tb.port(), tls.clone()).await.unwrap();
+        raw::exchange(
+            &mut stream,
+            &raw::connect_packet(b"MQTT", 4, &format!("abrupt-{round}"), 30),
+            4,
+        )
+        .await
+        .unwrap();
+        drop(stream);
+        // Dropped by an admin call.
+        if round % 10 == 0 {
+            let _c = connect_with(
+                tb.port(),
+                tls.clone(),
+                &format!("admin-{round}"),
+                Version::V5,
+                |_| {},
+            )
+            .await
+            .unwrap();
+            tb.inactivate(&device).await;
+            tb.activate(&device).await;
+        }
+        // Wait for the broker to see the closes before the next round.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tb.broker.sessions().sessions_of(&device.identity) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: sessions linger"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    connect(&tb, &device, "last", Version::V4).await.unwrap();
+}
