@@ -276,9 +276,13 @@ where
             (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         loop {
+            // The kill handle comes first; between the socket and the
+            // router, no side may starve the other.
+            if self.guard.is_killed() {
+                return self.killed();
+            }
             self.read_buf.reserve(READ_CHUNK);
             tokio::select! {
-                biased;
                 _ = self.guard.killed() => return self.killed(),
                 read = self.stream.read_buf(&mut self.read_buf) => {
                     match read {
@@ -306,8 +310,12 @@ where
                         return Exit::Router("the router closed the session".into());
                     }
                     if out.reschedule {
-                        if let Err(e) = link.ready().await {
-                            return Exit::Router(e.to_string());
+                        tokio::select! {
+                            biased;
+                            _ = self.guard.killed() => return self.killed(),
+                            ready = link.ready() => if let Err(e) = ready {
+                                return Exit::Router(e.to_string());
+                            },
                         }
                     }
                 }
