@@ -29,10 +29,16 @@ fn bench_verifier(c: &mut Criterion) {
             for i in 0..other_cas {
                 let other = pki::create_ca(&format!("other CA {i}"), 30, KeyKind::P256).unwrap();
                 let cert = CaCert::parse(der(&other.cert_pem), UnixTime::now()).unwrap();
-                registry.register_ca(cert, None, None).await.unwrap();
+                registry
+                    .register_ca(certmq::registry::CaRegistration::declared(cert))
+                    .await
+                    .unwrap();
             }
             let cert = CaCert::parse(der(&ca.cert_pem), UnixTime::now()).unwrap();
-            registry.register_ca(cert, None, None).await.unwrap();
+            registry
+                .register_ca(certmq::registry::CaRegistration::declared(cert))
+                .await
+                .unwrap();
         });
         let signer = CaSigner::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
         let device = der(&signer
@@ -57,7 +63,10 @@ fn bench_status_lookup(c: &mut Criterion) {
     let ca = pki::create_ca("bench CA", 30, KeyKind::P256).unwrap();
     let ca_sn = rt.block_on(async {
         let cert = CaCert::parse(der(&ca.cert_pem), UnixTime::now()).unwrap();
-        registry.register_ca(cert, None, None).await.unwrap()
+        registry
+            .register_ca(certmq::registry::CaRegistration::declared(cert))
+            .await
+            .unwrap()
     });
     let signer = CaSigner::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
     let template = DeviceCert::parse(&der(&signer

@@ -6,6 +6,7 @@
 //! [`Settings::validate`] checks values, so a bad configuration stops
 //! start-up with a message naming the key and the problem.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,12 +23,12 @@ pub enum ConfigError {
     #[error("configuration error: {0}")]
     Load(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }
@@ -48,6 +49,7 @@ pub struct Settings {
 pub struct InstanceSettings {
     pub id: String,
     pub edition: String,
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +77,10 @@ pub struct TlsSettings {
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     pub listen: String,
+    pub timestamp_window_secs: u64,
+    pub access_keys: Vec<crate::admin::auth::AccessKey>,
+    /// Calls per second per account, by action name (and `default`).
+    pub rate_limits: HashMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +151,12 @@ impl Settings {
         if self.instance.id.trim().is_empty() {
             return Err(invalid("instance.id", "must not be empty"));
         }
+        if self.instance.owner.trim().is_empty() {
+            return Err(invalid(
+                "instance.owner",
+                "must not be empty (the account that owns the instance)",
+            ));
+        }
         if self.instance.edition.trim().is_empty() {
             return Err(invalid(
                 "instance.edition",
@@ -198,6 +210,38 @@ impl Settings {
                 "must not be empty when tls.server_cert is empty",
             ));
         }
+        if self.admin.timestamp_window_secs == 0 {
+            return Err(invalid(
+                "admin.timestamp_window_secs",
+                "must be greater than 0",
+            ));
+        }
+        for (i, key) in self.admin.access_keys.iter().enumerate() {
+            let at = |field: &str| format!("admin.access_keys[{i}].{field}");
+            if key.id.trim().is_empty() {
+                return Err(invalid(at("id"), "must not be empty"));
+            }
+            if key.secret.len() < 16 {
+                return Err(invalid(at("secret"), "must be at least 16 characters"));
+            }
+            if key.account.trim().is_empty() {
+                return Err(invalid(at("account"), "must not be empty"));
+            }
+            if self.admin.access_keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(invalid(
+                    at("id"),
+                    format!("`{}` is configured twice", key.id),
+                ));
+            }
+        }
+        for (action, rate) in &self.admin.rate_limits {
+            if *rate == 0 {
+                return Err(invalid(
+                    format!("admin.rate_limits.{action}"),
+                    "must be at least 1 call per second",
+                ));
+            }
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty (e.g. \"info\")"));
         }
@@ -222,6 +266,10 @@ impl Settings {
 
     pub fn drop_timeout(&self) -> Duration {
         Duration::from_millis(self.mqtt.drop_timeout_ms)
+    }
+
+    pub fn timestamp_window(&self) -> Duration {
+        Duration::from_secs(self.admin.timestamp_window_secs)
     }
 }
 
@@ -293,6 +341,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn access_keys_and_rate_limits_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[admin.access_keys]]\nid = \"LTAI1\"\nsecret = \"0123456789abcdef\"\naccount = \"a\"\nactions = [\"mq:Get*\"]\n\
+             [admin.rate_limits]\nListCaCertificate = 3\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&path), None).unwrap();
+        assert_eq!(s.admin.access_keys.len(), 1);
+        assert_eq!(s.admin.access_keys[0].actions, ["mq:Get*"]);
+        // Action names keep their case; the defaults stay.
+        assert_eq!(s.admin.rate_limits.get("ListCaCertificate"), Some(&3));
+        assert_eq!(
+            s.admin.rate_limits.get("InactivateDeviceCertificate"),
+            Some(&500)
+        );
+
+        std::fs::write(&path, "[[admin.access_keys]]\nid = \"x\"\nsecret = \"short\"\naccount = \"a\"\nactions = []\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.access_keys[0].secret"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod admin;
 mod admission;
 pub mod config;
 pub mod identity;
+pub mod instance;
 mod listener;
 pub mod pki;
 pub mod registry;
@@ -56,8 +57,9 @@ pub use serial::{CaSn, DeviceSn};
 pub use session::SessionTable;
 pub use stats::Stats;
 
+use instance::Instance;
 use pki::dev::DevPki;
-use registry::{CaCert, RegistryError};
+use registry::{CaCert, CaRegistration, RegistryError};
 use router::RouterHandle;
 use session::DropReason;
 use tls::TlsContext;
@@ -73,6 +75,10 @@ pub enum StartError {
     CaFile { path: PathBuf, reason: String },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
+    #[error(transparent)]
+    AccessKeys(#[from] admin::keys::KeyError),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -84,6 +90,7 @@ pub enum StartError {
 /// What every part of a running broker shares.
 pub(crate) struct Context {
     pub(crate) settings: Settings,
+    pub(crate) instance: Instance,
     pub(crate) registry: Registry,
     pub(crate) sessions: SessionTable,
     pub(crate) router: RouterHandle,
@@ -97,6 +104,7 @@ pub struct Broker {
     mqtt_addr: SocketAddr,
     admin_addr: SocketAddr,
     dev_pki: Option<DevPki>,
+    generated_key_file: Option<PathBuf>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -106,6 +114,12 @@ impl Broker {
     /// bound.
     pub async fn start(settings: Settings) -> Result<Broker, StartError> {
         settings.validate()?;
+        let instance = Instance::open(&settings)?;
+        let keys = admin::keys::load(&settings)?;
+        let admin_api = admin::AdminApi::new(&settings, keys.keys)?;
+        if let Some(path) = &keys.generated_file {
+            info!(file = %path.display(), "admin API access key (generated for instance.owner)");
+        }
         let (server_cert, server_key, mut ca_files, dev_pki) = resolve_pki(&settings)?;
         let registry = Registry::new();
         ca_files.extend(settings.tls.ca_files.iter().cloned());
@@ -134,6 +148,7 @@ impl Broker {
 
         let ctx = Arc::new(Context {
             settings,
+            instance,
             registry,
             sessions: SessionTable::new(),
             router,
@@ -146,7 +161,7 @@ impl Broker {
             tokio::spawn({
                 let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
                 async move {
-                    if let Err(e) = admin::serve(admin, ctx, shutdown).await {
+                    if let Err(e) = admin::serve(admin, ctx, admin_api, shutdown).await {
                         warn!(error = %e, "admin API failed");
                     }
                 }
@@ -158,6 +173,7 @@ impl Broker {
             mqtt_addr,
             admin_addr,
             dev_pki,
+            generated_key_file: keys.generated_file,
             shutdown,
             tasks,
         })
@@ -188,6 +204,17 @@ impl Broker {
 
     pub fn settings(&self) -> &Settings {
         &self.ctx.settings
+    }
+
+    /// The file of the generated admin access key, when no access keys are
+    /// configured.
+    pub fn generated_key_file(&self) -> Option<&Path> {
+        self.generated_key_file.as_deref()
+    }
+
+    /// The instance's registration code (GetRegisterCode).
+    pub fn registration_code(&self) -> &str {
+        &self.ctx.instance.registration_code
     }
 
     /// The development PKI, when the broker runs on it.
@@ -252,7 +279,7 @@ async fn register_ca_file(registry: &Registry, path: &Path) -> Result<(), StartE
     }
     for der in certs {
         let ca = CaCert::parse(der, UnixTime::now()).map_err(|e| fail(e.to_string()))?;
-        match registry.register_ca(ca, None, None).await {
+        match registry.register_ca(CaRegistration::declared(ca)).await {
             Ok(sn) => info!(ca_sn = %sn, file = %path.display(), "CA registered"),
             Err(RegistryError::CaAlreadyRegistered(sn)) => {
                 info!(ca_sn = %sn, file = %path.display(), "CA already registered")

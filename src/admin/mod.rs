@@ -1,34 +1,64 @@
-//! The admin API: HTTP (axum) in the ApsaraMQ for MQTT RPC dialect.
+//! The admin API: HTTP (axum) in the RPC dialect of the ApsaraMQ for MQTT
+//! API (version 2020-04-20), so the official SDKs work by changing only the
+//! endpoint.
 //!
-//! The path of a call: HTTP -> [`rpc::RpcRequest`] (parameters, action) ->
-//! the operation (registry change, then session drop) -> JSON answer.
-//!
-//! This first slice serves InactivateDeviceCertificate and
-//! ActiveDeviceCertificate, without signatures or permissions: the listener
-//! binds loopback by default and must not be exposed.
+//! The path of a call, top to bottom in [`handle`]:
+//! HTTP -> [`rpc::RpcRequest`] -> [`auth`] (signature, timestamp, nonce) ->
+//! [`authz`] (the access key's actions) -> [`ratelimit`] -> [`ops`]
+//! (instance checks, registry change, session drop) -> JSON answer, and an
+//! [`audit`] record for every mutating call.
 
-mod certificates;
+pub mod audit;
+pub mod auth;
+pub mod authz;
+pub mod client;
+pub mod keys;
+pub mod ops;
+pub mod ratelimit;
 pub mod rpc;
+pub mod sign;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::routing::any;
+use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::Context;
+use crate::config::{ConfigError, Settings};
+use auth::{Authenticator, Caller};
+use ops::Operation;
+use ratelimit::RateLimits;
 use rpc::{ApiError, RpcRequest};
+
+/// The admin API's own state: who may call, and how often.
+pub struct AdminApi {
+    auth: Authenticator,
+    limits: RateLimits,
+}
+
+impl AdminApi {
+    pub fn new(settings: &Settings, keys: Vec<auth::AccessKey>) -> Result<Self, ConfigError> {
+        Ok(AdminApi {
+            auth: Authenticator::new(keys, settings.timestamp_window()),
+            limits: RateLimits::new(&settings.admin.rate_limits)?,
+        })
+    }
+}
 
 #[derive(Clone)]
 struct AdminState {
     ctx: Arc<Context>,
+    api: Arc<AdminApi>,
     host: String,
 }
 
@@ -36,15 +66,19 @@ struct AdminState {
 pub(crate) async fn serve(
     listener: TcpListener,
     ctx: Arc<Context>,
+    api: AdminApi,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let host = listener
         .local_addr()
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_default();
-    let app = Router::new()
-        .route("/", any(handle))
-        .with_state(AdminState { ctx, host });
+    let state = AdminState {
+        ctx,
+        api: Arc::new(api),
+        host,
+    };
+    let app = Router::new().route("/", any(handle)).with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
@@ -54,31 +88,63 @@ pub(crate) async fn serve(
 
 async fn handle(
     State(state): State<AdminState>,
-    RawQuery(query): RawQuery,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req = match RpcRequest::parse(query.as_deref(), &headers, &body, &state.host) {
+    let started = Instant::now();
+    let parsed = RpcRequest::parse(
+        method.as_str(),
+        uri.path(),
+        uri.query(),
+        headers,
+        body.to_vec(),
+        &state.host,
+    );
+    let req = match parsed {
         Ok(req) => req,
         Err((request_id, error)) => return rpc::error_response(&request_id, &state.host, &error),
     };
-    match dispatch(&state.ctx, &req).await {
+    let mut caller = None;
+    let outcome = call(&state, &req, &mut caller).await;
+
+    let op = req.action().and_then(Operation::from_name);
+    if op.is_some_and(Operation::is_mutating) {
+        let claimed = Authenticator::claimed_key_id(&req);
+        audit::write(audit::AuditRecord {
+            req: &req,
+            action: req.action().unwrap_or_default(),
+            access_key_id: caller
+                .as_ref()
+                .map(|c: &Caller| c.access_key_id.as_str())
+                .or(claimed.as_deref()),
+            account: caller.as_ref().map(|c| c.account.as_str()),
+            code: outcome.as_ref().map_or_else(|e| e.code(), |_| "Success"),
+            duration: started.elapsed(),
+        });
+    }
+    match outcome {
         Ok(fields) => req.ok(fields),
         Err(error) => {
-            info!(request_id = %req.request_id, action = ?req.action, code = error.code(), message = %error, "admin call failed");
+            debug!(request_id = %req.request_id, action = ?req.action(), code = error.code(), message = %error, "admin call failed");
             req.error(&error)
         }
     }
 }
 
-async fn dispatch(
-    ctx: &Context,
+/// Authenticate, authorize, rate-limit, run.
+async fn call(
+    state: &AdminState,
     req: &RpcRequest,
-) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    let action = req.action.as_deref().ok_or(ApiError::MissingAction)?;
-    match action {
-        "InactivateDeviceCertificate" => certificates::inactivate_device(ctx, req).await,
-        "ActiveDeviceCertificate" => certificates::activate_device(ctx, req).await,
-        other => Err(ApiError::UnknownAction(other.chars().take(64).collect())),
-    }
+    caller_slot: &mut Option<Caller>,
+) -> Result<Map<String, Value>, ApiError> {
+    let (caller, _scheme) = state.api.auth.authenticate(req)?;
+    let caller = caller_slot.insert(caller);
+    let action = req.action().ok_or(ApiError::MissingAction)?;
+    let op = Operation::from_name(action)
+        .ok_or_else(|| ApiError::UnknownAction(action.chars().take(64).collect()))?;
+    authz::authorize(caller, op)?;
+    state.api.limits.check(op, &caller.account)?;
+    ops::run(&state.ctx, caller, op, req).await
 }

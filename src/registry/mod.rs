@@ -19,6 +19,7 @@
 mod ca;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -67,6 +68,38 @@ pub struct CaRecord {
     pub valid_end_ms: i64,
     pub pem: Arc<str>,
     pub verification_pem: Option<Arc<str>>,
+    /// The registration code the verification certificate carried.
+    pub registration_code: Option<Arc<str>>,
+}
+
+/// What registering a CA records.
+#[derive(Debug, Clone)]
+pub struct CaRegistration {
+    pub cert: CaCert,
+    /// CaName; the subject CN when `None`.
+    pub name: Option<String>,
+    pub verification_pem: Option<String>,
+    pub registration_code: Option<String>,
+}
+
+impl CaRegistration {
+    /// A CA trusted by configuration (`tls.ca_files`), with no proof of
+    /// possession on record.
+    pub fn declared(cert: CaCert) -> Self {
+        CaRegistration {
+            cert,
+            name: None,
+            verification_pem: None,
+            registration_code: None,
+        }
+    }
+}
+
+/// A page of a listing: `offset` and `limit` in, the page and the total out.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: usize,
 }
 
 /// A device certificate as the API reports it.
@@ -98,12 +131,16 @@ pub enum Admission {
 }
 
 struct CaEntry {
+    /// Registration order, for stable listings.
+    seq: u64,
     record: CaRecord,
     subject_raw: Vec<u8>,
     anchor: Arc<TrustAnchor<'static>>,
 }
 
 struct DeviceEntry {
+    /// First-seen order, for stable listings.
+    seq: u64,
     name: Arc<str>,
     status: CertStatus,
     valid_begin_ms: i64,
@@ -130,6 +167,38 @@ impl std::fmt::Debug for Registry {
 struct Shared {
     cas: DashMap<CaSn, CaEntry>,
     devices: DashMap<DeviceIdentity, DeviceEntry>,
+    next_seq: AtomicU64,
+}
+
+impl Shared {
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl DeviceEntry {
+    fn record(&self, identity: DeviceIdentity) -> DeviceRecord {
+        DeviceRecord {
+            identity,
+            name: self.name.clone(),
+            status: self.status,
+            valid_begin_ms: self.valid_begin_ms,
+            valid_end_ms: self.valid_end_ms,
+            pem: self.pem.clone(),
+        }
+    }
+}
+
+fn page<T>(mut keyed: Vec<(u64, T)>, offset: usize, limit: usize) -> Page<T> {
+    keyed.sort_by_key(|(seq, _)| *seq);
+    let total = keyed.len();
+    let items = keyed
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(_, t)| t)
+        .collect();
+    Page { items, total }
 }
 
 impl Registry {
@@ -140,18 +209,20 @@ impl Registry {
     // ----- CAs -------------------------------------------------------------
 
     /// Registers a CA, active. Refuses a serial that is already registered.
-    pub async fn register_ca(
-        &self,
-        cert: CaCert,
-        name: Option<String>,
-        verification_pem: Option<String>,
-    ) -> Result<CaSn, RegistryError> {
+    pub async fn register_ca(&self, registration: CaRegistration) -> Result<CaSn, RegistryError> {
+        let CaRegistration {
+            cert,
+            name,
+            verification_pem,
+            registration_code,
+        } = registration;
         let sn = cert.sn;
         match self.shared.cas.entry(sn) {
             Entry::Occupied(_) => Err(RegistryError::CaAlreadyRegistered(sn)),
             Entry::Vacant(slot) => {
                 let name = name.unwrap_or_else(|| cert.common_name.clone());
                 slot.insert(CaEntry {
+                    seq: self.shared.seq(),
                     record: CaRecord {
                         sn,
                         name,
@@ -160,6 +231,7 @@ impl Registry {
                         valid_end_ms: cert.valid_end_ms,
                         pem: Arc::from(cert.pem()),
                         verification_pem: verification_pem.map(Arc::from),
+                        registration_code: registration_code.map(Arc::from),
                     },
                     subject_raw: cert.subject_raw,
                     anchor: cert.anchor,
@@ -167,6 +239,28 @@ impl Registry {
                 Ok(sn)
             }
         }
+    }
+
+    /// Removes a CA and every device certificate it issued; returns how
+    /// many devices went. Callers drop the CA's sessions *after* this.
+    pub async fn delete_ca(&self, sn: &CaSn) -> Result<usize, RegistryError> {
+        if self.shared.cas.remove(sn).is_none() {
+            return Err(RegistryError::CaNotFound(*sn));
+        }
+        let before = self.shared.devices.len();
+        self.shared.devices.retain(|id, _| id.ca_sn != *sn);
+        Ok(before.saturating_sub(self.shared.devices.len()))
+    }
+
+    /// Registered CAs in registration order.
+    pub fn list_cas(&self, offset: usize, limit: usize) -> Page<CaRecord> {
+        let all = self
+            .shared
+            .cas
+            .iter()
+            .map(|e| (e.seq, e.record.clone()))
+            .collect();
+        page(all, offset, limit)
     }
 
     /// Sets a CA's status. Callers that inactivate must drop the CA's
@@ -216,14 +310,34 @@ impl Registry {
     }
 
     pub fn device(&self, id: &DeviceIdentity) -> Option<DeviceRecord> {
-        self.shared.devices.get(id).map(|e| DeviceRecord {
-            identity: *id,
-            name: e.name.clone(),
-            status: e.status,
-            valid_begin_ms: e.valid_begin_ms,
-            valid_end_ms: e.valid_end_ms,
-            pem: e.pem.clone(),
-        })
+        self.shared.devices.get(id).map(|e| e.record(*id))
+    }
+
+    /// Device certificates in first-seen order, all or one CA's.
+    pub fn list_devices(
+        &self,
+        ca: Option<&CaSn>,
+        offset: usize,
+        limit: usize,
+    ) -> Page<DeviceRecord> {
+        let all = self
+            .shared
+            .devices
+            .iter()
+            .filter(|e| ca.is_none_or(|sn| e.key().ca_sn == *sn))
+            .map(|e| (e.seq, e.record(*e.key())))
+            .collect();
+        page(all, offset, limit)
+    }
+
+    /// Removes a device record. The device registers again on its next
+    /// connection while its CA is active: inactivation, not deletion, keeps
+    /// a device out.
+    pub async fn delete_device(&self, id: &DeviceIdentity) -> Result<(), RegistryError> {
+        match self.shared.devices.remove(id) {
+            Some(_) => Ok(()),
+            None => Err(RegistryError::DeviceNotFound(*id)),
+        }
     }
 
     /// Registers a device on its first verified connection (status active,
@@ -235,6 +349,7 @@ impl Registry {
             Entry::Occupied(e) => Admission::Known(e.get().status),
             Entry::Vacant(slot) => {
                 slot.insert(DeviceEntry {
+                    seq: self.shared.seq(),
                     name: Arc::from(cert.common_name.as_str()),
                     status: CertStatus::Active,
                     valid_begin_ms: cert.valid_begin_ms,

@@ -1,5 +1,6 @@
 //! The admin API's dialect: parameters, envelopes and error codes.
 
+use certmq::admin::sign;
 use serde_json::Value;
 
 use crate::support::mqtt::{Version, connect};
@@ -77,7 +78,7 @@ async fn documented_errors() {
     // Unknown action -> 404 InvalidAction.NotFound; none -> 400.
     let (status, body) = tb.admin(&[("Action", "FlyToTheMoon")]).await;
     assert_error(status, &body, 404, "InvalidAction.NotFound");
-    let (status, body) = tb.admin(&[]).await;
+    let (status, body) = tb.client.call_v1(&[], &Default::default()).await.unwrap();
     assert_error(status, &body, 400, "MissingAction");
 
     // Nothing changed through all of that.
@@ -89,17 +90,13 @@ async fn documented_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn form_body_header_action_and_serial_spellings() {
+async fn v1_form_post_with_serial_spellings() {
+    // The legacy SDK's style: HMAC-SHA1, every parameter (Action included)
+    // in a form body; serials in lower case with colons.
     let ca = Ca::new("fleet CA");
     let tb = support::start(&[&ca]).await;
     let device = ca.device("d1");
     let _client = connect(&tb, &device, "d1", Version::V4).await.unwrap();
-    let instance = tb.broker.settings().instance.id.clone();
-    let url = format!("http://{}/", tb.broker.admin_addr());
-    let http = reqwest::Client::new();
-
-    // POST with a form body, the action in the x-acs-action header (V3
-    // style), serials in lower case with colons.
     let colon = |s: String| {
         s.to_lowercase()
             .as_bytes()
@@ -108,17 +105,32 @@ async fn form_body_header_action_and_serial_spellings() {
             .collect::<Vec<_>>()
             .join(":")
     };
-    let form = format!(
-        "MqttInstanceId={instance}&CaSn={}&DeviceSn={}",
-        colon(ca.sn.to_string()),
-        colon(device.identity.device_sn.to_string())
-    );
-    let response = http
-        .post(&url)
-        .header("x-acs-action", "InactivateDeviceCertificate")
-        .header("x-acs-version", "2020-04-20")
+    let mut params: Vec<(String, String)> = [
+        ("Action", "InactivateDeviceCertificate".to_owned()),
+        ("MqttInstanceId", tb.instance()),
+        ("CaSn", colon(ca.sn.to_string())),
+        ("DeviceSn", colon(device.identity.device_sn.to_string())),
+        ("Format", "JSON".into()),
+        ("Version", "2020-04-20".into()),
+        ("AccessKeyId", support::TEST_KEY_ID.into()),
+        ("SignatureMethod", "HMAC-SHA1".into()),
+        ("SignatureVersion", "1.0".into()),
+        ("SignatureType", String::new()),
+        ("SignatureNonce", uuid::Uuid::new_v4().to_string()),
+        ("Timestamp", certmq::admin::client::now_iso8601()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let sts = sign::v1_string_to_sign("POST", &params);
+    params.push((
+        "Signature".into(),
+        sign::v1_signature(support::TEST_KEY_SECRET, &sts),
+    ));
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/", tb.broker.admin_addr()))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
+        .body(serde_urlencoded::to_string(&params).unwrap())
         .send()
         .await
         .unwrap();

@@ -12,4 +12,5 @@ mod mqtt;
 mod pubsub;
 mod race;
 mod resumption;
+mod signatures;
 mod tls;

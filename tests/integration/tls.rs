@@ -119,7 +119,7 @@ async fn ca_registered_at_run_time_is_trusted_without_restart() {
     let cert = certmq::registry::CaCert::parse(der, rustls_pki_types::UnixTime::now()).unwrap();
     tb.broker
         .registry()
-        .register_ca(cert, None, None)
+        .register_ca(certmq::registry::CaRegistration::declared(cert))
         .await
         .unwrap();
     connect(&tb, &device, "late-device", Version::V4)

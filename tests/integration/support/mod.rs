@@ -6,8 +6,9 @@ pub mod pki;
 pub mod raw;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use certmq::admin::auth::AccessKey;
+use certmq::admin::client::AdminClient;
 use certmq::{Broker, Settings};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -20,8 +21,13 @@ pub struct TestBroker {
     /// The CA that issued the broker's server certificate; clients trust it.
     pub server_ca: Ca,
     pub dir: TempDir,
-    http: reqwest::Client,
+    /// Signs with the test access key (all actions, the owner's account).
+    pub client: AdminClient,
 }
+
+/// The access key of test brokers.
+pub const TEST_KEY_ID: &str = "LTAI5tCertmqTestKey0001";
+pub const TEST_KEY_SECRET: &str = "certmq-test-secret-0123456789";
 
 /// Starts a broker trusting the device CAs `cas`, on free loopback ports.
 pub async fn start(cas: &[&Ca]) -> TestBroker {
@@ -54,13 +60,25 @@ pub async fn start_with(cas: &[&Ca], tweak: impl FnOnce(&mut Settings)) -> TestB
     settings.tls.server_key = server_key.display().to_string();
     settings.tls.ca_files = ca_files;
     settings.storage.data_dir = dir.path().join("data");
+    settings.admin.access_keys = vec![AccessKey {
+        id: TEST_KEY_ID.into(),
+        secret: TEST_KEY_SECRET.into(),
+        account: settings.instance.owner.clone(),
+        actions: vec!["mq:*".into()],
+    }];
     tweak(&mut settings);
     let broker = Broker::start(settings).await.unwrap();
+    let client = AdminClient::new(
+        &broker.admin_addr().to_string(),
+        TEST_KEY_ID,
+        TEST_KEY_SECRET,
+    )
+    .unwrap();
     TestBroker {
         broker,
         server_ca,
         dir,
-        http: reqwest::Client::new(),
+        client,
     }
 }
 
@@ -69,20 +87,25 @@ impl TestBroker {
         self.broker.mqtt_addr().port()
     }
 
-    /// Calls the admin API (GET, parameters in the query string).
+    /// Calls the admin API, signed (V3): `Action` names the operation, the
+    /// rest are its parameters.
     pub async fn admin(&self, params: &[(&str, &str)]) -> (u16, Value) {
-        let url = format!("http://{}/", self.broker.admin_addr());
-        let response = self
-            .http
-            .get(url)
-            .query(params)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap();
-        (status, body)
+        let action = params
+            .iter()
+            .find(|(k, _)| *k == "Action")
+            .map(|(_, v)| *v)
+            .unwrap_or("");
+        let rest: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| *k != "Action")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.client.call(action, &rest).await.unwrap()
+    }
+
+    /// The instance id of this broker.
+    pub fn instance(&self) -> String {
+        self.broker.settings().instance.id.clone()
     }
 
     /// The device parameters of a device certificate operation.

@@ -1,0 +1,153 @@
+//! Device certificate operations.
+
+use serde_json::{Map, Value, json};
+use tracing::info;
+
+use super::{fields, paging};
+use crate::Context;
+use crate::admin::rpc::{ApiError, RpcRequest};
+use crate::identity::DeviceIdentity;
+use crate::registry::{CertStatus, DeviceRecord, RegistryError};
+use crate::serial::{CaSn, DeviceSn};
+use crate::session::DropReason;
+
+fn identity(req: &RpcRequest) -> Result<DeviceIdentity, ApiError> {
+    let ca_sn = req.serial("CaSn", CaSn::parse)?;
+    let device_sn = req.serial("DeviceSn", DeviceSn::parse)?;
+    Ok(DeviceIdentity { ca_sn, device_sn })
+}
+
+pub(super) fn not_found(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::DeviceNotFound(id) => ApiError::DeviceNotFound {
+            ca_sn: id.ca_sn.to_string(),
+            device_sn: id.device_sn.to_string(),
+        },
+        RegistryError::CaNotFound(sn) => ApiError::CaNotFound(sn.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// A device certificate as the API shows it (a DeviceCertificateVO).
+fn vo(d: &DeviceRecord) -> Value {
+    json!({
+        "CaSn": d.identity.ca_sn.to_string(),
+        "DeviceSn": d.identity.device_sn.to_string(),
+        "DeviceName": &*d.name,
+        "DeviceContent": &*d.pem,
+        "Status": d.status.api_code(),
+        "ValidBegin": d.valid_begin_ms.to_string(),
+        "ValidEnd": d.valid_end_ms.to_string(),
+    })
+}
+
+fn device_sn_answer(identity: &DeviceIdentity) -> Map<String, Value> {
+    fields([("DeviceSn", Value::String(identity.device_sn.to_string()))])
+}
+
+pub(super) fn get(ctx: &Context, req: &RpcRequest) -> Result<Map<String, Value>, ApiError> {
+    let identity = identity(req)?;
+    let record = ctx
+        .registry
+        .device(&identity)
+        .ok_or(RegistryError::DeviceNotFound(identity))
+        .map_err(not_found)?;
+    Ok(fields([("Data", vo(&record))]))
+}
+
+pub(super) fn list(
+    ctx: &Context,
+    req: &RpcRequest,
+    by_ca: bool,
+) -> Result<Map<String, Value>, ApiError> {
+    let ca = if by_ca {
+        let sn = req.serial("CaSn", CaSn::parse)?;
+        if ctx.registry.ca(&sn).is_none() {
+            return Err(ApiError::CaNotFound(sn.to_string()));
+        }
+        Some(sn)
+    } else {
+        None
+    };
+    let (page_no, page_size, offset) = paging(req)?;
+    let page = ctx.registry.list_devices(ca.as_ref(), offset, page_size);
+    let vos: Vec<Value> = page.items.iter().map(vo).collect();
+    Ok(fields([(
+        "Data",
+        json!({
+            "DeviceCertificateVOS": vos,
+            "PageNo": page_no,
+            "PageSize": page_size,
+            "Total": page.total,
+        }),
+    )]))
+}
+
+/// InactivateDeviceCertificate: the device's sessions are closed and its
+/// handshakes refused before this answers.
+pub(super) async fn inactivate(
+    ctx: &Context,
+    req: &RpcRequest,
+) -> Result<Map<String, Value>, ApiError> {
+    let identity = identity(req)?;
+    ctx.registry
+        .set_device_status(&identity, CertStatus::Inactive)
+        .await
+        .map_err(not_found)?;
+    let dropped = ctx
+        .sessions
+        .drop_device(
+            &identity,
+            DropReason::Administrative,
+            ctx.settings.drop_timeout(),
+        )
+        .await
+        .map_err(|e| {
+            ApiError::Internal(format!("the device is inactive but {e}; retry the call"))
+        })?;
+    info!(request_id = %req.request_id, device = %identity, dropped, "device certificate inactivated");
+    Ok(device_sn_answer(&identity))
+}
+
+/// ActiveDeviceCertificate: the device may connect again.
+pub(super) async fn activate(
+    ctx: &Context,
+    req: &RpcRequest,
+) -> Result<Map<String, Value>, ApiError> {
+    let identity = identity(req)?;
+    ctx.registry
+        .set_device_status(&identity, CertStatus::Active)
+        .await
+        .map_err(not_found)?;
+    info!(request_id = %req.request_id, device = %identity, "device certificate activated");
+    Ok(device_sn_answer(&identity))
+}
+
+/// DeleteDeviceCertificate: the record goes and the device's sessions are
+/// closed. It registers again on its next connection while its CA is
+/// active; inactivation is the way to keep a device out.
+pub(super) async fn delete(
+    ctx: &Context,
+    req: &RpcRequest,
+) -> Result<Map<String, Value>, ApiError> {
+    let identity = identity(req)?;
+    ctx.registry
+        .delete_device(&identity)
+        .await
+        .map_err(not_found)?;
+    let dropped = ctx
+        .sessions
+        .drop_device(
+            &identity,
+            DropReason::Administrative,
+            ctx.settings.drop_timeout(),
+        )
+        .await
+        .map_err(|e| {
+            ApiError::Internal(format!(
+                "the device record is deleted but {e}; retry the call"
+            ))
+        })?;
+    info!(request_id = %req.request_id, device = %identity, dropped, "device certificate deleted");
+    Ok(device_sn_answer(&identity))
+}

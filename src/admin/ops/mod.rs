@@ -1,0 +1,213 @@
+//! The operations of the certificate API family, and what each requires.
+//!
+//! Every operation runs after authentication, authorization and rate
+//! limiting (see `admin`). Each first checks the instance it names
+//! ([`check_instance`]), then its own parameters, then acts. Operations that
+//! remove access follow one order: registry first, then the session drop,
+//! then the answer.
+
+mod ca;
+mod device;
+mod session;
+
+use serde_json::{Map, Value};
+
+use super::auth::Caller;
+use super::rpc::{ApiError, RpcRequest};
+use crate::Context;
+
+/// One admin API operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    GetRegisterCode,
+    RegisterCaCertificate,
+    GetCaCertificate,
+    ListCaCertificate,
+    ActiveCaCertificate,
+    InactivateCaCertificate,
+    DeleteCaCertificate,
+    GetDeviceCertificate,
+    ListDeviceCertificate,
+    ListDeviceCertificateByCaSn,
+    ActiveDeviceCertificate,
+    InactivateDeviceCertificate,
+    DeleteDeviceCertificate,
+    CloseConnection,
+    QuerySessionByClientId,
+    BatchQuerySessionByClientIds,
+}
+
+use Operation::*;
+
+impl Operation {
+    pub const ALL: [Operation; 16] = [
+        GetRegisterCode,
+        RegisterCaCertificate,
+        GetCaCertificate,
+        ListCaCertificate,
+        ActiveCaCertificate,
+        InactivateCaCertificate,
+        DeleteCaCertificate,
+        GetDeviceCertificate,
+        ListDeviceCertificate,
+        ListDeviceCertificateByCaSn,
+        ActiveDeviceCertificate,
+        InactivateDeviceCertificate,
+        DeleteDeviceCertificate,
+        CloseConnection,
+        QuerySessionByClientId,
+        BatchQuerySessionByClientIds,
+    ];
+
+    /// The action name of the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            GetRegisterCode => "GetRegisterCode",
+            RegisterCaCertificate => "RegisterCaCertificate",
+            GetCaCertificate => "GetCaCertificate",
+            ListCaCertificate => "ListCaCertificate",
+            ActiveCaCertificate => "ActiveCaCertificate",
+            InactivateCaCertificate => "InactivateCaCertificate",
+            DeleteCaCertificate => "DeleteCaCertificate",
+            GetDeviceCertificate => "GetDeviceCertificate",
+            ListDeviceCertificate => "ListDeviceCertificate",
+            ListDeviceCertificateByCaSn => "ListDeviceCertificateByCaSn",
+            ActiveDeviceCertificate => "ActiveDeviceCertificate",
+            InactivateDeviceCertificate => "InactivateDeviceCertificate",
+            DeleteDeviceCertificate => "DeleteDeviceCertificate",
+            CloseConnection => "CloseConnection",
+            QuerySessionByClientId => "QuerySessionByClientId",
+            BatchQuerySessionByClientIds => "BatchQuerySessionByClientIds",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    /// The RAM actions any one of which allows the operation.
+    pub fn ram_actions(self) -> Vec<String> {
+        let mut actions = vec![format!("mq:{}", self.name())];
+        if self == InactivateDeviceCertificate {
+            // The operation's documentation lists this action.
+            actions.push("mq:UnregisterDeviceCertificate".into());
+        }
+        actions
+    }
+
+    /// Whether the operation changes state (and so is audited).
+    pub fn is_mutating(self) -> bool {
+        matches!(
+            self,
+            RegisterCaCertificate
+                | ActiveCaCertificate
+                | InactivateCaCertificate
+                | DeleteCaCertificate
+                | ActiveDeviceCertificate
+                | InactivateDeviceCertificate
+                | DeleteDeviceCertificate
+                | CloseConnection
+        )
+    }
+
+    /// Certificate operations need the platinum edition.
+    pub fn is_certificate_operation(self) -> bool {
+        !matches!(
+            self,
+            CloseConnection | QuerySessionByClientId | BatchQuerySessionByClientIds
+        )
+    }
+
+    /// The parameter naming the instance: session operations use
+    /// `InstanceId`, certificate operations `MqttInstanceId`.
+    pub fn instance_param(self) -> &'static str {
+        if self.is_certificate_operation() {
+            "MqttInstanceId"
+        } else {
+            "InstanceId"
+        }
+    }
+}
+
+/// The instance must exist here, belong to the caller's account, and (for
+/// certificate operations) be of the platinum edition.
+fn check_instance(
+    ctx: &Context,
+    caller: &Caller,
+    op: Operation,
+    req: &RpcRequest,
+) -> Result<(), ApiError> {
+    let param = op.instance_param();
+    let instance = req.param(param).map(str::trim).unwrap_or_default();
+    if instance.is_empty() {
+        return Err(ApiError::MissingParameter(param));
+    }
+    if instance != ctx.instance.id {
+        return Err(ApiError::InstanceNotFound(
+            instance.chars().take(64).collect(),
+        ));
+    }
+    if caller.account != ctx.instance.owner {
+        return Err(ApiError::OwnerCheck(instance.to_owned()));
+    }
+    if op.is_certificate_operation() && !ctx.instance.supports_certificates() {
+        return Err(ApiError::Edition(ctx.instance.edition.clone()));
+    }
+    Ok(())
+}
+
+/// Runs an authorized operation.
+pub(crate) async fn run(
+    ctx: &Context,
+    caller: &Caller,
+    op: Operation,
+    req: &RpcRequest,
+) -> Result<Map<String, Value>, ApiError> {
+    check_instance(ctx, caller, op, req)?;
+    match op {
+        GetRegisterCode => ca::get_register_code(ctx),
+        RegisterCaCertificate => ca::register(ctx, req).await,
+        GetCaCertificate => ca::get(ctx, req),
+        ListCaCertificate => ca::list(ctx, req),
+        ActiveCaCertificate => ca::activate(ctx, req).await,
+        InactivateCaCertificate => ca::inactivate(ctx, req).await,
+        DeleteCaCertificate => ca::delete(ctx, req).await,
+        GetDeviceCertificate => device::get(ctx, req),
+        ListDeviceCertificate => device::list(ctx, req, false),
+        ListDeviceCertificateByCaSn => device::list(ctx, req, true),
+        ActiveDeviceCertificate => device::activate(ctx, req).await,
+        InactivateDeviceCertificate => device::inactivate(ctx, req).await,
+        DeleteDeviceCertificate => device::delete(ctx, req).await,
+        CloseConnection => session::close(ctx, req).await,
+        QuerySessionByClientId => session::query(ctx, req),
+        BatchQuerySessionByClientIds => session::batch_query(ctx, req),
+    }
+}
+
+/// `PageNo` (from 1, default 1) and `PageSize` (1 to 100, default 10), as
+/// `(page_no, page_size, offset)`.
+fn paging(req: &RpcRequest) -> Result<(usize, usize, usize), ApiError> {
+    let number = |name: &'static str, default: usize, max: usize| -> Result<usize, ApiError> {
+        match req.param(name).map(str::trim) {
+            None | Some("") => Ok(default),
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::InvalidParameter {
+                    name,
+                    reason: format!(
+                        "`{}` is not a whole number from 1 to {max}",
+                        raw.chars().take(20).collect::<String>()
+                    ),
+                }),
+            },
+        }
+    };
+    let page_no = number("PageNo", 1, 1_000_000)?;
+    let page_size = number("PageSize", 10, 100)?;
+    Ok((page_no, page_size, (page_no - 1) * page_size))
+}
+
+/// The answer's fields, built from pairs.
+fn fields(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
