@@ -62,8 +62,16 @@ pub(crate) async fn admit(
         Some(CertStatus::Active) => {
             match ctx.registry.admit_device(&identity, &verified.cert).await {
                 Admission::Registered => {
-                    info!(device = %identity, name = %verified.cert.common_name, "device auto-registered");
-                    None
+                    // A DeleteCaCertificate may have removed the CA (and swept
+                    // its devices) between the status read and the
+                    // registration: do not leave an orphan record behind.
+                    if ctx.registry.ca_status(&identity.ca_sn).is_none() {
+                        let _ = ctx.registry.delete_device(&identity).await;
+                        Some(Refusal::UnknownCa)
+                    } else {
+                        info!(device = %identity, name = %verified.cert.common_name, "device auto-registered");
+                        None
+                    }
                 }
                 Admission::Known(CertStatus::Active) => None,
                 Admission::Known(CertStatus::Inactive) => Some(Refusal::DeviceInactive(identity)),

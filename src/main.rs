@@ -38,6 +38,38 @@ enum Command {
     /// the verification certificate of CA registration.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Call the admin API, signed (ACS3-HMAC-SHA256), and print the answer.
+    ///
+    /// Example: certmq admin InactivateDeviceCertificate --MqttInstanceId
+    /// mqtt-certmq-local --CaSn 2B22... --DeviceSn 5FC9...
+    ///
+    /// The endpoint and access key come from the flags, the environment, or
+    /// else the configuration: its admin.listen and access keys, or the key
+    /// that `certmq serve` generated in the data directory.
+    Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin API, e.g. http://127.0.0.1:8080 (default: from admin.listen).
+    #[arg(long, env = "CERTMQ_ADMIN_ENDPOINT")]
+    endpoint: Option<String>,
+    #[arg(long, env = "CERTMQ_ACCESS_KEY_ID")]
+    access_key_id: Option<String>,
+    #[arg(long, env = "CERTMQ_ACCESS_KEY_SECRET", hide_env_values = true)]
+    access_key_secret: Option<String>,
+    /// The broker's configuration file, to find the endpoint and the key.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The operation, e.g. GetRegisterCode, InactivateDeviceCertificate.
+    action: String,
+    /// Its parameters: --Name value (or --Name=value), e.g. --DeviceSn 5FC9...
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "--Name value"
+    )]
+    params: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +156,77 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Pki(cmd) => run_pki(cmd),
+        Command::Admin(args) => admin(args),
     }
+}
+
+fn admin(args: AdminArgs) -> Result<()> {
+    let params = admin_params(&args.params)?;
+    let settings = Settings::load(args.config.as_deref())?;
+    let endpoint = match args.endpoint {
+        Some(e) => e,
+        None => {
+            let listen = settings.admin_listen()?;
+            let host = if listen.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                listen.ip()
+            };
+            format!("http://{}", std::net::SocketAddr::new(host, listen.port()))
+        }
+    };
+    let (id, secret) = match (args.access_key_id, args.access_key_secret) {
+        (Some(id), Some(secret)) => (id, secret),
+        (None, None) => {
+            let key = settings
+                .admin
+                .access_keys
+                .first()
+                .cloned()
+                .or_else(|| certmq::admin::keys::read_generated(&settings))
+                .with_context(|| {
+                    format!(
+                        "no access key: set CERTMQ_ACCESS_KEY_ID and CERTMQ_ACCESS_KEY_SECRET, or run where `certmq serve` \
+                         generated {}",
+                        settings.storage.data_dir.join(certmq::admin::keys::GENERATED_KEY_FILE).display()
+                    )
+                })?;
+            (key.id, key.secret)
+        }
+        _ => anyhow::bail!("give both --access-key-id and --access-key-secret (or neither)"),
+    };
+    let client = certmq::admin::client::AdminClient::new(&endpoint, &id, &secret)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (status, body) = runtime.block_on(client.call(&args.action, &params))?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if status >= 400 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `--Name value` and `--Name=value` pairs.
+fn admin_params(raw: &[String]) -> Result<Vec<(String, String)>> {
+    let mut params = Vec::new();
+    let mut iter = raw.iter();
+    while let Some(arg) = iter.next() {
+        let name = arg
+            .strip_prefix("--")
+            .with_context(|| format!("`{arg}`: parameters are given as --Name value"))?;
+        match name.split_once('=') {
+            Some((name, value)) => params.push((name.to_owned(), value.to_owned())),
+            None => {
+                let value = iter
+                    .next()
+                    .with_context(|| format!("--{name} needs a value"))?;
+                params.push((name.to_owned(), value.clone()));
+            }
+        }
+    }
+    Ok(params)
 }
 
 fn serve(config: Option<&Path>) -> Result<()> {
@@ -138,6 +240,14 @@ fn serve(config: Option<&Path>) -> Result<()> {
         let broker = Broker::start(settings).await?;
         if let Some(dev) = broker.dev_pki() {
             print_dev_instructions(dev, &broker);
+        }
+        if let Some(file) = broker.generated_key_file() {
+            println!(
+                "Admin API access key (generated for account `{}`, all actions): {}\n\
+                 `certmq admin <Action> --Param value` uses it when run from this directory.",
+                broker.settings().instance.owner,
+                file.display()
+            );
         }
         wait_for_signal().await?;
         tracing::info!("shutting down");
@@ -205,11 +315,13 @@ Publish as device-2:
   mosquitto_pub -h localhost -p {port} --cafile {dir}/ca.pem \
     --cert {cert2} --key {key2} -i device-2 -t demo/hello -m hi
 
-Inactivate device-1 (the admin API is unauthenticated in this
-version: keep it on loopback):
+Inactivate device-1 through the admin API (signed with the access key
+printed below):
   CA_SN=$(openssl x509 -noout -serial -in {dir}/ca.pem | cut -d= -f2)
   DEVICE_SN=$(openssl x509 -noout -serial -in {cert1} | cut -d= -f2)
-  curl -s "http://{admin}/?Action=InactivateDeviceCertificate&MqttInstanceId={instance}&CaSn=$CA_SN&DeviceSn=$DEVICE_SN"
+  certmq admin InactivateDeviceCertificate --MqttInstanceId {instance} \
+    --CaSn $CA_SN --DeviceSn $DEVICE_SN
+  (admin API: http://{admin}/)
 =================================================================
 "#
     );

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod admin_api;
 mod cli;
 mod inactivation;
 mod mosquitto;

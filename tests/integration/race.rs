@@ -179,8 +179,65 @@ fn paced_config(
     Arc::new(config)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inactivation_wins_against_connects_in_flight() {
+/// An admin call that removes a device's access, and the call that gives
+/// it back.
+#[derive(Debug, Clone, Copy)]
+enum Revocation {
+    InactivateDevice,
+    InactivateCa,
+    DeleteCa,
+}
+
+impl Revocation {
+    async fn revoke(self, tb: &TestBroker, ca: &Ca, device: &Device) {
+        let instance = tb.instance();
+        let sn = ca.sn.to_string();
+        let (action, params) = match self {
+            Revocation::InactivateDevice => return tb.inactivate(device).await,
+            Revocation::InactivateCa => (
+                "InactivateCaCertificate",
+                [("MqttInstanceId", instance.as_str()), ("Sn", sn.as_str())],
+            ),
+            Revocation::DeleteCa => (
+                "DeleteCaCertificate",
+                [("MqttInstanceId", instance.as_str()), ("Sn", sn.as_str())],
+            ),
+        };
+        let params: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (status, body) = tb.client.call(action, &params).await.unwrap();
+        assert_eq!(status, 200, "{action}: {body}");
+    }
+
+    async fn restore(self, tb: &TestBroker, ca: &Ca, device: &Device) {
+        match self {
+            Revocation::InactivateDevice => tb.activate(device).await,
+            Revocation::InactivateCa => tb
+                .broker
+                .registry()
+                .set_ca_status(&ca.sn, certmq::CertStatus::Active)
+                .await
+                .unwrap(),
+            Revocation::DeleteCa => {
+                if tb.broker.registry().ca(&ca.sn).is_none() {
+                    let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
+                    let cert =
+                        certmq::registry::CaCert::parse(der, rustls_pki_types::UnixTime::now())
+                            .unwrap();
+                    tb.broker
+                        .registry()
+                        .register_ca(certmq::registry::CaRegistration::declared(cert))
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+async fn contest(revocation: Revocation, rounds: usize) {
     let ca = Ca::new("fleet CA");
     let tb = support::start(&[&ca]).await;
     let device = ca.device("contested");
@@ -197,8 +254,8 @@ async fn inactivation_wins_against_connects_in_flight() {
 
     let mut violations = Vec::new();
     let mut connacked = 0;
-    for round in 0..ROUNDS {
-        tb.activate(&device).await;
+    for round in 0..rounds {
+        revocation.restore(&tb, &ca, &device).await;
         let round_over = CancellationToken::new();
         let clients: Vec<_> = (0..CLIENTS_PER_ROUND)
             .map(|i| {
@@ -215,7 +272,7 @@ async fn inactivation_wins_against_connects_in_flight() {
         // client starts and completes 20-30 ms later: aim the call into that
         // window for some of the clients.
         tokio::time::sleep(Duration::from_millis(50 + (round as u64 * 7) % 40)).await;
-        tb.inactivate(&device).await;
+        revocation.revoke(&tb, &ca, &device).await;
         // The answer is in: give clients a generous moment to notice their
         // socket closing, then end the round.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -230,27 +287,42 @@ async fn inactivation_wins_against_connects_in_flight() {
         // And no new connection gets in.
         assert!(
             connect(&tb, &device, "after", Version::V4).await.is_err(),
-            "round {round}: the inactive device connected"
+            "{revocation:?}, round {round}: the device connected after the answer"
         );
     }
     let stats = tb.broker.stats();
     println!(
-        "{ROUNDS} rounds: {connacked} sessions opened and dropped, {} connections refused after a successful verification",
+        "{revocation:?}, {rounds} rounds: {connacked} sessions opened and dropped, {} connections refused after a successful verification",
         stats.refused_after_handshake()
     );
     assert!(
         violations.is_empty(),
-        "sessions alive after the answer: {violations:?}"
+        "{revocation:?}: sessions alive after the answer: {violations:?}"
     );
     // The race window was hit: some connections passed the verifier while
-    // active and were caught by the post-handshake check.
+    // access was granted and were caught by the post-handshake check.
     assert!(
         stats.refused_after_handshake() > 0,
-        "the test never exercised the handshake-in-flight window"
+        "{revocation:?}: the test never exercised the handshake-in-flight window"
     );
     // And established sessions were dropped by the answer, too.
     assert!(
         connacked > 0,
-        "no session was ever established before an inactivation"
+        "{revocation:?}: no session was ever established before the call"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_inactivation_wins_against_connects_in_flight() {
+    contest(Revocation::InactivateDevice, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_inactivation_wins_against_connects_in_flight() {
+    contest(Revocation::InactivateCa, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_deletion_wins_against_connects_in_flight() {
+    contest(Revocation::DeleteCa, 20).await;
 }
