@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use crate::support::mqtt::{Version, connect};
 use crate::support::{self, Ca, Device, TestBroker};
 
-const ROUNDS: usize = 30;
 const CLIENTS_PER_ROUND: usize = 6;
 const RECORD_GAP: Duration = Duration::from_millis(10);
 
