@@ -13,5 +13,6 @@ mod mqtt;
 mod pubsub;
 mod race;
 mod resumption;
+mod sdk;
 mod signatures;
 mod tls;

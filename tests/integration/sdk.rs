@@ -1,0 +1,180 @@
+//! The official Alibaba Cloud SDKs against a real `certmq serve`: a Python
+//! venv with `alibabacloud-onsmqtt20200420` (V3) and `aliyun-python-sdk-core`
+//! (V1) runs `tests/sdk/sdk_flow.py` (the whole lifecycle, every operation,
+//! every documented error code). Needs python3 and PyPI, and the mosquitto
+//! clients for the devices; skipped outside CI when they are missing.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_certmq");
+const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
+
+/// Whether `program` can be run at all.
+fn available(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A venv with the pinned SDKs, kept in the target directory between runs.
+fn venv() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-venv");
+    let requirements =
+        std::fs::read_to_string(Path::new(SDK_DIR).join("requirements.txt")).unwrap();
+    let marker = dir.join("certmq-requirements.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(requirements.as_str()) {
+        return dir;
+    }
+    let status = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    );
+    let status = Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(Path::new(SDK_DIR).join("requirements.txt"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "pip could not install the SDKs from PyPI");
+    std::fs::write(&marker, requirements).unwrap();
+    dir
+}
+
+/// A `certmq serve` process, stopped on drop.
+struct Serve {
+    child: Child,
+    mqtt: u16,
+    admin: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KEYS: &str = r#"{"admin": ["LTAI5tSdkAdmin0000000001", "sdk-admin-secret-0123456789"],
+ "readonly": ["LTAI5tSdkReadOnly000001", "sdk-readonly-secret-012345"],
+ "other": ["LTAI5tSdkOtherAcct00001", "sdk-other-secret-0123456789"]}"#;
+
+fn serve(edition: &str) -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[instance]
+edition = "{edition}"
+owner = "fleet-account"
+
+[mqtt]
+listen = "127.0.0.1:{mqtt}"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[admin.access_keys]]
+id = "LTAI5tSdkAdmin0000000001"
+secret = "sdk-admin-secret-0123456789"
+account = "fleet-account"
+actions = ["mq:*"]
+
+[[admin.access_keys]]
+id = "LTAI5tSdkReadOnly000001"
+secret = "sdk-readonly-secret-012345"
+account = "fleet-account"
+actions = ["mq:Get*", "mq:List*", "mq:Query*"]
+
+[[admin.access_keys]]
+id = "LTAI5tSdkOtherAcct00001"
+secret = "sdk-other-secret-0123456789"
+account = "another-account"
+actions = ["mq:*"]
+
+[admin.rate_limits]
+ListCaCertificate = 5
+"#
+    );
+    std::fs::write(dir.path().join("certmq.toml"), config).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config", "certmq.toml"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "certmq serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Serve {
+        child,
+        mqtt,
+        admin,
+        dir,
+    }
+}
+
+#[test]
+fn official_sdks_drive_the_whole_certificate_api() {
+    let ci = std::env::var_os("CI").is_some();
+    for (program, arg, package) in [
+        ("python3", "--version", "python3 python3-venv"),
+        ("mosquitto_pub", "--help", "mosquitto-clients"),
+    ] {
+        if !available(program, arg) {
+            assert!(!ci, "{program} is missing: apt-get install -y {package}");
+            eprintln!("skipping: {program} is not installed");
+            return;
+        }
+    }
+    let venv = venv();
+    let platinum = serve("platinum");
+    let standard = serve("standard");
+    let clients = tempfile::tempdir().unwrap();
+    let output = Command::new(venv.join("bin/python"))
+        .arg(Path::new(SDK_DIR).join("sdk_flow.py"))
+        .env("CERTMQ_BIN", BIN)
+        .env("CERTMQ_WORKDIR", clients.path())
+        .env("CERTMQ_ENDPOINT", format!("127.0.0.1:{}", platinum.admin))
+        .env(
+            "CERTMQ_STANDARD_ENDPOINT",
+            format!("127.0.0.1:{}", standard.admin),
+        )
+        .env("CERTMQ_MQTT_PORT", platinum.mqtt.to_string())
+        .env(
+            "CERTMQ_SERVER_CA",
+            platinum.dir.path().join("certs/dev/ca.pem"),
+        )
+        .env("CERTMQ_INSTANCE", "mqtt-certmq-local")
+        .env("CERTMQ_KEYS", KEYS)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the SDK flow failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all SDK checks passed"));
+}

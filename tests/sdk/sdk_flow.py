@@ -1,0 +1,324 @@
+"""Drives a real `certmq serve` with the official Alibaba Cloud SDKs.
+
+The current SDK (alibabacloud-onsmqtt20200420, signature V3) and the legacy
+core SDK (aliyun-python-sdk-core's CommonRequest, signature V1) take turns
+through the whole certificate lifecycle, with real devices (the mosquitto
+clients) connecting in between, then reach every documented error code.
+Run by `tests/integration/sdk.rs`, which starts the brokers and passes:
+
+  CERTMQ_BIN, CERTMQ_WORKDIR, CERTMQ_ENDPOINT, CERTMQ_STANDARD_ENDPOINT,
+  CERTMQ_MQTT_PORT, CERTMQ_SERVER_CA, CERTMQ_INSTANCE,
+  CERTMQ_KEYS (JSON: {"admin": [id, secret], "readonly": [...], "other": [...]})
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from alibabacloud_onsmqtt20200420 import models
+from alibabacloud_onsmqtt20200420.client import Client
+from alibabacloud_tea_openapi.models import Config
+from alibabacloud_tea_openapi.utils import Utils as V3Utils
+from aliyunsdkcore.acs_exception.exceptions import ServerException
+from aliyunsdkcore.client import AcsClient
+from aliyunsdkcore.request import CommonRequest
+from aliyunsdkcore.utils import parameter_helper
+
+BIN = os.environ["CERTMQ_BIN"]
+WORK = os.environ["CERTMQ_WORKDIR"]
+ENDPOINT = os.environ["CERTMQ_ENDPOINT"]
+STANDARD_ENDPOINT = os.environ["CERTMQ_STANDARD_ENDPOINT"]
+MQTT_PORT = os.environ["CERTMQ_MQTT_PORT"]
+SERVER_CA = os.environ["CERTMQ_SERVER_CA"]
+INSTANCE = os.environ["CERTMQ_INSTANCE"]
+KEYS = json.loads(os.environ["CERTMQ_KEYS"])
+
+
+def log(message):
+    print(f"[sdk] {message}", flush=True)
+
+
+def v3_client(key="admin", endpoint=ENDPOINT):
+    ak, secret = KEYS[key]
+    return Client(Config(access_key_id=ak, access_key_secret=secret, endpoint=endpoint, protocol="http"))
+
+
+def v1_client(key="admin"):
+    ak, secret = KEYS[key]
+    # No automatic retries: every call here must be answered once, as is.
+    return AcsClient(ak, secret, "cn-hangzhou", auto_retry=False)
+
+
+def v1_call(action, params, key="admin", client=None):
+    request = CommonRequest(domain=ENDPOINT, version="2020-04-20", action_name=action)
+    request.set_protocol_type("http")
+    request.set_method("POST")
+    for name, value in params.items():
+        request.add_query_param(name, value)
+    answer = (client or v1_client(key)).do_action_with_exception(request)
+    return json.loads(answer)
+
+
+def expect_v3_error(call, status, code):
+    try:
+        call()
+    except Exception as e:  # the SDK raises its own exception types
+        got = (getattr(e, "status_code", None) or getattr(e, "statusCode", None), getattr(e, "code", None))
+        assert got == (status, code), f"expected {status} {code}, got {got}: {e}"
+        log(f"V3 error as expected: {status} {code}")
+        return
+    raise AssertionError(f"expected {status} {code}, the call succeeded")
+
+
+def expect_v1_error(call, status, code):
+    try:
+        call()
+    except ServerException as e:
+        got = (e.get_http_status(), e.get_error_code())
+        assert got == (status, code), f"expected {status} {code}, got {got}: {e}"
+        log(f"V1 error as expected: {status} {code}")
+        return
+    raise AssertionError(f"expected {status} {code}, the call succeeded")
+
+
+def certmq(*args):
+    subprocess.run([BIN, *args], check=True, cwd=WORK, stdout=subprocess.DEVNULL)
+
+
+def mosquitto(program, device, *args):
+    return [
+        program, "-h", "localhost", "-p", MQTT_PORT, "--cafile", SERVER_CA,
+        "--cert", f"{WORK}/{device}.pem", "--key", f"{WORK}/{device}.key", *args,
+    ]
+
+
+def subscriber(device, client_id):
+    """A long-lived MQTT 5 session of `device`."""
+    proc = subprocess.Popen(
+        mosquitto("mosquitto_sub", device, "-V", "mqttv5", "-i", client_id, "-t", f"sdk/{client_id}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while not v3().query_session_by_client_id(
+            models.QuerySessionByClientIdRequest(instance_id=INSTANCE, client_id=client_id)).body.online_status:
+        assert proc.poll() is None, f"{client_id} could not connect"
+        assert time.time() < deadline, f"{client_id} never came online"
+        time.sleep(0.05)
+    return proc
+
+
+def ended(proc, what):
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"{what}: the session is still open")
+    log(f"{what}: session closed")
+
+
+def publish_ok(device):
+    return subprocess.run(mosquitto("mosquitto_pub", device, "-t", "sdk/x", "-m", "hi"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def v3():
+    return v3_client()
+
+
+def lifecycle():
+    # GetRegisterCode, both SDKs.
+    code = v3().get_register_code(models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE)).body.register_code
+    assert v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE})["RegisterCode"] == code
+    log(f"GetRegisterCode: {code}")
+
+    # A CA, its verification certificate, two devices.
+    certmq("pki", "create-ca", "--cn", "SDK fleet CA", "--out-cert", "ca.pem", "--out-key", "ca.key")
+    certmq("pki", "verification-cert", "--ca-cert", "ca.pem", "--ca-key", "ca.key", "--code", code,
+           "--out-cert", "verify.pem", "--out-key", "verify.key")
+    for device in ("meter-1", "meter-2"):
+        certmq("pki", "issue-device", "--ca-cert", "ca.pem", "--ca-key", "ca.key", "--cn", device,
+               "--out-cert", f"{device}.pem", "--out-key", f"{device}.key")
+    ca_pem = open(f"{WORK}/ca.pem").read()
+    verify_pem = open(f"{WORK}/verify.pem").read()
+
+    sn = v3().register_ca_certificate(models.RegisterCaCertificateRequest(
+        mqtt_instance_id=INSTANCE, ca_name="SDK fleet", ca_content=ca_pem,
+        verification_content=verify_pem)).body.sn
+    log(f"RegisterCaCertificate: Sn {sn}")
+    data = v1_call("GetCaCertificate", {"MqttInstanceId": INSTANCE, "Sn": sn})["Data"]
+    assert data["Status"] == "1" and data["CaName"] == "SDK fleet" and data["RegistrationCode"] == code, data
+    listed = v3().list_ca_certificate(models.ListCaCertificateRequest(
+        mqtt_instance_id=INSTANCE, page_no="1", page_size="10")).body.data
+    assert listed.total >= 1 and any(vo.sn == sn for vo in listed.ca_certificate_vos)
+    assert v1_call("ListCaCertificate", {"MqttInstanceId": INSTANCE, "PageNo": "1", "PageSize": "10"})["Data"]["Total"] >= 1
+    log("GetCaCertificate / ListCaCertificate: registered, Status 1")
+
+    # A device of that CA connects and is registered.
+    meter1 = subscriber("meter-1", "meter-1")
+    devices = v3().list_device_certificate_by_ca_sn(models.ListDeviceCertificateByCaSnRequest(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, page_no="1", page_size="10")).body.data
+    assert devices.total == 1, devices
+    device_sn = devices.device_certificate_vos[0].device_sn
+    assert devices.device_certificate_vos[0].status == "1"
+    got = v1_call("GetDeviceCertificate", {"MqttInstanceId": INSTANCE, "CaSn": sn, "DeviceSn": device_sn})["Data"]
+    assert got["Status"] == "1" and got["DeviceName"] == "meter-1", got
+    assert int(got["ValidEnd"]) > int(got["ValidBegin"]) > 1_600_000_000_000
+    v1_listed = v1_call("ListDeviceCertificateByCaSn", {"MqttInstanceId": INSTANCE, "CaSn": sn})["Data"]
+    assert v1_listed["Total"] == 1
+    log(f"device auto-registered: DeviceSn {device_sn}, Status 1")
+
+    # InactivateDeviceCertificate drops the live session, refuses new ones.
+    answer = v3().inactivate_device_certificate(models.InactivateDeviceCertificateRequest(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn=device_sn)).body
+    assert answer.device_sn == device_sn
+    ended(meter1, "InactivateDeviceCertificate")
+    status = v3().get_device_certificate(models.GetDeviceCertificateRequest(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn=device_sn)).body.data.status
+    assert status == "0", status
+    assert not publish_ok("meter-1"), "an inactive device published"
+    log("GetDeviceCertificate: Status 0; the device is refused")
+
+    v1_call("ActiveDeviceCertificate", {"MqttInstanceId": INSTANCE, "CaSn": sn, "DeviceSn": device_sn})
+    assert publish_ok("meter-1"), "the re-activated device could not publish"
+    log("ActiveDeviceCertificate (V1): the device is back")
+    v3().active_device_certificate(models.ActiveDeviceCertificateRequest(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn=device_sn))
+
+    # InactivateCaCertificate drops every session of the CA.
+    sessions = [subscriber("meter-1", "m1-a"), subscriber("meter-2", "m2-a")]
+    online = v3().batch_query_session_by_client_ids(models.BatchQuerySessionByClientIdsRequest(
+        instance_id=INSTANCE, client_id_list=["m1-a", "m2-a", "nobody"])).body.online_status_list
+    assert [(s.client_id, s.online_status) for s in online] == [("m1-a", True), ("m2-a", True), ("nobody", False)]
+    v1_online = v1_call("BatchQuerySessionByClientIds",
+                        {"InstanceId": INSTANCE, "ClientIdList.1": "m1-a", "ClientIdList.2": "nobody"})
+    assert [(s["ClientId"], s["OnlineStatus"]) for s in v1_online["OnlineStatusList"]] == [("m1-a", True), ("nobody", False)]
+    v1_call("InactivateCaCertificate", {"MqttInstanceId": INSTANCE, "Sn": sn})
+    for proc in sessions:
+        ended(proc, "InactivateCaCertificate")
+    assert not publish_ok("meter-2")
+    v3().active_ca_certificate(models.ActiveCaCertificateRequest(mqtt_instance_id=INSTANCE, sn=sn))
+    assert publish_ok("meter-2")
+    v3().inactivate_ca_certificate(models.InactivateCaCertificateRequest(mqtt_instance_id=INSTANCE, sn=sn))
+    assert not publish_ok("meter-2")
+    v1_call("ActiveCaCertificate", {"MqttInstanceId": INSTANCE, "Sn": sn})
+    log("Inactivate/ActiveCaCertificate: all sessions dropped, then admitted again")
+
+    # Session operations.
+    proc = subscriber("meter-2", "closer")
+    assert v1_call("QuerySessionByClientId", {"InstanceId": INSTANCE, "ClientId": "closer"})["OnlineStatus"] is True
+    closed = v3().close_connection(models.CloseConnectionRequest(instance_id=INSTANCE, client_id="closer")).body
+    assert closed.success is True and closed.code == 200, closed
+    ended(proc, "CloseConnection")
+    proc = subscriber("meter-2", "closer")
+    v1_call("CloseConnection", {"InstanceId": INSTANCE, "ClientId": "closer"})
+    ended(proc, "CloseConnection (V1)")
+
+    # Listing and deletion.
+    everyone = v3().list_device_certificate(models.ListDeviceCertificateRequest(
+        mqtt_instance_id=INSTANCE, page_no="1", page_size="100")).body.data
+    assert everyone.total == 2, everyone
+    assert v1_call("ListDeviceCertificate", {"MqttInstanceId": INSTANCE, "PageNo": "1", "PageSize": "1"})["Data"]["Total"] == 2
+    proc = subscriber("meter-1", "deleted")
+    v3().delete_device_certificate(models.DeleteDeviceCertificateRequest(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn=device_sn))
+    ended(proc, "DeleteDeviceCertificate")
+    expect_v3_error(lambda: v3().get_device_certificate(models.GetDeviceCertificateRequest(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn=device_sn)), 500, "FindDeviceBySnError")
+    v1_call("DeleteDeviceCertificate", {"MqttInstanceId": INSTANCE, "CaSn": sn,
+                                        "DeviceSn": everyone.device_certificate_vos[1].device_sn})
+    proc = subscriber("meter-2", "last")
+    v1_call("DeleteCaCertificate", {"MqttInstanceId": INSTANCE, "Sn": sn})
+    ended(proc, "DeleteCaCertificate")
+    expect_v1_error(lambda: v1_call("GetCaCertificate", {"MqttInstanceId": INSTANCE, "Sn": sn}), 500, "FindCaBySnError")
+    assert not publish_ok("meter-2")
+
+    # V3's DeleteCaCertificate, on a second registration.
+    sn = v1_call("RegisterCaCertificate", {"MqttInstanceId": INSTANCE, "CaName": "again", "CaContent": ca_pem,
+                                           "VerificationContent": verify_pem})["Sn"]
+    v3().delete_ca_certificate(models.DeleteCaCertificateRequest(mqtt_instance_id=INSTANCE, sn=sn))
+    log("Delete*: records gone, sessions dropped")
+    return sn
+
+
+def errors(sn):
+    device = {"MqttInstanceId": INSTANCE, "CaSn": sn, "DeviceSn": "0BADC0DE"}
+    request = models.InactivateDeviceCertificateRequest
+
+    expect_v3_error(lambda: v3().inactivate_device_certificate(request(mqtt_instance_id=INSTANCE, ca_sn=sn)),
+                    400, "ParameterFieldCheckFailed")
+    expect_v1_error(lambda: v1_call("InactivateDeviceCertificate", {"MqttInstanceId": INSTANCE, "CaSn": sn}),
+                    400, "ParameterFieldCheckFailed")
+    expect_v3_error(lambda: v3().inactivate_device_certificate(request(
+        mqtt_instance_id="mqtt-nowhere", ca_sn=sn, device_sn="0BADC0DE")), 500, "MqttInstanceNotFound")
+    expect_v1_error(lambda: v1_call("InactivateDeviceCertificate", dict(device, MqttInstanceId="mqtt-nowhere")),
+                    500, "MqttInstanceNotFound")
+    expect_v3_error(lambda: v3().inactivate_device_certificate(request(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn="0BADC0DE")), 500, "FindDeviceBySnError")
+    expect_v1_error(lambda: v1_call("GetDeviceCertificate", device), 500, "FindDeviceBySnError")
+    expect_v3_error(lambda: v3().get_ca_certificate(models.GetCaCertificateRequest(
+        mqtt_instance_id=INSTANCE, sn="0BADC0DE")), 500, "FindCaBySnError")
+    expect_v3_error(lambda: v3_client("readonly").inactivate_device_certificate(request(
+        mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn="0BADC0DE")), 403, "PermissionCheckFailed")
+    expect_v1_error(lambda: v1_call("DeleteCaCertificate", {"MqttInstanceId": INSTANCE, "Sn": sn}, key="readonly"),
+                    403, "PermissionCheckFailed")
+    expect_v3_error(lambda: v3_client("other").get_register_code(models.GetRegisterCodeRequest(
+        mqtt_instance_id=INSTANCE)), 403, "MqttOwnerCheckError")
+    expect_v1_error(lambda: v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE}, key="other"),
+                    403, "MqttOwnerCheckError")
+    expect_v3_error(lambda: v3_client(endpoint=STANDARD_ENDPOINT).get_register_code(models.GetRegisterCodeRequest(
+        mqtt_instance_id=INSTANCE)), 400, "InstancePermissionCheckFailed")
+
+    # The rate limit (configured low for ListCaCertificate in this test).
+    def burst():
+        for _ in range(20):
+            v3().list_ca_certificate(models.ListCaCertificateRequest(mqtt_instance_id=INSTANCE))
+    expect_v3_error(burst, 400, "Throttling.User")
+
+    # Wrong secret, replayed nonce, stale timestamp.
+    wrong = Client(Config(access_key_id=KEYS["admin"][0], access_key_secret="wrong-secret-value",
+                          endpoint=ENDPOINT, protocol="http"))
+    expect_v3_error(lambda: wrong.get_register_code(models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE)),
+                    400, "SignatureDoesNotMatch")
+    expect_v1_error(lambda: v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE},
+                                    client=AcsClient(KEYS["admin"][0], "wrong-secret-value", "cn-hangzhou",
+                                                     auto_retry=False)),
+                    400, "SignatureDoesNotMatch")
+
+    original_nonce, original_uuid = V3Utils.get_nonce, parameter_helper.get_uuid
+    V3Utils.get_nonce = staticmethod(lambda: "replayed-nonce-v3")
+    parameter_helper.get_uuid = lambda: "replayed-nonce-v1"
+    try:
+        v3().get_register_code(models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE))
+        expect_v3_error(lambda: v3().get_register_code(models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE)),
+                        400, "SignatureNonceUsed")
+        v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE})
+        expect_v1_error(lambda: v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE}), 400, "SignatureNonceUsed")
+    finally:
+        V3Utils.get_nonce, parameter_helper.get_uuid = original_nonce, original_uuid
+
+    stale = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 20 * 60))
+    original_ts, original_date = V3Utils.get_timestamp, parameter_helper.get_iso_8061_date
+    V3Utils.get_timestamp = staticmethod(lambda: stale)
+    parameter_helper.get_iso_8061_date = lambda: stale
+    try:
+        expect_v3_error(lambda: v3().get_register_code(models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE)),
+                        400, "InvalidTimeStamp.Expired")
+        expect_v1_error(lambda: v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE}),
+                        400, "InvalidTimeStamp.Expired")
+    finally:
+        V3Utils.get_timestamp, parameter_helper.get_iso_8061_date = original_ts, original_date
+
+
+def main():
+    sn = lifecycle()
+    errors(sn)
+    log("all SDK checks passed")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as e:
+        print(f"[sdk] FAILED: {e}", flush=True)
+        sys.exit(1)
