@@ -151,12 +151,17 @@ struct Output {
     out_key: PathBuf,
 }
 
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Pki(cmd) => run_pki(cmd),
         Command::Admin(args) => admin(args),
+    };
+    if let Err(e) = result {
+        // The whole chain of causes, on one line, without a backtrace.
+        eprintln!("certmq: {e:#}");
+        std::process::exit(1);
     }
 }
 
@@ -237,19 +242,22 @@ fn serve(config: Option<&Path>) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Listen for signals before anything else, so that a stop request
+        // that arrives early is not lost (or fatal).
+        let stop = stop_signal()?;
         let broker = Broker::start(settings).await?;
         if let Some(dev) = broker.dev_pki() {
             print_dev_instructions(dev, &broker);
         }
         if let Some(file) = broker.generated_key_file() {
-            println!(
+            say(format_args!(
                 "Admin API access key (generated for account `{}`, all actions): {}\n\
                  `certmq admin <Action> --Param value` uses it when run from this directory.",
                 broker.settings().instance.owner,
                 file.display()
-            );
+            ));
         }
-        wait_for_signal().await?;
+        stop.await;
         tracing::info!("shutting down");
         broker.shutdown().await;
         Ok(())
@@ -269,9 +277,11 @@ fn init_logging(settings: &Settings) -> Result<()> {
         })?,
     };
     // Logs go to stderr; stdout carries what the operator asked for.
+    // Colours only on a terminal: log files and journald get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match settings.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -279,15 +289,24 @@ fn init_logging(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Prints to stdout, ignoring a closed stdout: a broker must not stop (or
+/// panic) because whoever started it stopped reading.
+fn say(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Resolves on SIGINT or SIGTERM; the handlers are installed at once.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn print_dev_instructions(dev: &DevPki, broker: &Broker) {
@@ -303,7 +322,7 @@ fn print_dev_instructions(dev: &DevPki, broker: &Broker) {
         cert2.display(),
         key2.display(),
     );
-    println!(
+    say(format_args!(
         r#"
 ==================== certmq: DEVELOPMENT PKI ====================
 Running on a development PKI in {dir} (not for production).
@@ -324,7 +343,7 @@ printed below):
   (admin API: http://{admin}/)
 =================================================================
 "#
-    );
+    ));
 }
 
 fn run_pki(cmd: PkiCommand) -> Result<()> {

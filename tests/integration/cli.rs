@@ -26,6 +26,7 @@ fn certmq(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -47,7 +48,9 @@ fn device_from_files(dir: &Path, name: &str, ca: &str) -> Device {
     }
 }
 
-/// Runs `certmq serve` in `dir` until it prints its banner; returns the child.
+/// Runs `certmq serve` in `dir` until it has printed its banner (and the
+/// line about the admin access key after it); returns the child and what it
+/// printed. Its stdout keeps being read, so the pipe never closes under it.
 async fn serve(dir: &Path, mqtt: u16, admin: u16) -> (tokio::process::Child, String) {
     let mut child = certmq(dir)
         .arg("serve")
@@ -61,28 +64,32 @@ async fn serve(dir: &Path, mqtt: u16, admin: u16) -> (tokio::process::Child, Str
         while let Ok(Some(line)) = lines.next_line().await {
             banner.push_str(&line);
             banner.push('\n');
-            if banner.lines().filter(|l| l.starts_with("=====")).count() == 2 {
+            if line.contains("certmq admin <Action>") {
                 return;
             }
         }
     })
     .await;
     assert!(done.is_ok(), "no banner from certmq serve; got {banner}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, banner)
 }
 
-async fn sigterm_and_wait(mut child: tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+/// Stops `certmq serve` with SIGTERM; returns what it logged (stderr).
+async fn sigterm_and_wait(child: tokio::process::Child) -> String {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
         .await
         .expect("certmq did not stop on SIGTERM")
         .unwrap();
-    assert!(status.success(), "certmq exited with {status}");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "certmq exited with {}: {stderr}",
+        output.status
+    );
+    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,25 +103,130 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
     let pki = dir.path().join("certs/dev");
     let readme = std::fs::read_to_string(pki.join("README.txt")).unwrap();
     assert!(readme.contains("DEVELOPMENT"));
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(pki.join("device-1.key"))
-            .unwrap()
-            .permissions(),
+    let mode_of = |path: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(
+        mode_of(&pki.join("device-1.key")),
+        0o600,
+        "private keys are not world-readable"
     );
-    assert_eq!(mode & 0o777, 0o600, "private keys are not world-readable");
 
     // A device of the development PKI connects; the dev CA was registered.
     let server_ca = Ca::from_files(&pki.join("ca.pem"), &pki.join("ca.key"));
     let device = device_from_files(&pki, "device-1", "ca.pem");
+    let device2 = device_from_files(&pki, "device-2", "ca.pem");
     let tls = crate::support::pki::client_config(&server_ca, Some(&device));
-    let client = connect_with(mqtt, tls, "device-1", Version::V5, |_| {})
+    let mut client = connect_with(mqtt, tls, "device-1", Version::V5, |_| {})
         .await
         .unwrap();
-    client.disconnect().await;
-    let ca_before = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
-    sigterm_and_wait(child).await;
 
-    // A second start reuses the PKI.
+    // The generated admin access key: a 0600 file in the data directory,
+    // used by `certmq admin` run from the same place.
+    let key_file = dir.path().join("data/admin-access-key.json");
+    assert!(banner.contains("data/admin-access-key.json"), "{banner}");
+    assert_eq!(mode_of(&key_file), 0o600);
+    let key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    assert!(!banner.contains(&secret), "the banner shows the secret");
+    let admin_cli = |args: &[&str]| {
+        let mut cmd = certmq(dir.path());
+        cmd.arg("admin")
+            .args(args)
+            .env("CERTMQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"));
+        cmd
+    };
+    let output = admin_cli(&["GetRegisterCode", "--MqttInstanceId", "mqtt-certmq-local"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        answer["RegisterCode"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{answer}"
+    );
+    let (ca_sn, device_sn) = (
+        device.identity.ca_sn.to_string(),
+        device.identity.device_sn.to_string(),
+    );
+    let output = admin_cli(&[
+        "InactivateDeviceCertificate",
+        "--MqttInstanceId=mqtt-certmq-local",
+        "--CaSn",
+        &ca_sn,
+        "--DeviceSn",
+        &device_sn,
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(
+        client.expect_closed().await.as_deref(),
+        Some("AdministrativeAction")
+    );
+    // An error answer exits non-zero, the answer printed.
+    let output = admin_cli(&["GetCaCertificate", "--MqttInstanceId", "mqtt-certmq-local"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ParameterFieldCheckFailed"));
+    // A broker that is not there: one clear line, no backtrace.
+    let output = certmq(dir.path())
+        .args([
+            "admin",
+            "--endpoint",
+            &format!("127.0.0.1:{}", free_port()),
+            "GetRegisterCode",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("certmq: the admin API at") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+
+    let ca_before = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    let logs = sigterm_and_wait(child).await;
+    // One audit record for the one mutating call, naming the key, the
+    // action, its targets and its outcome; the secret appears nowhere.
+    let audit: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("certmq::audit"))
+        .collect();
+    assert_eq!(audit.len(), 1, "{logs}");
+    for field in [
+        key["id"].as_str().unwrap(),
+        "InactivateDeviceCertificate",
+        "Success",
+        device_sn.as_str(),
+    ] {
+        assert!(
+            audit[0].contains(field),
+            "{field} missing from {}",
+            audit[0]
+        );
+    }
+    assert!(!logs.contains(&secret), "the logs show the secret");
+
+    // A second start reuses the PKI and the key.
     let (mqtt, admin) = (free_port(), free_port());
     let (child, banner) = serve(dir.path(), mqtt, admin).await;
     assert!(banner.contains("DEVELOPMENT PKI"));
@@ -122,8 +234,11 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
         std::fs::read_to_string(pki.join("ca.pem")).unwrap(),
         ca_before
     );
-    let tls = crate::support::pki::client_config(&server_ca, Some(&device));
-    connect_with(mqtt, tls, "device-1", Version::V4, |_| {})
+    let key_after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    assert_eq!(key_after, key);
+    let tls = crate::support::pki::client_config(&server_ca, Some(&device2));
+    connect_with(mqtt, tls, "device-2", Version::V4, |_| {})
         .await
         .unwrap();
     sigterm_and_wait(child).await;
