@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod admin_api;
 mod cli;
+mod curl;
 mod inactivation;
 mod mosquitto;
 mod mqtt;
