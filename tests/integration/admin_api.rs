@@ -296,14 +296,10 @@ async fn ca_registration_checks_proof_of_possession() {
         .issue_verification(&code_value, KeyKind::P256)
         .unwrap()
         .cert_pem;
+    // A device certificate offered as a CA is refused before anything else.
     let leaf = ca.device("not-a-ca").cert_pem;
-    let leaf_verification = {
-        // A verification certificate "signed" by the leaf's key would prove
-        // nothing: the leaf is refused as not a CA first.
-        good.clone()
-    };
     let cases: [(&str, &str, &str); 4] = [
-        (&leaf, &leaf_verification, "not a CA"),
+        (&leaf, &good, "not a CA"),
         (&ca.cert_pem, &wrong_key, "not signed by the CA"),
         (&ca.cert_pem, &wrong_code, "registration code"),
         (&ca.cert_pem, "garbage", "VerificationContent"),

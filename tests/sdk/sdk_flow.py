@@ -182,8 +182,17 @@ def lifecycle():
     v1_call("ActiveDeviceCertificate", {"MqttInstanceId": INSTANCE, "CaSn": sn, "DeviceSn": device_sn})
     assert publish_ok("meter-1"), "the re-activated device could not publish"
     log("ActiveDeviceCertificate (V1): the device is back")
+
+    # The same round trip with the SDKs' roles swapped.
+    meter1 = subscriber("meter-1", "meter-1")
+    answer = v1_call("InactivateDeviceCertificate", {"MqttInstanceId": INSTANCE, "CaSn": sn, "DeviceSn": device_sn})
+    assert answer["DeviceSn"] == device_sn, answer
+    ended(meter1, "InactivateDeviceCertificate (V1)")
+    assert not publish_ok("meter-1"), "an inactive device published"
     v3().active_device_certificate(models.ActiveDeviceCertificateRequest(
         mqtt_instance_id=INSTANCE, ca_sn=sn, device_sn=device_sn))
+    assert publish_ok("meter-1")
+    log("InactivateDeviceCertificate (V1) / ActiveDeviceCertificate (V3): same outcome")
 
     # InactivateCaCertificate drops every session of the CA.
     sessions = [subscriber("meter-1", "m1-a"), subscriber("meter-2", "m2-a")]
