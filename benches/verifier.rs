@@ -10,6 +10,7 @@ use std::hint::black_box;
 use certmq::identity::{DeviceCert, DeviceIdentity};
 use certmq::pki::{self, CaSigner, KeyKind};
 use certmq::registry::{CaCert, Registry};
+use certmq::store::sqlite::SqliteStore;
 use certmq::tls::VerifierCore;
 use certmq::{CaSn, DeviceSn};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -23,7 +24,9 @@ fn der(pem: &str) -> CertificateDer<'static> {
 fn bench_verifier(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     for other_cas in [0usize, 99] {
-        let registry = Registry::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("registry.db"), 0).unwrap();
+        let (registry, _) = Registry::open(std::sync::Arc::new(store)).unwrap();
         let ca = pki::create_ca("bench CA", 30, KeyKind::P256).unwrap();
         rt.block_on(async {
             for i in 0..other_cas {
@@ -59,7 +62,9 @@ fn bench_verifier(c: &mut Criterion) {
 
 fn bench_status_lookup(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let registry = Registry::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("registry.db"), 0).unwrap();
+    let (registry, _) = Registry::open(std::sync::Arc::new(store)).unwrap();
     let ca = pki::create_ca("bench CA", 30, KeyKind::P256).unwrap();
     let ca_sn = rt.block_on(async {
         let cert = CaCert::parse(der(&ca.cert_pem), UnixTime::now()).unwrap();
@@ -81,7 +86,10 @@ fn bench_status_lookup(c: &mut Criterion) {
     };
     rt.block_on(async {
         for n in 0..DEVICES {
-            registry.admit_device(&identity(n), &template).await;
+            registry
+                .admit_device(&identity(n), &template)
+                .await
+                .unwrap();
         }
     });
     let ids: Vec<DeviceIdentity> = (0..DEVICES).map(identity).collect();

@@ -9,7 +9,8 @@
 //!    verifies the stored peer certificate now;
 //! 2. enters the session table (from here an inactivation kills it);
 //! 3. re-reads the registry: CA active, device not inactive; an unknown
-//!    device is registered here, active (auto-registration);
+//!    device is registered here, active, and durably, before it gets any
+//!    further (auto-registration);
 //!
 //! and only then becomes a session. Step 2 before step 3 is what makes
 //! InactivateDeviceCertificate exact (see `Registry::set_device_status`).
@@ -61,20 +62,17 @@ pub(crate) async fn admit(
     let refusal = match ctx.registry.ca_status(&identity.ca_sn) {
         Some(CertStatus::Active) => {
             match ctx.registry.admit_device(&identity, &verified.cert).await {
-                Admission::Registered => {
-                    // A DeleteCaCertificate may have removed the CA (and swept
-                    // its devices) between the status read and the
-                    // registration: do not leave an orphan record behind.
-                    if ctx.registry.ca_status(&identity.ca_sn).is_none() {
-                        let _ = ctx.registry.delete_device(&identity).await;
-                        Some(Refusal::UnknownCa)
-                    } else {
-                        info!(device = %identity, name = %verified.cert.common_name, "device auto-registered");
-                        None
-                    }
+                Ok(Admission::Registered) => {
+                    info!(device = %identity, name = %verified.cert.common_name, "device auto-registered");
+                    None
                 }
-                Admission::Known(CertStatus::Active) => None,
-                Admission::Known(CertStatus::Inactive) => Some(Refusal::DeviceInactive(identity)),
+                Ok(Admission::Known(CertStatus::Active)) => None,
+                Ok(Admission::Known(CertStatus::Inactive)) => {
+                    Some(Refusal::DeviceInactive(identity))
+                }
+                // Not durably registered (the store failed, or the CA was
+                // deleted meanwhile): not admitted.
+                Err(e) => Some(Refusal::Unregistered(e.to_string())),
             }
         }
         Some(CertStatus::Inactive) => Some(Refusal::CaInactive(identity.ca_sn)),

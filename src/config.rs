@@ -87,6 +87,7 @@ pub struct AdminSettings {
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
+    pub max_size_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,19 +1,23 @@
-//! The MQTT instance this broker serves: its id, edition and owner from the
-//! configuration, and its registration code, made once and kept in the data
-//! directory.
+//! The MQTT instance this broker serves, and its data directory.
 //!
-//! The registration code is what CA registration proves possession with:
-//! the operator signs a verification certificate whose subject CN is this
-//! code with the CA's key (GetRegisterCode, then RegisterCaCertificate).
+//! The instance's id, edition and owner come from the configuration; its
+//! registration code (what CA registration proves possession with: the
+//! operator signs a verification certificate whose subject CN is this code)
+//! is made once and kept in the registry store.
+//!
+//! One broker at a time owns a data directory: [`DataDir::lock`] takes an
+//! exclusive lock on `certmq.lock` inside it for the broker's lifetime, so a
+//! second broker (or `certmq registry import`) cannot write the same store.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Settings;
 
-/// Why the instance state cannot be opened.
+/// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error(
@@ -23,15 +27,13 @@ pub enum InstanceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read or write {path}: {source}")]
-    File {
+    #[error("storage.data_dir: cannot open the lock file {path}: {source}")]
+    LockFile {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "{path} holds no registration code; delete it to make a new one (registered CAs keep theirs)"
-    )]
-    EmptyCode { path: PathBuf },
+    #[error("storage.data_dir {path} is in use by another certmq process (stop it first)")]
+    Locked { path: PathBuf },
 }
 
 /// The instance: configuration plus its registration code.
@@ -43,46 +45,14 @@ pub struct Instance {
     pub registration_code: String,
 }
 
-const CODE_FILE: &str = "registration-code";
-
 impl Instance {
-    /// Opens the instance state in `storage.data_dir`, creating it (and the
-    /// registration code) on first use.
-    pub fn open(settings: &Settings) -> Result<Instance, InstanceError> {
-        let dir = &settings.storage.data_dir;
-        ensure_data_dir(dir)?;
-        let path = dir.join(CODE_FILE);
-        let file_err = |source| InstanceError::File {
-            path: path.clone(),
-            source,
-        };
-        let registration_code = match fs::read_to_string(&path) {
-            Ok(text) => {
-                let code = text.trim().to_owned();
-                if code.is_empty() {
-                    return Err(InstanceError::EmptyCode { path });
-                }
-                code
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let code = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(file_err)?;
-                file.write_all(code.as_bytes()).map_err(file_err)?;
-                code
-            }
-            Err(e) => return Err(file_err(e)),
-        };
-        Ok(Instance {
+    pub fn new(settings: &Settings, registration_code: String) -> Instance {
+        Instance {
             id: settings.instance.id.clone(),
             edition: settings.instance.edition.clone(),
             owner: settings.instance.owner.clone(),
             registration_code,
-        })
+        }
     }
 
     /// Whether certificate operations are available (platinum edition).
@@ -101,4 +71,45 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), InstanceError> {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+/// An exclusively locked data directory; unlocked when dropped.
+pub struct DataDir {
+    path: PathBuf,
+    _lock: Flock<fs::File>,
+}
+
+impl DataDir {
+    /// Creates (if needed) and locks the data directory.
+    pub fn lock(dir: &Path) -> Result<DataDir, InstanceError> {
+        ensure_data_dir(dir)?;
+        let lock_path = dir.join("certmq.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| InstanceError::LockFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            InstanceError::Locked {
+                path: dir.to_path_buf(),
+            }
+        })?;
+        Ok(DataDir {
+            path: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The registry database file.
+    pub fn registry_db(&self) -> PathBuf {
+        self.path.join(crate::store::sqlite::FILE_NAME)
+    }
 }

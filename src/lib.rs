@@ -37,6 +37,7 @@ pub mod router;
 pub mod serial;
 pub mod session;
 mod stats;
+pub mod store;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -57,11 +58,12 @@ pub use serial::{CaSn, DeviceSn};
 pub use session::SessionTable;
 pub use stats::Stats;
 
-use instance::Instance;
+use instance::{DataDir, Instance};
 use pki::dev::DevPki;
 use registry::{CaCert, CaRegistration, RegistryError};
 use router::RouterHandle;
 use session::DropReason;
+use store::sqlite::SqliteStore;
 use tls::TlsContext;
 
 /// Why the broker could not start.
@@ -77,6 +79,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Instance(#[from] instance::InstanceError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     #[error(transparent)]
     AccessKeys(#[from] admin::keys::KeyError),
     #[error("{key}: cannot listen on {addr}: {source}")]
@@ -105,6 +109,8 @@ pub struct Broker {
     admin_addr: SocketAddr,
     dev_pki: Option<DevPki>,
     generated_key_file: Option<PathBuf>,
+    /// Held for the broker's lifetime: one broker per data directory.
+    _data_dir: DataDir,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -114,14 +120,26 @@ impl Broker {
     /// bound.
     pub async fn start(settings: Settings) -> Result<Broker, StartError> {
         settings.validate()?;
-        let instance = Instance::open(&settings)?;
+        let data_dir = DataDir::lock(&settings.storage.data_dir)?;
+        let store = SqliteStore::open(
+            &data_dir.registry_db(),
+            settings.storage.max_size_mb * 1024 * 1024,
+        )
+        .map_err(RegistryError::from)?;
+        let (registry, registration_code) = Registry::open(Arc::new(store))?;
+        info!(
+            store = %registry.location(),
+            cas = registry.ca_count(),
+            devices = registry.device_count(),
+            "registry loaded"
+        );
+        let instance = Instance::new(&settings, registration_code);
         let keys = admin::keys::load(&settings)?;
         let admin_api = admin::AdminApi::new(&settings, keys.keys)?;
         if let Some(path) = &keys.generated_file {
             info!(file = %path.display(), "admin API access key (generated for instance.owner)");
         }
         let (server_cert, server_key, mut ca_files, dev_pki) = resolve_pki(&settings)?;
-        let registry = Registry::new();
         ca_files.extend(settings.tls.ca_files.iter().cloned());
         for path in &ca_files {
             register_ca_file(&registry, path).await?;
@@ -174,6 +192,7 @@ impl Broker {
             admin_addr,
             dev_pki,
             generated_key_file: keys.generated_file,
+            _data_dir: data_dir,
             shutdown,
             tasks,
         })
@@ -279,6 +298,10 @@ async fn register_ca_file(registry: &Registry, path: &Path) -> Result<(), StartE
     }
     for der in certs {
         let ca = CaCert::parse(der, UnixTime::now()).map_err(|e| fail(e.to_string()))?;
+        if registry.ca(&ca.sn).is_some() {
+            info!(ca_sn = %ca.sn, file = %path.display(), "CA already registered");
+            continue;
+        }
         match registry.register_ca(CaRegistration::declared(ca)).await {
             Ok(sn) => info!(ca_sn = %sn, file = %path.display(), "CA registered"),
             Err(RegistryError::CaAlreadyRegistered(sn)) => {

@@ -51,8 +51,21 @@ impl std::fmt::Debug for CaCert {
 }
 
 impl CaCert {
+    /// Reads a CA certificate the registry stored (checked when it was
+    /// registered; it may have expired since, which the verifier handles).
+    pub fn from_stored(pem: &str) -> Result<Self, CaCertError> {
+        use rustls_pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| CaCertError::Malformed(e.to_string()))?;
+        Self::read(der, None)
+    }
+
     /// Parses a CA certificate and checks that it is a CA and valid at `now`.
     pub fn parse(der: CertificateDer<'static>, now: UnixTime) -> Result<Self, CaCertError> {
+        Self::read(der, Some(now))
+    }
+
+    fn read(der: CertificateDer<'static>, now: Option<UnixTime>) -> Result<Self, CaCertError> {
         let (rest, cert) = X509Certificate::from_der(der.as_ref())
             .map_err(|e| CaCertError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
@@ -66,14 +79,16 @@ impl CaCert {
         }
         let valid_begin_ms = cert.validity().not_before.timestamp().saturating_mul(1000);
         let valid_end_ms = cert.validity().not_after.timestamp().saturating_mul(1000);
-        let now_ms = i64::try_from(now.as_secs())
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000);
-        if now_ms < valid_begin_ms {
-            return Err(CaCertError::NotYetValid(valid_begin_ms));
-        }
-        if now_ms > valid_end_ms {
-            return Err(CaCertError::Expired(valid_end_ms));
+        if let Some(now) = now {
+            let now_ms = i64::try_from(now.as_secs())
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000);
+            if now_ms < valid_begin_ms {
+                return Err(CaCertError::NotYetValid(valid_begin_ms));
+            }
+            if now_ms > valid_end_ms {
+                return Err(CaCertError::Expired(valid_end_ms));
+            }
         }
         let sn = CaSn(Serial::from_der_content(cert.raw_serial())?);
         let common_name = common_name(&cert);

@@ -1,20 +1,25 @@
 //! Certificate state: which CAs are registered, which device certificates
 //! are known, and whether each is active.
 //!
-//! The registry is the single source of truth that the TLS verifier reads on
-//! every handshake and that admin calls change. It holds two tables:
-//! - the CA table, keyed by [`CaSn`];
+//! The registry is what the TLS verifier reads on every handshake and what
+//! admin calls change. It is an in-memory index in front of a durable
+//! [`Store`]:
+//! - the CA table, keyed by [`CaSn`], with each CA's trust anchor;
 //! - the device table, a `DashMap` keyed by [`DeviceIdentity`]
-//!   (`(CaSn, DeviceSn)`), so handshakes of different devices never contend.
+//!   (`(CaSn, DeviceSn)`) holding one status per device, so handshakes of
+//!   different devices never contend and a million devices fit in memory.
+//!   Names, validity and certificate bodies stay in the store, read only
+//!   when the admin API asks.
+//!
+//! Every change is committed to the store first and applied to the index
+//! after: a change the store refused is not visible anywhere. Admin changes
+//! are serialised (so the index and the store apply them in the same
+//! order); auto-registrations are not, and are grouped by the store.
 //!
 //! It owns no sessions: dropping the live connections of a certificate that
 //! was just inactivated is the caller's job (see `admin` and
 //! `session::SessionTable`). The order matters and is documented on
 //! [`Registry::set_device_status`].
-//!
-//! Reads are synchronous (the verifier runs inside rustls). Changes are
-//! `async` because a durable store will sit behind them: a change will be
-//! committed before it becomes visible here.
 
 mod ca;
 
@@ -29,6 +34,7 @@ pub use ca::{CaCert, CaCertError};
 
 use crate::identity::{DeviceCert, DeviceIdentity};
 use crate::serial::CaSn;
+use crate::store::{Change, Store, StoreError};
 
 /// The lifecycle status of a CA or device certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,6 +62,8 @@ pub enum RegistryError {
     DeviceNotFound(DeviceIdentity),
     #[error("a CA certificate with serial {0} is already registered")]
     CaAlreadyRegistered(CaSn),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A registered CA as the API reports it.
@@ -138,18 +146,26 @@ struct CaEntry {
     anchor: Arc<TrustAnchor<'static>>,
 }
 
-struct DeviceEntry {
-    /// First-seen order, for stable listings.
-    seq: u64,
-    name: Arc<str>,
-    status: CertStatus,
-    valid_begin_ms: i64,
-    valid_end_ms: i64,
-    pem: Arc<str>,
+/// What the index knows of a device: one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Being auto-registered: admitted by the verifier, not yet committed.
+    Pending,
+    Active,
+    Inactive,
+}
+
+impl Slot {
+    fn of(status: CertStatus) -> Slot {
+        match status {
+            CertStatus::Active => Slot::Active,
+            CertStatus::Inactive => Slot::Inactive,
+        }
+    }
 }
 
 /// The certificate registry; cheap to clone, all clones share state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     shared: Arc<Shared>,
 }
@@ -157,35 +173,26 @@ pub struct Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
+            .field("store", &self.shared.store.location())
             .field("cas", &self.shared.cas.len())
             .field("devices", &self.shared.devices.len())
             .finish()
     }
 }
 
-#[derive(Default)]
 struct Shared {
+    store: Arc<dyn Store>,
     cas: DashMap<CaSn, CaEntry>,
-    devices: DashMap<DeviceIdentity, DeviceEntry>,
+    devices: DashMap<DeviceIdentity, Slot>,
     next_seq: AtomicU64,
+    /// Serialises admin changes (store commit + index update), so both
+    /// apply them in one order. Never held on the handshake path.
+    admin: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
     fn seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
-impl DeviceEntry {
-    fn record(&self, identity: DeviceIdentity) -> DeviceRecord {
-        DeviceRecord {
-            identity,
-            name: self.name.clone(),
-            status: self.status,
-            valid_begin_ms: self.valid_begin_ms,
-            valid_end_ms: self.valid_end_ms,
-            pem: self.pem.clone(),
-        }
     }
 }
 
@@ -202,14 +209,52 @@ fn page<T>(mut keyed: Vec<(u64, T)>, offset: usize, limit: usize) -> Page<T> {
 }
 
 impl Registry {
-    pub fn new() -> Self {
-        Self::default()
+    /// Loads the index from `store`. Returns the registry and the instance's
+    /// registration code.
+    pub fn open(store: Arc<dyn Store>) -> Result<(Registry, String), RegistryError> {
+        let snapshot = store.load()?;
+        let cas = DashMap::new();
+        for (seq, record) in snapshot.cas.into_iter().enumerate() {
+            let cert = CaCert::from_stored(&record.pem).map_err(|e| {
+                StoreError::Read(format!("the stored CA {} is unusable: {e}", record.sn))
+            })?;
+            cas.insert(
+                record.sn,
+                CaEntry {
+                    seq: seq as u64,
+                    record,
+                    subject_raw: cert.subject_raw,
+                    anchor: cert.anchor,
+                },
+            );
+        }
+        let devices = DashMap::with_capacity(snapshot.devices.len());
+        for (identity, status) in snapshot.devices {
+            devices.insert(identity, Slot::of(status));
+        }
+        let next_seq = AtomicU64::new(cas.len() as u64);
+        let registry = Registry {
+            shared: Arc::new(Shared {
+                store,
+                cas,
+                devices,
+                next_seq,
+                admin: tokio::sync::Mutex::new(()),
+            }),
+        };
+        Ok((registry, snapshot.registration_code))
+    }
+
+    /// Where the registry is stored, for messages.
+    pub fn location(&self) -> String {
+        self.shared.store.location()
     }
 
     // ----- CAs -------------------------------------------------------------
 
     /// Registers a CA, active. Refuses a serial that is already registered.
     pub async fn register_ca(&self, registration: CaRegistration) -> Result<CaSn, RegistryError> {
+        let _serial = self.shared.admin.lock().await;
         let CaRegistration {
             cert,
             name,
@@ -217,36 +262,74 @@ impl Registry {
             registration_code,
         } = registration;
         let sn = cert.sn;
-        match self.shared.cas.entry(sn) {
-            Entry::Occupied(_) => Err(RegistryError::CaAlreadyRegistered(sn)),
-            Entry::Vacant(slot) => {
-                let name = name.unwrap_or_else(|| cert.common_name.clone());
-                slot.insert(CaEntry {
-                    seq: self.shared.seq(),
-                    record: CaRecord {
-                        sn,
-                        name,
-                        status: CertStatus::Active,
-                        valid_begin_ms: cert.valid_begin_ms,
-                        valid_end_ms: cert.valid_end_ms,
-                        pem: Arc::from(cert.pem()),
-                        verification_pem: verification_pem.map(Arc::from),
-                        registration_code: registration_code.map(Arc::from),
-                    },
-                    subject_raw: cert.subject_raw,
-                    anchor: cert.anchor,
-                });
-                Ok(sn)
-            }
+        if self.shared.cas.contains_key(&sn) {
+            return Err(RegistryError::CaAlreadyRegistered(sn));
         }
+        let record = CaRecord {
+            sn,
+            name: name.unwrap_or_else(|| cert.common_name.clone()),
+            status: CertStatus::Active,
+            valid_begin_ms: cert.valid_begin_ms,
+            valid_end_ms: cert.valid_end_ms,
+            pem: Arc::from(cert.pem()),
+            verification_pem: verification_pem.map(Arc::from),
+            registration_code: registration_code.map(Arc::from),
+        };
+        match self
+            .shared
+            .store
+            .commit(Change::RegisterCa(record.clone()))
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict(_)) => return Err(RegistryError::CaAlreadyRegistered(sn)),
+            Err(e) => return Err(e.into()),
+        }
+        self.shared.cas.insert(
+            sn,
+            CaEntry {
+                seq: self.shared.seq(),
+                record,
+                subject_raw: cert.subject_raw,
+                anchor: cert.anchor,
+            },
+        );
+        Ok(sn)
+    }
+
+    /// Sets a CA's status. Callers that inactivate must drop the CA's
+    /// sessions *after* this returns (see [`Registry::set_device_status`]).
+    pub async fn set_ca_status(&self, sn: &CaSn, status: CertStatus) -> Result<(), RegistryError> {
+        let _serial = self.shared.admin.lock().await;
+        if !self.shared.cas.contains_key(sn) {
+            return Err(RegistryError::CaNotFound(*sn));
+        }
+        if self
+            .shared
+            .store
+            .commit(Change::SetCaStatus(*sn, status))
+            .await?
+            == 0
+        {
+            return Err(RegistryError::CaNotFound(*sn));
+        }
+        if let Some(mut entry) = self.shared.cas.get_mut(sn) {
+            entry.record.status = status;
+        }
+        Ok(())
     }
 
     /// Removes a CA and every device certificate it issued; returns how
     /// many devices went. Callers drop the CA's sessions *after* this.
     pub async fn delete_ca(&self, sn: &CaSn) -> Result<usize, RegistryError> {
-        if self.shared.cas.remove(sn).is_none() {
+        let _serial = self.shared.admin.lock().await;
+        if !self.shared.cas.contains_key(sn) {
             return Err(RegistryError::CaNotFound(*sn));
         }
+        if self.shared.store.commit(Change::DeleteCa(*sn)).await? == 0 {
+            return Err(RegistryError::CaNotFound(*sn));
+        }
+        self.shared.cas.remove(sn);
         let before = self.shared.devices.len();
         self.shared.devices.retain(|id, _| id.ca_sn != *sn);
         Ok(before.saturating_sub(self.shared.devices.len()))
@@ -261,18 +344,6 @@ impl Registry {
             .map(|e| (e.seq, e.record.clone()))
             .collect();
         page(all, offset, limit)
-    }
-
-    /// Sets a CA's status. Callers that inactivate must drop the CA's
-    /// sessions *after* this returns (see [`Registry::set_device_status`]).
-    pub async fn set_ca_status(&self, sn: &CaSn, status: CertStatus) -> Result<(), RegistryError> {
-        match self.shared.cas.get_mut(sn) {
-            Some(mut entry) => {
-                entry.record.status = status;
-                Ok(())
-            }
-            None => Err(RegistryError::CaNotFound(*sn)),
-        }
     }
 
     pub fn ca(&self, sn: &CaSn) -> Option<CaRecord> {
@@ -304,64 +375,96 @@ impl Registry {
 
     // ----- devices ---------------------------------------------------------
 
-    /// The status of a known device, `None` for a device never seen.
+    /// The status of a device, `None` for a device never seen. A device
+    /// being registered right now counts as active.
     pub fn device_status(&self, id: &DeviceIdentity) -> Option<CertStatus> {
-        self.shared.devices.get(id).map(|e| e.status)
+        self.shared.devices.get(id).map(|slot| match *slot {
+            Slot::Pending | Slot::Active => CertStatus::Active,
+            Slot::Inactive => CertStatus::Inactive,
+        })
     }
 
-    pub fn device(&self, id: &DeviceIdentity) -> Option<DeviceRecord> {
-        self.shared.devices.get(id).map(|e| e.record(*id))
+    /// One device certificate, as stored.
+    pub async fn device(&self, id: &DeviceIdentity) -> Result<Option<DeviceRecord>, RegistryError> {
+        Ok(self.shared.store.device(*id).await?)
     }
 
     /// Device certificates in first-seen order, all or one CA's.
-    pub fn list_devices(
+    pub async fn list_devices(
         &self,
         ca: Option<&CaSn>,
         offset: usize,
         limit: usize,
-    ) -> Page<DeviceRecord> {
-        let all = self
+    ) -> Result<Page<DeviceRecord>, RegistryError> {
+        Ok(self
             .shared
-            .devices
-            .iter()
-            .filter(|e| ca.is_none_or(|sn| e.key().ca_sn == *sn))
-            .map(|e| (e.seq, e.record(*e.key())))
-            .collect();
-        page(all, offset, limit)
-    }
-
-    /// Removes a device record. The device registers again on its next
-    /// connection while its CA is active: inactivation, not deletion, keeps
-    /// a device out.
-    pub async fn delete_device(&self, id: &DeviceIdentity) -> Result<(), RegistryError> {
-        match self.shared.devices.remove(id) {
-            Some(_) => Ok(()),
-            None => Err(RegistryError::DeviceNotFound(*id)),
-        }
+            .store
+            .list_devices(ca.copied(), offset, limit)
+            .await?)
     }
 
     /// Registers a device on its first verified connection (status active,
-    /// DeviceName = subject CN), or reports the status of a known one. One
-    /// atomic step, so a concurrent status change is either seen here or
-    /// applied after the registration.
-    pub async fn admit_device(&self, id: &DeviceIdentity, cert: &DeviceCert) -> Admission {
+    /// DeviceName = subject CN), durably, or reports the status of a known
+    /// one. A concurrent status change is either seen here or applied after
+    /// the registration.
+    pub async fn admit_device(
+        &self,
+        id: &DeviceIdentity,
+        cert: &DeviceCert,
+    ) -> Result<Admission, RegistryError> {
         match self.shared.devices.entry(*id) {
-            Entry::Occupied(e) => Admission::Known(e.get().status),
-            Entry::Vacant(slot) => {
-                slot.insert(DeviceEntry {
-                    seq: self.shared.seq(),
-                    name: Arc::from(cert.common_name.as_str()),
-                    status: CertStatus::Active,
-                    valid_begin_ms: cert.valid_begin_ms,
-                    valid_end_ms: cert.valid_end_ms,
-                    pem: Arc::from(cert.pem()),
+            Entry::Occupied(e) => match *e.get() {
+                Slot::Active => return Ok(Admission::Known(CertStatus::Active)),
+                Slot::Inactive => return Ok(Admission::Known(CertStatus::Inactive)),
+                // Another connection of this device is registering it: commit
+                // too (idempotent) rather than trust an uncommitted record.
+                Slot::Pending => {}
+            },
+            Entry::Vacant(e) => {
+                e.insert(Slot::Pending);
+            }
+        }
+        let record = DeviceRecord {
+            identity: *id,
+            name: Arc::from(cert.common_name.as_str()),
+            status: CertStatus::Active,
+            valid_begin_ms: cert.valid_begin_ms,
+            valid_end_ms: cert.valid_end_ms,
+            pem: Arc::from(cert.pem()),
+        };
+        let committed = self
+            .shared
+            .store
+            .commit(Change::RegisterDevice(record))
+            .await;
+        match committed {
+            Ok(_) => {
+                // An admin change may have landed since the commit; only a
+                // still-pending slot becomes active.
+                let slot = self.shared.devices.get_mut(id).map(|mut slot| {
+                    if *slot == Slot::Pending {
+                        *slot = Slot::Active;
+                    }
+                    *slot
                 });
-                Admission::Registered
+                match slot {
+                    Some(Slot::Active) => Ok(Admission::Registered),
+                    Some(_) => Ok(Admission::Known(CertStatus::Inactive)),
+                    // Deleted (with its CA, or by DeleteDeviceCertificate)
+                    // while it was being registered.
+                    None => Ok(Admission::Known(CertStatus::Inactive)),
+                }
+            }
+            Err(e) => {
+                self.shared
+                    .devices
+                    .remove_if(id, |_, slot| *slot == Slot::Pending);
+                Err(e.into())
             }
         }
     }
 
-    /// Sets a device's status.
+    /// Sets a device's status, durably.
     ///
     /// Inactivation is exact only in this order: first this call, then the
     /// drop of the device's sessions. A connection registers its session
@@ -373,13 +476,37 @@ impl Registry {
         id: &DeviceIdentity,
         status: CertStatus,
     ) -> Result<(), RegistryError> {
-        match self.shared.devices.get_mut(id) {
-            Some(mut entry) => {
-                entry.status = status;
-                Ok(())
-            }
-            None => Err(RegistryError::DeviceNotFound(*id)),
+        let _serial = self.shared.admin.lock().await;
+        if !self.shared.devices.contains_key(id) {
+            return Err(RegistryError::DeviceNotFound(*id));
         }
+        if self
+            .shared
+            .store
+            .commit(Change::SetDeviceStatus(*id, status))
+            .await?
+            == 0
+        {
+            // Known to the index but not stored: still being registered.
+            return Err(RegistryError::DeviceNotFound(*id));
+        }
+        self.shared.devices.insert(*id, Slot::of(status));
+        Ok(())
+    }
+
+    /// Removes a device record. The device registers again on its next
+    /// connection while its CA is active: inactivation, not deletion, keeps
+    /// a device out.
+    pub async fn delete_device(&self, id: &DeviceIdentity) -> Result<(), RegistryError> {
+        let _serial = self.shared.admin.lock().await;
+        if !self.shared.devices.contains_key(id) {
+            return Err(RegistryError::DeviceNotFound(*id));
+        }
+        if self.shared.store.commit(Change::DeleteDevice(*id)).await? == 0 {
+            return Err(RegistryError::DeviceNotFound(*id));
+        }
+        self.shared.devices.remove(id);
+        Ok(())
     }
 
     pub fn device_count(&self) -> usize {

@@ -62,6 +62,8 @@ pub enum Refusal {
     UnsupportedAlgorithm,
     #[error("the certificate chain is invalid: {0}")]
     Invalid(String),
+    #[error("the device could not be registered: {0}")]
+    Unregistered(String),
 }
 
 impl Refusal {
@@ -76,7 +78,9 @@ impl Refusal {
             Refusal::NotValidYet => CertificateError::NotValidYet,
             Refusal::WrongUsage | Refusal::CaAsDevice => CertificateError::InvalidPurpose,
             Refusal::UnsupportedAlgorithm => CertificateError::BadSignature,
-            Refusal::Invalid(_) => CertificateError::ApplicationVerificationFailure,
+            Refusal::Invalid(_) | Refusal::Unregistered(_) => {
+                CertificateError::ApplicationVerificationFailure
+            }
         };
         rustls::Error::InvalidCertificate(e)
     }

@@ -539,7 +539,14 @@ async fn certificate_lifecycle_through_the_api() {
     .await;
     assert_eq!((status, code(&body)), (500, "FindDeviceBySnError"));
     let _client_a = connect(&tb, &a, "sensor-a", Version::V4).await.unwrap();
-    assert!(tb.broker.registry().device(&a.identity).is_some());
+    assert!(
+        tb.broker
+            .registry()
+            .device(&a.identity)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Deleting the CA drops its sessions and removes it and its devices.
     let (status, _) = call(

@@ -396,7 +396,13 @@ async fn pki_subcommands_make_certificates_the_broker_accepts() {
     connect_with(tb.port(), tls, "meter-7", Version::V4, |_| {})
         .await
         .unwrap();
-    let record = tb.broker.registry().device(&device.identity).unwrap();
+    let record = tb
+        .broker
+        .registry()
+        .device(&device.identity)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&*record.name, "meter-7");
 
     // --help explains the subcommands.

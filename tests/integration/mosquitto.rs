@@ -146,7 +146,12 @@ async fn mosquitto_clients_exchange_a_message() {
         let out = finished(sub).await;
         assert_eq!(out.trim(), format!("{topic} hello from mosquitto"));
         assert!(
-            tb.broker.registry().device(&d2.identity).is_some(),
+            tb.broker
+                .registry()
+                .device(&d2.identity)
+                .await
+                .unwrap()
+                .is_some(),
             "the publisher was auto-registered"
         );
     }

@@ -28,6 +28,8 @@ async fn exchange(publisher: Version, subscriber: Version) {
             .broker
             .registry()
             .device(&device.identity)
+            .await
+            .unwrap()
             .expect("auto-registered");
         assert_eq!(record.status, certmq::CertStatus::Active);
         assert_eq!(&*record.name, device.name.as_str());

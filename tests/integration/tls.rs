@@ -15,7 +15,12 @@ async fn refused(tb: &TestBroker, device: &Device) -> String {
         .err()
         .unwrap_or_else(|| panic!("{} was admitted", device.name));
     assert!(
-        tb.broker.registry().device(&device.identity).is_none(),
+        tb.broker
+            .registry()
+            .device(&device.identity)
+            .await
+            .unwrap()
+            .is_none(),
         "a refused certificate must not be registered"
     );
     err
@@ -104,7 +109,14 @@ async fn admits_every_supported_key_type_on_tls12_and_tls13() {
                 .unwrap_or_else(|e| panic!("{key:?} over {version:?} refused: {e}"));
             client.disconnect().await;
         }
-        assert!(tb.broker.registry().device(&device.identity).is_some());
+        assert!(
+            tb.broker
+                .registry()
+                .device(&device.identity)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 }
 

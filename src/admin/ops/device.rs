@@ -24,6 +24,7 @@ pub(super) fn not_found(e: RegistryError) -> ApiError {
             device_sn: id.device_sn.to_string(),
         },
         RegistryError::CaNotFound(sn) => ApiError::CaNotFound(sn.to_string()),
+        RegistryError::Store(e) => ApiError::Internal(e.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -45,17 +46,19 @@ fn device_sn_answer(identity: &DeviceIdentity) -> Map<String, Value> {
     fields([("DeviceSn", Value::String(identity.device_sn.to_string()))])
 }
 
-pub(super) fn get(ctx: &Context, req: &RpcRequest) -> Result<Map<String, Value>, ApiError> {
+pub(super) async fn get(ctx: &Context, req: &RpcRequest) -> Result<Map<String, Value>, ApiError> {
     let identity = identity(req)?;
     let record = ctx
         .registry
         .device(&identity)
+        .await
+        .map_err(not_found)?
         .ok_or(RegistryError::DeviceNotFound(identity))
         .map_err(not_found)?;
     Ok(fields([("Data", vo(&record))]))
 }
 
-pub(super) fn list(
+pub(super) async fn list(
     ctx: &Context,
     req: &RpcRequest,
     by_ca: bool,
@@ -70,7 +73,11 @@ pub(super) fn list(
         None
     };
     let (page_no, page_size, offset) = paging(req)?;
-    let page = ctx.registry.list_devices(ca.as_ref(), offset, page_size);
+    let page = ctx
+        .registry
+        .list_devices(ca.as_ref(), offset, page_size)
+        .await
+        .map_err(not_found)?;
     let vos: Vec<Value> = page.items.iter().map(vo).collect();
     Ok(fields([(
         "Data",

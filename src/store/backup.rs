@@ -1,0 +1,301 @@
+//! Backup and migration: the registry as JSON lines.
+//!
+//! `certmq registry export` writes one JSON object per line: the instance
+//! (its registration code), then every CA, then every device certificate,
+//! bodies included. `certmq registry import` reads such a file into a
+//! registry database in one transaction, updating records that exist; it
+//! refuses to run while a broker holds the data directory.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use super::sqlite::now_ms;
+use crate::serial::{CaSn, DeviceSn};
+
+/// One line of a backup.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Line {
+    Instance {
+        registration_code: String,
+    },
+    Ca {
+        sn: String,
+        name: String,
+        /// "1" active, "0" inactive, as the API writes it.
+        status: String,
+        valid_begin_ms: i64,
+        valid_end_ms: i64,
+        pem: String,
+        verification_pem: Option<String>,
+        registration_code: Option<String>,
+    },
+    Device {
+        ca_sn: String,
+        device_sn: String,
+        name: String,
+        status: String,
+        valid_begin_ms: i64,
+        valid_end_ms: i64,
+        pem: String,
+    },
+}
+
+/// Why a backup could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot open the registry database {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("reading the registry failed: {0}")]
+    Read(String),
+    #[error("writing the backup failed: {0}")]
+    Output(std::io::Error),
+    #[error("line {line} of the backup: {reason}")]
+    Line { line: usize, reason: String },
+    #[error("importing failed, nothing was imported: {0}")]
+    Import(String),
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub cas: usize,
+    pub devices: usize,
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, BackupError> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(
+        |e| BackupError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        },
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).ok();
+    Ok(conn)
+}
+
+/// Writes the registry at `db` (which may be in use by a running broker)
+/// to `out`; returns how many lines.
+pub fn export(db: &Path, out: &mut dyn Write) -> Result<usize, BackupError> {
+    if !db.is_file() {
+        return Err(BackupError::Open {
+            path: db.display().to_string(),
+            reason: "no such file (is storage.data_dir right?)".into(),
+        });
+    }
+    let conn = open(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let read = |e: rusqlite::Error| BackupError::Read(e.to_string());
+    // One read transaction: a consistent snapshot even while the broker writes.
+    conn.execute_batch("BEGIN").map_err(read)?;
+    let mut lines = 0;
+    let mut emit = |line: &Line, out: &mut dyn Write| -> Result<(), BackupError> {
+        serde_json::to_writer(&mut *out, line).map_err(|e| BackupError::Output(e.into()))?;
+        out.write_all(b"\n").map_err(BackupError::Output)?;
+        lines += 1;
+        Ok(())
+    };
+    let code: String = conn
+        .query_row(
+            "SELECT registration_code FROM instance WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(read)?;
+    emit(
+        &Line::Instance {
+            registration_code: code,
+        },
+        out,
+    )?;
+    let status = |s: i64| if s == 1 { "1" } else { "0" }.to_owned();
+    let mut stmt = conn
+        .prepare(
+            "SELECT sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code
+             FROM ca ORDER BY rowid",
+        )
+        .map_err(read)?;
+    let mut rows = stmt.query([]).map_err(read)?;
+    while let Some(r) = rows.next().map_err(read)? {
+        let line = Line::Ca {
+            sn: r.get(0).map_err(read)?,
+            name: r.get(1).map_err(read)?,
+            status: status(r.get(2).map_err(read)?),
+            valid_begin_ms: r.get(3).map_err(read)?,
+            valid_end_ms: r.get(4).map_err(read)?,
+            pem: r.get(5).map_err(read)?,
+            verification_pem: r.get(6).map_err(read)?,
+            registration_code: r.get(7).map_err(read)?,
+        };
+        emit(&line, out)?;
+    }
+    drop(rows);
+    drop(stmt);
+    let mut stmt = conn
+        .prepare(
+            "SELECT ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem FROM device ORDER BY rowid",
+        )
+        .map_err(read)?;
+    let mut rows = stmt.query([]).map_err(read)?;
+    while let Some(r) = rows.next().map_err(read)? {
+        let line = Line::Device {
+            ca_sn: r.get(0).map_err(read)?,
+            device_sn: r.get(1).map_err(read)?,
+            name: r.get(2).map_err(read)?,
+            status: status(r.get(3).map_err(read)?),
+            valid_begin_ms: r.get(4).map_err(read)?,
+            valid_end_ms: r.get(5).map_err(read)?,
+            pem: r.get(6).map_err(read)?,
+        };
+        emit(&line, out)?;
+    }
+    out.flush().map_err(BackupError::Output)?;
+    Ok(lines)
+}
+
+fn status_code(line: usize, status: &str) -> Result<i64, BackupError> {
+    match status {
+        "1" => Ok(1),
+        "0" => Ok(0),
+        other => Err(BackupError::Line {
+            line,
+            reason: format!("status must be \"1\" or \"0\", not {other:?}"),
+        }),
+    }
+}
+
+fn serial<T>(
+    line: usize,
+    what: &str,
+    value: &str,
+    parse: fn(&str) -> Result<T, crate::serial::SerialError>,
+) -> Result<T, BackupError> {
+    parse(value).map_err(|e| BackupError::Line {
+        line,
+        reason: format!("{what}: {e}"),
+    })
+}
+
+/// Reads a backup into the database at `db` (created if missing), all or
+/// nothing. The caller must hold the data directory (no broker running).
+pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupError> {
+    // Opening through the store creates, checks and migrates the database.
+    drop(
+        super::sqlite::SqliteStore::open(db, 0).map_err(|e| BackupError::Open {
+            path: db.display().to_string(),
+            reason: e.to_string(),
+        })?,
+    );
+    let mut conn = open(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(|e| BackupError::Import(e.to_string()))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| BackupError::Import(e.to_string()))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| BackupError::Import(e.to_string()))?;
+    let import_err = |line: usize, e: rusqlite::Error| BackupError::Line {
+        line,
+        reason: e.to_string(),
+    };
+    let mut imported = Imported::default();
+    let now = now_ms();
+    for (index, text) in input.lines().enumerate() {
+        let number = index + 1;
+        let text = text.map_err(|e| BackupError::Line {
+            line: number,
+            reason: e.to_string(),
+        })?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line: Line = serde_json::from_str(&text).map_err(|e| BackupError::Line {
+            line: number,
+            reason: e.to_string(),
+        })?;
+        match line {
+            Line::Instance { registration_code } => {
+                tx.execute(
+                    "INSERT INTO instance (id, registration_code) VALUES (1, ?1)
+                     ON CONFLICT (id) DO UPDATE SET registration_code = excluded.registration_code",
+                    params![registration_code],
+                )
+                .map_err(|e| import_err(number, e))?;
+            }
+            Line::Ca {
+                sn,
+                name,
+                status,
+                valid_begin_ms,
+                valid_end_ms,
+                pem,
+                verification_pem,
+                registration_code,
+            } => {
+                let sn = serial(number, "sn", &sn, CaSn::parse)?;
+                tx.execute(
+                    "INSERT INTO ca (sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem,
+                                     registration_code, registered_at_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                     ON CONFLICT (sn) DO UPDATE SET name = excluded.name, status = excluded.status,
+                        valid_begin_ms = excluded.valid_begin_ms, valid_end_ms = excluded.valid_end_ms,
+                        pem = excluded.pem, verification_pem = excluded.verification_pem,
+                        registration_code = excluded.registration_code, updated_at_ms = excluded.updated_at_ms",
+                    params![
+                        sn.to_string(),
+                        name,
+                        status_code(number, &status)?,
+                        valid_begin_ms,
+                        valid_end_ms,
+                        pem,
+                        verification_pem,
+                        registration_code,
+                        now
+                    ],
+                )
+                .map_err(|e| import_err(number, e))?;
+                imported.cas += 1;
+            }
+            Line::Device {
+                ca_sn,
+                device_sn,
+                name,
+                status,
+                valid_begin_ms,
+                valid_end_ms,
+                pem,
+            } => {
+                let ca_sn = serial(number, "ca_sn", &ca_sn, CaSn::parse)?;
+                let device_sn = serial(number, "device_sn", &device_sn, DeviceSn::parse)?;
+                tx.execute(
+                    "INSERT INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
+                                         first_seen_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                     ON CONFLICT (ca_sn, device_sn) DO UPDATE SET name = excluded.name, status = excluded.status,
+                        valid_begin_ms = excluded.valid_begin_ms, valid_end_ms = excluded.valid_end_ms,
+                        pem = excluded.pem, updated_at_ms = excluded.updated_at_ms",
+                    params![
+                        ca_sn.to_string(),
+                        device_sn.to_string(),
+                        name,
+                        status_code(number, &status)?,
+                        valid_begin_ms,
+                        valid_end_ms,
+                        pem,
+                        now
+                    ],
+                )
+                .map_err(|e| BackupError::Line {
+                    line: number,
+                    reason: format!("{e} (is its CA in the backup, before it?)"),
+                })?;
+                imported.devices += 1;
+            }
+        }
+    }
+    tx.commit()
+        .map_err(|e| BackupError::Import(e.to_string()))?;
+    Ok(imported)
+}

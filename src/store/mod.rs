@@ -1,0 +1,103 @@
+//! Durable certificate state, behind a trait.
+//!
+//! The [`Registry`](crate::registry::Registry) keeps the hot-path index in
+//! memory (CA trust anchors and statuses, one status per device) and asks a
+//! [`Store`] to make every change durable *before* it applies it: a change
+//! the store did not commit never becomes visible. Certificate bodies stay
+//! in the store and are read only when the admin API asks for them.
+//!
+//! [`sqlite::SqliteStore`] is the store of a single broker. A networked
+//! store (PostgreSQL, for several brokers) implements the same trait; the
+//! verifier and the admin API never see which one is in use.
+
+pub mod backup;
+mod schema;
+pub mod sqlite;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use crate::identity::DeviceIdentity;
+use crate::registry::{CaRecord, CertStatus, DeviceRecord, Page};
+use crate::serial::CaSn;
+
+/// A boxed future of a store operation (the trait is used as `dyn Store`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why the store could not do something. Messages name the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the registry database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "the registry database {path} failed its integrity check: {problems}; restore it from a backup \
+         (certmq registry import) or move it away to start empty"
+    )]
+    Integrity { path: PathBuf, problems: String },
+    #[error(
+        "the registry database {path} has schema version {found}, newer than this certmq understands ({supported})"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("the registry could not be written ({0}); nothing was changed")]
+    Write(String),
+    #[error("the registry could not be read: {0}")]
+    Read(String),
+    #[error("the change conflicts with what is stored: {0}")]
+    Conflict(String),
+    #[error("the registry store has stopped")]
+    Closed,
+}
+
+/// Everything the in-memory index needs, read once at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The instance's registration code (created with the store).
+    pub registration_code: String,
+    /// Registered CAs, in registration order.
+    pub cas: Vec<CaRecord>,
+    /// Every device certificate's identity and status.
+    pub devices: Vec<(DeviceIdentity, CertStatus)>,
+}
+
+/// One durable change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    RegisterCa(CaRecord),
+    SetCaStatus(CaSn, CertStatus),
+    /// Removes the CA and every device certificate it issued.
+    DeleteCa(CaSn),
+    /// Registers a device certificate unless it is already stored.
+    RegisterDevice(DeviceRecord),
+    SetDeviceStatus(DeviceIdentity, CertStatus),
+    DeleteDevice(DeviceIdentity),
+}
+
+/// A durable home for certificate state.
+pub trait Store: Send + Sync {
+    /// Reads what the in-memory index needs.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// Makes `change` durable; answers how many records it touched (0 for
+    /// a status change or deletion of something absent, or a registration
+    /// of a device already stored).
+    fn commit(&self, change: Change) -> StoreFuture<'_, u64>;
+
+    /// One device certificate, body included.
+    fn device(&self, id: DeviceIdentity) -> StoreFuture<'_, Option<DeviceRecord>>;
+
+    /// Device certificates in first-seen order, all or one CA's.
+    fn list_devices(
+        &self,
+        ca: Option<CaSn>,
+        offset: usize,
+        limit: usize,
+    ) -> StoreFuture<'_, Page<DeviceRecord>>;
+
+    /// Where the store keeps its data, for messages.
+    fn location(&self) -> String;
+}

@@ -1,0 +1,79 @@
+//! The registry database's schema, versioned with `PRAGMA user_version`.
+//!
+//! Each migration takes the database from version `n` to `n + 1` in one
+//! transaction. Never edit a released migration: add the next one.
+//!
+//! Serial numbers are stored as their canonical text (upper-case hex), so
+//! operators can read and query the database with the `sqlite3` shell:
+//!
+//! ```sql
+//! SELECT device_sn, name, status FROM device WHERE ca_sn = '2B22...';
+//! ```
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// The migrations, in order; index `i` moves version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: instance, CAs, device certificates.
+    "
+    CREATE TABLE instance (
+        id                INTEGER PRIMARY KEY CHECK (id = 1),
+        registration_code TEXT NOT NULL
+    );
+    CREATE TABLE ca (
+        sn                TEXT PRIMARY KEY,
+        name              TEXT NOT NULL,
+        status            INTEGER NOT NULL CHECK (status IN (0, 1)),
+        valid_begin_ms    INTEGER NOT NULL,
+        valid_end_ms      INTEGER NOT NULL,
+        pem               TEXT NOT NULL,
+        verification_pem  TEXT,
+        registration_code TEXT,
+        registered_at_ms  INTEGER NOT NULL,
+        updated_at_ms     INTEGER NOT NULL
+    );
+    CREATE TABLE device (
+        ca_sn          TEXT NOT NULL REFERENCES ca (sn) ON DELETE CASCADE,
+        device_sn      TEXT NOT NULL,
+        name           TEXT NOT NULL,
+        status         INTEGER NOT NULL CHECK (status IN (0, 1)),
+        valid_begin_ms INTEGER NOT NULL,
+        valid_end_ms   INTEGER NOT NULL,
+        pem            TEXT NOT NULL,
+        first_seen_ms  INTEGER NOT NULL,
+        updated_at_ms  INTEGER NOT NULL,
+        UNIQUE (ca_sn, device_sn)
+    );
+    ",
+];
+
+/// The schema version this certmq writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`VERSION`]; returns the version found, or an
+/// error if the database is newer than this certmq.
+pub fn migrate(conn: &mut Connection) -> Result<i64, MigrateError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > VERSION {
+        return Err(MigrateError::TooNew(found));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(found)
+}
+
+#[derive(Debug)]
+pub enum MigrateError {
+    TooNew(i64),
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sql(e)
+    }
+}

@@ -1,0 +1,451 @@
+//! The SQLite store: one database file in the data directory, WAL mode,
+//! `synchronous=FULL` (a commit is on disk when it returns).
+//!
+//! Writes go through one writer thread that groups them: it takes every
+//! change waiting in its queue, applies each in its own savepoint (one bad
+//! change fails alone), and commits them together, one fsync for many. A
+//! storm of first connections therefore costs a few fsyncs per second, not
+//! one per device. Reads (the admin API's Get and List) use a second
+//! connection and never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+
+use super::schema::{self, MigrateError};
+use super::{Change, Snapshot, Store, StoreError, StoreFuture};
+use crate::identity::DeviceIdentity;
+use crate::registry::{CaRecord, CertStatus, DeviceRecord, Page};
+use crate::serial::{CaSn, DeviceSn};
+
+/// The database file inside `storage.data_dir`.
+pub const FILE_NAME: &str = "registry.db";
+
+/// Most changes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+struct Job {
+    change: Change,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<Job>,
+    // A std Mutex: held only inside spawn_blocking, for one query.
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, checks its integrity,
+    /// brings its schema up to date, and starts the writer thread.
+    /// `max_size_bytes` caps the database's size (0: no cap).
+    pub fn open(path: &Path, max_size_bytes: u64) -> Result<SqliteStore, StoreError> {
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut writer = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_err(&e))?;
+        configure(&writer).map_err(|e| open_err(&e))?;
+        let problems: Vec<String> = {
+            let mut check = writer
+                .prepare("PRAGMA quick_check")
+                .map_err(|e| open_err(&e))?;
+            let rows = check
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| open_err(&e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| open_err(&e))?
+        };
+        if problems != ["ok"] {
+            return Err(StoreError::Integrity {
+                path: path.to_path_buf(),
+                problems: problems.join("; "),
+            });
+        }
+        let found = schema::migrate(&mut writer).map_err(|e| match e {
+            MigrateError::TooNew(found) => StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                supported: schema::VERSION,
+            },
+            MigrateError::Sql(e) => open_err(&e),
+        })?;
+        if found < schema::VERSION {
+            info!(file = %path.display(), from = found, to = schema::VERSION, "registry schema migrated");
+        }
+        if max_size_bytes > 0 {
+            let page_size: u64 = writer
+                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| open_err(&e))? as u64;
+            writer
+                .pragma_update(
+                    None,
+                    "max_page_count",
+                    (max_size_bytes / page_size.max(1)).max(1) as i64,
+                )
+                .map_err(|e| open_err(&e))?;
+        }
+        ensure_registration_code(&writer).map_err(|e| open_err(&e))?;
+
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_err(&e))?;
+        configure(&reader).map_err(|e| open_err(&e))?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("registry-writer".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(|e| open_err(&e))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            query(&conn).map_err(|e| StoreError::Read(e.to_string()))
+        })
+        .await
+        .map_err(|e| StoreError::Read(e.to_string()))?
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the database refused WAL mode (it is in {mode} mode)"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+fn ensure_registration_code(conn: &Connection) -> rusqlite::Result<()> {
+    let code = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+    conn.execute(
+        "INSERT OR IGNORE INTO instance (id, registration_code) VALUES (1, ?1)",
+        params![code],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn status_code(status: CertStatus) -> i64 {
+    match status {
+        CertStatus::Active => 1,
+        CertStatus::Inactive => 0,
+    }
+}
+
+fn status_from(code: i64) -> CertStatus {
+    if code == 1 {
+        CertStatus::Active
+    } else {
+        CertStatus::Inactive
+    }
+}
+
+/// The writer thread: group commit until every sender is gone.
+fn write_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&mut conn, &batch);
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Applies each change in its own savepoint, commits all at once. If the
+/// commit fails, every change of the batch fails.
+fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<u64, StoreError>> {
+    let write_err = |e: rusqlite::Error| StoreError::Write(e.to_string());
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            return batch
+                .iter()
+                .map(|_| Err(write_err(e.clone_error())))
+                .collect();
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let result = tx.savepoint().map_err(write_err).and_then(|mut sp| {
+            let applied = apply(&sp, &job.change)?;
+            sp.set_drop_behavior(rusqlite::DropBehavior::Commit);
+            sp.commit().map_err(write_err)?;
+            Ok(applied)
+        });
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => {
+            error!(error = %e, changes = batch.len(), "registry commit failed");
+            batch
+                .iter()
+                .map(|_| Err(write_err(e.clone_error())))
+                .collect()
+        }
+    }
+}
+
+trait CloneError {
+    fn clone_error(&self) -> rusqlite::Error;
+}
+
+impl CloneError for rusqlite::Error {
+    fn clone_error(&self) -> rusqlite::Error {
+        rusqlite::Error::InvalidParameterName(self.to_string())
+    }
+}
+
+fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
+    let now = now_ms();
+    let result = match change {
+        Change::RegisterCa(ca) => conn.execute(
+            "INSERT INTO ca (sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem,
+                             registration_code, registered_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+            params![
+                ca.sn.to_string(),
+                ca.name,
+                status_code(ca.status),
+                ca.valid_begin_ms,
+                ca.valid_end_ms,
+                &*ca.pem,
+                ca.verification_pem.as_deref(),
+                ca.registration_code.as_deref(),
+                now
+            ],
+        ),
+        Change::SetCaStatus(sn, status) => conn.execute(
+            "UPDATE ca SET status = ?2, updated_at_ms = ?3 WHERE sn = ?1",
+            params![sn.to_string(), status_code(*status), now],
+        ),
+        Change::DeleteCa(sn) => conn.execute("DELETE FROM ca WHERE sn = ?1", params![sn.to_string()]),
+        Change::RegisterDevice(d) => conn.execute(
+            "INSERT OR IGNORE INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
+                                           first_seen_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            params![
+                d.identity.ca_sn.to_string(),
+                d.identity.device_sn.to_string(),
+                &*d.name,
+                status_code(d.status),
+                d.valid_begin_ms,
+                d.valid_end_ms,
+                &*d.pem,
+                now
+            ],
+        ),
+        Change::SetDeviceStatus(id, status) => conn.execute(
+            "UPDATE device SET status = ?3, updated_at_ms = ?4 WHERE ca_sn = ?1 AND device_sn = ?2",
+            params![id.ca_sn.to_string(), id.device_sn.to_string(), status_code(*status), now],
+        ),
+        Change::DeleteDevice(id) => conn.execute(
+            "DELETE FROM device WHERE ca_sn = ?1 AND device_sn = ?2",
+            params![id.ca_sn.to_string(), id.device_sn.to_string()],
+        ),
+    };
+    match result {
+        Ok(n) => Ok(n as u64),
+        Err(rusqlite::Error::SqliteFailure(e, msg))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Conflict(msg.unwrap_or_else(|| e.to_string())))
+        }
+        Err(e) => Err(StoreError::Write(e.to_string())),
+    }
+}
+
+fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let ca_sn: String = row.get(0)?;
+    let device_sn: String = row.get(1)?;
+    let bad = |what: &str, e: crate::serial::SerialError| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("{what}: {e}").into(),
+        )
+    };
+    Ok(DeviceRecord {
+        identity: DeviceIdentity {
+            ca_sn: CaSn::parse(&ca_sn).map_err(|e| bad("ca_sn", e))?,
+            device_sn: DeviceSn::parse(&device_sn).map_err(|e| bad("device_sn", e))?,
+        },
+        name: row.get::<_, String>(2)?.into(),
+        status: status_from(row.get(3)?),
+        valid_begin_ms: row.get(4)?,
+        valid_end_ms: row.get(5)?,
+        pem: row.get::<_, String>(6)?.into(),
+    })
+}
+
+const DEVICE_COLUMNS: &str = "ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem";
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let read = |e: rusqlite::Error| StoreError::Read(format!("{}: {e}", self.path.display()));
+        let registration_code: String = conn
+            .query_row(
+                "SELECT registration_code FROM instance WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(read)?;
+        let mut cas = Vec::new();
+        let mut stmt = conn
+            .prepare(
+                "SELECT sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code
+                 FROM ca ORDER BY rowid",
+            )
+            .map_err(read)?;
+        let mut rows = stmt.query([]).map_err(read)?;
+        while let Some(row) = rows.next().map_err(read)? {
+            let sn: String = row.get(0).map_err(read)?;
+            cas.push(CaRecord {
+                sn: CaSn::parse(&sn)
+                    .map_err(|e| StoreError::Read(format!("CA serial `{sn}`: {e}")))?,
+                name: row.get(1).map_err(read)?,
+                status: status_from(row.get(2).map_err(read)?),
+                valid_begin_ms: row.get(3).map_err(read)?,
+                valid_end_ms: row.get(4).map_err(read)?,
+                pem: row.get::<_, String>(5).map_err(read)?.into(),
+                verification_pem: row
+                    .get::<_, Option<String>>(6)
+                    .map_err(read)?
+                    .map(Into::into),
+                registration_code: row
+                    .get::<_, Option<String>>(7)
+                    .map_err(read)?
+                    .map(Into::into),
+            });
+        }
+        drop(rows);
+        drop(stmt);
+        let mut devices = Vec::new();
+        let mut stmt = conn
+            .prepare("SELECT ca_sn, device_sn, status FROM device")
+            .map_err(read)?;
+        let mut rows = stmt.query([]).map_err(read)?;
+        while let Some(row) = rows.next().map_err(read)? {
+            let ca_sn = row
+                .get_ref(0)
+                .map_err(read)?
+                .as_str()
+                .map_err(|e| read(e.into()))?;
+            let device_sn = row
+                .get_ref(1)
+                .map_err(read)?
+                .as_str()
+                .map_err(|e| read(e.into()))?;
+            let identity = DeviceIdentity {
+                ca_sn: CaSn::parse(ca_sn)
+                    .map_err(|e| StoreError::Read(format!("device CA serial `{ca_sn}`: {e}")))?,
+                device_sn: DeviceSn::parse(device_sn)
+                    .map_err(|e| StoreError::Read(format!("device serial `{device_sn}`: {e}")))?,
+            };
+            devices.push((identity, status_from(row.get(2).map_err(read)?)));
+        }
+        Ok(Snapshot {
+            registration_code,
+            cas,
+            devices,
+        })
+    }
+
+    fn commit(&self, change: Change) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.writer
+                .send(Job { change, reply })
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn device(&self, id: DeviceIdentity) -> StoreFuture<'_, Option<DeviceRecord>> {
+        Box::pin(self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {DEVICE_COLUMNS} FROM device WHERE ca_sn = ?1 AND device_sn = ?2"),
+                params![id.ca_sn.to_string(), id.device_sn.to_string()],
+                device_from_row,
+            )
+            .optional()
+        }))
+    }
+
+    fn list_devices(
+        &self,
+        ca: Option<CaSn>,
+        offset: usize,
+        limit: usize,
+    ) -> StoreFuture<'_, Page<DeviceRecord>> {
+        Box::pin(self.read(move |conn| {
+            let ca = ca.map(|sn| sn.to_string());
+            let total: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM device WHERE ?1 IS NULL OR ca_sn = ?1",
+                params![ca],
+                |r| r.get(0),
+            )?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM device WHERE ?1 IS NULL OR ca_sn = ?1 ORDER BY rowid LIMIT ?2 OFFSET ?3"
+            ))?;
+            let items = stmt
+                .query_map(params![ca, limit as i64, offset as i64], device_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page {
+                items,
+                total: total as usize,
+            })
+        }))
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
