@@ -252,7 +252,10 @@ impl Broker {
         for task in self.tasks {
             let _ = task.await;
         }
-        info!("certmq stopped");
+        // The last reference to the context closes the registry store.
+        let store = self.ctx.registry.location();
+        drop(self.ctx);
+        info!(%store, "certmq stopped");
     }
 }
 

@@ -47,6 +47,31 @@ enum Command {
     /// else the configuration: its admin.listen and access keys, or the key
     /// that `certmq serve` generated in the data directory.
     Admin(AdminArgs),
+    /// Back up or restore the certificate registry (JSON lines).
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Write the registry (instance, CAs, device certificates) as JSON
+    /// lines. Safe while the broker runs: it reads a consistent snapshot.
+    Export {
+        /// The broker's configuration file (for storage.data_dir).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Where to write (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Read a backup into the registry, all or nothing; records that exist
+    /// are updated. The broker must be stopped.
+    Import {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The backup (JSON lines, as written by export).
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -157,6 +182,7 @@ fn main() {
         Command::Serve { config } => serve(config.as_deref()),
         Command::Pki(cmd) => run_pki(cmd),
         Command::Admin(args) => admin(args),
+        Command::Registry(cmd) => registry(cmd),
     };
     if let Err(e) = result {
         // The whole chain of causes, on one line, without a backtrace.
@@ -209,6 +235,42 @@ fn admin(args: AdminArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&body)?);
     if status >= 400 {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn registry(cmd: RegistryCommand) -> Result<()> {
+    use certmq::store::{backup, sqlite};
+    match cmd {
+        RegistryCommand::Export { config, output } => {
+            let settings = Settings::load(config.as_deref())?;
+            let db = settings.storage.data_dir.join(sqlite::FILE_NAME);
+            let lines = match output {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(
+                        std::fs::File::create(&path)
+                            .with_context(|| format!("cannot create {}", path.display()))?,
+                    );
+                    backup::export(&db, &mut file)?
+                }
+                None => backup::export(&db, &mut std::io::stdout().lock())?,
+            };
+            eprintln!("exported {lines} records from {}", db.display());
+        }
+        RegistryCommand::Import { config, file } => {
+            let settings = Settings::load(config.as_deref())?;
+            let data_dir = certmq::instance::DataDir::lock(&settings.storage.data_dir)?;
+            let input = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let imported =
+                backup::import(&data_dir.registry_db(), &mut std::io::BufReader::new(input))?;
+            eprintln!(
+                "imported {} CAs and {} device certificates into {}",
+                imported.cas,
+                imported.devices,
+                data_dir.registry_db().display()
+            );
+        }
     }
     Ok(())
 }

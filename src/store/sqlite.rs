@@ -36,7 +36,8 @@ struct Job {
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::UnboundedSender<Job>,
+    writer: Option<mpsc::UnboundedSender<Job>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     // A std Mutex: held only inside spawn_blocking, for one query.
     reader: Arc<Mutex<Connection>>,
 }
@@ -106,13 +107,14 @@ impl SqliteStore {
         configure(&reader).map_err(|e| open_err(&e))?;
 
         let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("registry-writer".into())
             .spawn(move || write_loop(writer, rx))
             .map_err(|e| open_err(&e))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            writer: tx,
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
             reader: Arc::new(Mutex::new(reader)),
         })
     }
@@ -133,6 +135,17 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Read(e.to_string()))?
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Closes the store for good: the writer finishes what was queued and
+    /// closes its connection (checkpointing the WAL) before this returns.
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -218,6 +231,15 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<u64, StoreEr
             sp.commit().map_err(write_err)?;
             Ok(applied)
         });
+        if let Err(e) = &result {
+            // Some errors (a full disk, an I/O error) make SQLite roll the
+            // whole transaction back: then the batch fails as one, with the
+            // error that caused it.
+            if tx.is_autocommit() {
+                error!(error = %e, changes = batch.len(), "registry write failed");
+                return batch.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
         results.push(result);
     }
     match tx.commit() {
@@ -401,7 +423,8 @@ impl Store for SqliteStore {
     fn commit(&self, change: Change) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
-            self.writer
+            let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+            writer
                 .send(Job { change, reply })
                 .map_err(|_| StoreError::Closed)?;
             answer.await.map_err(|_| StoreError::Closed)?

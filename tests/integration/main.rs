@@ -8,6 +8,7 @@ mod admin;
 mod admin_api;
 mod cli;
 mod curl;
+mod durability;
 mod inactivation;
 mod mosquitto;
 mod mqtt;

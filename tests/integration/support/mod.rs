@@ -103,6 +103,26 @@ impl TestBroker {
         self.client.call(action, &rest).await.unwrap()
     }
 
+    /// Stops the broker and starts it again on the same settings and data
+    /// directory (on new ports).
+    pub async fn restart(self) -> TestBroker {
+        let settings = self.broker.settings().clone();
+        self.broker.shutdown().await;
+        let broker = Broker::start(settings).await.unwrap();
+        let client = AdminClient::new(
+            &broker.admin_addr().to_string(),
+            TEST_KEY_ID,
+            TEST_KEY_SECRET,
+        )
+        .unwrap();
+        TestBroker {
+            broker,
+            server_ca: self.server_ca,
+            dir: self.dir,
+            client,
+        }
+    }
+
     /// The instance id of this broker.
     pub fn instance(&self) -> String {
         self.broker.settings().instance.id.clone()
