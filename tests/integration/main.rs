@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod admin_api;
 mod cli;
+mod crash;
 mod curl;
 mod durability;
 mod inactivation;
