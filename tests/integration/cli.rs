@@ -420,3 +420,51 @@ async fn pki_subcommands_make_certificates_the_broker_accepts() {
         assert!(help.contains(sub), "{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_export_and_import_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, admin) = (free_port(), free_port());
+    let (child, _) = serve(dir.path(), mqtt, admin).await;
+    let pki = dir.path().join("certs/dev");
+    let server_ca = Ca::from_files(&pki.join("ca.pem"), &pki.join("ca.key"));
+    let device = device_from_files(&pki, "device-3", "ca.pem");
+    let tls = crate::support::pki::client_config(&server_ca, Some(&device));
+    connect_with(mqtt, tls, "device-3", Version::V4, |_| {}).await.unwrap();
+
+    // Export works while the broker runs; import does not.
+    let output = certmq(dir.path())
+        .args(["registry", "export", "--output", "backup.jsonl"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let backup = std::fs::read_to_string(dir.path().join("backup.jsonl")).unwrap();
+    assert_eq!(backup.lines().count(), 3, "instance, the dev CA, device-3: {backup}");
+    assert!(backup.contains(&device.identity.device_sn.to_string()));
+    let output = certmq(dir.path())
+        .args(["registry", "import", "backup.jsonl"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("in use by another certmq process"));
+    sigterm_and_wait(child).await;
+
+    // Into another data directory, with the broker stopped.
+    let output = certmq(dir.path())
+        .args(["registry", "import", "backup.jsonl"])
+        .env("CERTMQ__STORAGE__DATA_DIR", "restored")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("imported 1 CAs and 1 device certificates"));
+    let output = certmq(dir.path())
+        .args(["registry", "export"])
+        .env("CERTMQ__STORAGE__DATA_DIR", "restored")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), backup);
+}
