@@ -221,7 +221,12 @@ async fn an_unwritable_data_directory_stops_start_up_naming_it() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
+        // A copy of the binary `nobody` can reach (the build directory may
+        // be under a private home).
+        let binary = dir.path().join("certmq");
+        std::fs::copy(env!("CARGO_BIN_EXE_certmq"), &binary).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let output = std::process::Command::new(&binary)
             .arg("serve")
             .current_dir(dir.path())
             .env("CERTMQ__STORAGE__DATA_DIR", &data)
