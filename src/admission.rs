@@ -63,6 +63,7 @@ pub(crate) async fn admit(
         Some(CertStatus::Active) => {
             match ctx.registry.admit_device(&identity, &verified.cert).await {
                 Ok(Admission::Registered) => {
+                    ctx.metrics.auto_registered();
                     info!(device = %identity, name = %verified.cert.common_name, "device auto-registered");
                     None
                 }

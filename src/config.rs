@@ -95,6 +95,7 @@ pub struct StorageSettings {
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
+    pub refusals_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -27,16 +27,18 @@
 
 pub mod admin;
 mod admission;
+pub mod check;
 pub mod config;
 pub mod identity;
 pub mod instance;
 mod listener;
+mod log_limit;
+pub mod metrics;
 pub mod pki;
 pub mod registry;
 pub mod router;
 pub mod serial;
 pub mod session;
-mod stats;
 pub mod store;
 pub mod tls;
 
@@ -53,10 +55,10 @@ use tracing::{info, warn};
 
 pub use config::Settings;
 pub use identity::DeviceIdentity;
+pub use metrics::Metrics;
 pub use registry::{CertStatus, Registry};
 pub use serial::{CaSn, DeviceSn};
 pub use session::SessionTable;
-pub use stats::Stats;
 
 use instance::{DataDir, Instance};
 use pki::dev::DevPki;
@@ -99,7 +101,9 @@ pub(crate) struct Context {
     pub(crate) sessions: SessionTable,
     pub(crate) router: RouterHandle,
     pub(crate) tls: TlsContext,
-    pub(crate) stats: Stats,
+    pub(crate) metrics: Metrics,
+    /// Refused handshakes are logged at most this often.
+    pub(crate) refusal_log: log_limit::LogLimiter,
 }
 
 /// A running broker.
@@ -109,6 +113,9 @@ pub struct Broker {
     admin_addr: SocketAddr,
     dev_pki: Option<DevPki>,
     generated_key_file: Option<PathBuf>,
+    /// The server certificate and key files, re-read by
+    /// [`Broker::reload_server_cert`].
+    server_cert: (PathBuf, PathBuf),
     /// Held for the broker's lifetime: one broker per data directory.
     _data_dir: DataDir,
     shutdown: CancellationToken,
@@ -164,6 +171,7 @@ impl Broker {
         let mqtt_addr = local_addr("mqtt.listen", &mqtt)?;
         let admin_addr = local_addr("admin.listen", &admin)?;
 
+        let refusals_per_second = settings.log.refusals_per_second;
         let ctx = Arc::new(Context {
             settings,
             instance,
@@ -171,7 +179,8 @@ impl Broker {
             sessions: SessionTable::new(),
             router,
             tls,
-            stats: Stats::default(),
+            metrics: Metrics::new(),
+            refusal_log: log_limit::LogLimiter::new(refusals_per_second),
         });
         let shutdown = CancellationToken::new();
         let tasks = vec![
@@ -192,6 +201,7 @@ impl Broker {
             admin_addr,
             dev_pki,
             generated_key_file: keys.generated_file,
+            server_cert: (server_cert, server_key),
             _data_dir: data_dir,
             shutdown,
             tasks,
@@ -217,12 +227,21 @@ impl Broker {
     }
 
     /// What the broker has done so far.
-    pub fn stats(&self) -> &Stats {
-        &self.ctx.stats
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
     }
 
     pub fn settings(&self) -> &Settings {
         &self.ctx.settings
+    }
+
+    /// Re-reads the server certificate and key files: new handshakes use
+    /// them, live sessions keep theirs. On error the old ones stay.
+    pub fn reload_server_cert(&self) -> Result<(), tls::TlsError> {
+        let (cert, key) = &self.server_cert;
+        self.ctx.tls.reload_server_cert(cert, key)?;
+        info!(cert = %cert.display(), "server certificate reloaded");
+        Ok(())
     }
 
     /// The file of the generated admin access key, when no access keys are

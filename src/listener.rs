@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::{Refused, admit};
+use crate::serial::DeviceSn;
 use crate::session;
-use crate::{Context, tls::Refusal};
+use crate::{Context, metrics, tls::Refusal};
 
 /// Accepts until `shutdown` fires.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -73,20 +74,20 @@ async fn connection(
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .is_some_and(|inner| matches!(inner, rustls::Error::NoCertificatesPresented));
             match verifier.verdict() {
-                Some(Err(refusal)) => {
-                    ctx.stats.handshake_refused();
-                    log_refusal(peer, refusal)
+                Some(Err(refusal)) => refused(&ctx, peer, refusal, verifier.presented()),
+                _ if no_certificate => refused(&ctx, peer, &Refusal::NoCertificate, None),
+                _ => {
+                    ctx.metrics.handshake_refused("tls_error");
+                    debug!(%peer, error = %e, "TLS handshake failed");
                 }
-                _ if no_certificate => {
-                    ctx.stats.handshake_refused();
-                    log_refusal(peer, &Refusal::NoCertificate)
-                }
-                _ => debug!(%peer, error = %e, "TLS handshake failed"),
             }
             return;
         }
         Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
+            ctx.metrics.handshake_refused("timeout");
+            if let Some(suppressed) = ctx.refusal_log.admit() {
+                info!(%peer, reason = "no TLS handshake within mqtt.handshake_timeout_ms", suppressed, "handshake refused");
+            }
             return;
         }
     };
@@ -95,17 +96,26 @@ async fn connection(
         Ok((_verified, guard)) => session::run(&ctx, stream, guard, peer).await,
         Err(Refused { refusal, guard }) => {
             match verifier.verdict() {
-                Some(Ok(_)) => ctx.stats.admission_refused(false),
+                Some(Ok(_)) => ctx.metrics.admission_refused(false),
                 Some(Err(_)) => {}
-                None => ctx.stats.admission_refused(true),
+                None => ctx.metrics.admission_refused(true),
             }
-            log_refusal(peer, &refusal);
+            refused(&ctx, peer, &refusal, verifier.presented());
             drop(stream);
             drop(guard);
         }
     }
 }
 
-fn log_refusal(peer: SocketAddr, refusal: &Refusal) {
-    info!(%peer, reason = %refusal, "handshake refused");
+/// Counts a refused handshake, and logs it once, unless refusals are
+/// flooding in (then the next logged one says how many were not).
+fn refused(ctx: &Context, peer: SocketAddr, refusal: &Refusal, presented: Option<DeviceSn>) {
+    ctx.metrics
+        .handshake_refused(metrics::refusal_reason(refusal));
+    if let Some(suppressed) = ctx.refusal_log.admit() {
+        let device_sn = presented
+            .map(|sn| sn.to_string())
+            .unwrap_or_else(|| "-".into());
+        info!(%peer, reason = %refusal, %device_sn, suppressed, "handshake refused");
+    }
 }

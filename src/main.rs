@@ -29,8 +29,20 @@ enum Command {
     /// With no server certificate configured, the first start generates a
     /// development PKI under `certs/dev` (CA, server and device
     /// certificates) and registers its CA; later starts reuse it.
+    ///
+    /// SIGHUP re-reads the server certificate and key (new handshakes use
+    /// them, live sessions stay); SIGINT and SIGTERM stop it gracefully.
     Serve {
         /// A TOML file overriding the embedded defaults (see config/default.toml).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Log format, overriding log.format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Check a configuration (keys, values, the files it names, the data
+    /// directory) without starting; exits non-zero listing the problems.
+    CheckConfig {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
@@ -95,6 +107,12 @@ struct AdminArgs {
         value_name = "--Name value"
     )]
     params: Vec<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -179,7 +197,8 @@ struct Output {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(config.as_deref()),
+        Command::Serve { config, log_format } => serve(config.as_deref(), log_format),
+        Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Pki(cmd) => run_pki(cmd),
         Command::Admin(args) => admin(args),
         Command::Registry(cmd) => registry(cmd),
@@ -296,9 +315,28 @@ fn admin_params(raw: &[String]) -> Result<Vec<(String, String)>> {
     Ok(params)
 }
 
-fn serve(config: Option<&Path>) -> Result<()> {
+fn check_config(config: Option<&Path>) -> Result<()> {
     let settings = Settings::load(config)?;
+    let problems = certmq::check::check(&settings);
+    if problems.is_empty() {
+        println!("configuration OK");
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("problem: {problem}");
+    }
+    anyhow::bail!("{} problem(s) in the configuration", problems.len())
+}
+
+fn serve(config: Option<&Path>, log_format: Option<LogFormatArg>) -> Result<()> {
+    let mut settings = Settings::load(config)?;
+    match log_format {
+        Some(LogFormatArg::Text) => settings.log.format = LogFormat::Text,
+        Some(LogFormatArg::Json) => settings.log.format = LogFormat::Json,
+        None => {}
+    }
     init_logging(&settings)?;
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -319,7 +357,19 @@ fn serve(config: Option<&Path>) -> Result<()> {
                 file.display()
             ));
         }
-        stop.await;
+        let mut stop = std::pin::pin!(stop);
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hangup.recv() => {
+                    if let Err(e) = broker.reload_server_cert() {
+                        tracing::error!(error = %e, "server certificate not reloaded; the previous one stays in use");
+                    }
+                }
+            }
+        }
         tracing::info!("shutting down");
         broker.shutdown().await;
         Ok(())
@@ -349,6 +399,20 @@ fn init_logging(settings: &Settings) -> Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection
+/// is a file descriptor.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
 }
 
 /// Prints to stdout, ignoring a closed stdout: a broker must not stop (or

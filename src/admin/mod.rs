@@ -25,9 +25,11 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::{HeaderMap, Method, Uri};
+use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::any;
+use axum::routing::{any, get};
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +80,12 @@ pub(crate) async fn serve(
         api: Arc::new(api),
         host,
     };
-    let app = Router::new().route("/", any(handle)).with_state(state);
+    let app = Router::new()
+        .route("/", any(handle))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
@@ -110,6 +117,11 @@ async fn handle(
     let outcome = call(&state, &req, &mut caller).await;
 
     let op = req.action().and_then(Operation::from_name);
+    state.ctx.metrics.admin_call(
+        op.map_or("unknown", Operation::name),
+        outcome.as_ref().map_or_else(|e| e.code(), |_| "Success"),
+        started.elapsed().as_secs_f64(),
+    );
     if op.is_some_and(Operation::is_mutating) {
         let claimed = Authenticator::claimed_key_id(&req);
         audit::write(audit::AuditRecord {
@@ -130,6 +142,42 @@ async fn handle(
             debug!(request_id = %req.request_id, action = ?req.action(), code = error.code(), message = %error, "admin call failed");
             req.error(&error)
         }
+    }
+}
+
+/// Prometheus metrics (text exposition format). Unauthenticated, like the
+/// rest of a management listener's observability endpoints.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let body = state.ctx.metrics.render(
+        state.ctx.registry.ca_count(),
+        state.ctx.registry.device_count(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The process is up.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready to serve: the listeners are bound (they are, once this answers)
+/// and the registry store accepts writes.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.ctx.registry.store_healthy() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the registry store is not available\n",
+        )
+            .into_response()
     }
 }
 

@@ -245,6 +245,11 @@ impl Registry {
         Ok((registry, snapshot.registration_code))
     }
 
+    /// Whether the store takes writes.
+    pub fn store_healthy(&self) -> bool {
+        self.shared.store.is_healthy()
+    }
+
     /// Where the registry is stored, for messages.
     pub fn location(&self) -> String {
         self.shared.store.location()

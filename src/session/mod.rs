@@ -119,6 +119,9 @@ struct Session<S> {
     codec: Option<Codec>,
     /// Whether CONNACK went out (DISCONNECT is only valid after it).
     connacked: bool,
+    /// PUBLISH packets received and sent (`certmq_messages_*_total`).
+    published_in: prometheus::IntCounter,
+    published_out: prometheus::IntCounter,
 }
 
 /// Runs an admitted connection until it ends. `guard` is its entry in the
@@ -136,10 +139,19 @@ where
         write_buf: BytesMut::new(),
         codec: None,
         connacked: false,
+        published_in: ctx.metrics.message_counters().0,
+        published_out: ctx.metrics.message_counters().1,
     };
     let mut link = None;
     let mut will = None;
     let exit = session.drive(ctx, &mut link, &mut will).await;
+    if session.connacked {
+        let dropped = match &exit {
+            Exit::Killed(reason) => Some(*reason),
+            _ => None,
+        };
+        ctx.metrics.session_ended(dropped);
+    }
     session.finish(exit, link, will).await;
 }
 
@@ -186,7 +198,7 @@ where
         if let Err(exit) = self.send_connack(ctx, link, &request).await {
             return exit;
         }
-        ctx.stats.session_started();
+        ctx.metrics.session_started();
         info!(
             peer = %self.peer,
             device = %self.guard.identity(),
@@ -330,6 +342,7 @@ where
             return Some(Exit::Protocol(CodecError::NotConnect));
         };
         let mut batch = Vec::new();
+        let mut received = 0u64;
         let mut pings = 0usize;
         let mut ending = None;
         loop {
@@ -351,7 +364,12 @@ where
                         ending = Some(Exit::Protocol(CodecError::ServerOnly("a second CONNECT")));
                         break;
                     }
-                    packet => batch.push(packet),
+                    packet => {
+                        if matches!(packet, Packet::Publish(..)) {
+                            received += 1;
+                        }
+                        batch.push(packet)
+                    }
                 },
                 Err(e) => {
                     ending = Some(Exit::Protocol(e));
@@ -359,6 +377,7 @@ where
                 }
             }
         }
+        self.published_in.inc_by(received);
         if !batch.is_empty() {
             tokio::select! {
                 biased;
@@ -382,6 +401,9 @@ where
             return Ok(());
         };
         for packet in packets {
+            if matches!(packet, Packet::Publish(..)) {
+                self.published_out.inc();
+            }
             if codec.version() == Version::V4 && matches!(packet, Packet::Disconnect(..)) {
                 // MQTT 3.1.1 has no server-sent DISCONNECT; closing says it.
                 continue;

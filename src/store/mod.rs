@@ -100,4 +100,7 @@ pub trait Store: Send + Sync {
 
     /// Where the store keeps its data, for messages.
     fn location(&self) -> String;
+
+    /// Whether the store can take writes now (for readiness checks).
+    fn is_healthy(&self) -> bool;
 }

@@ -471,4 +471,8 @@ impl Store for SqliteStore {
     fn location(&self) -> String {
         self.path.display().to_string()
     }
+
+    fn is_healthy(&self) -> bool {
+        self.writer.as_ref().is_some_and(|w| !w.is_closed())
+    }
 }

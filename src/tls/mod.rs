@@ -119,7 +119,7 @@ impl TlsContext {
 }
 
 /// Reads a PEM certificate chain and its private key, checking they match.
-fn load_certified_key(
+pub fn load_certified_key(
     provider: &CryptoProvider,
     cert_path: &Path,
     key_path: &Path,

@@ -26,7 +26,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::identity::{CertParseError, DeviceCert, DeviceIdentity};
 use crate::registry::{CertStatus, Registry};
-use crate::serial::CaSn;
+use crate::serial::{CaSn, DeviceSn};
 
 /// A device certificate that passed verification, and who it is.
 #[derive(Debug, Clone)]
@@ -169,6 +169,8 @@ fn refusal_from_webpki(e: webpki::Error) -> Refusal {
 pub struct ConnectionVerifier {
     core: Arc<VerifierCore>,
     verdict: OnceLock<Result<Verified, Refusal>>,
+    /// The serial of a refused certificate, for the log.
+    presented: OnceLock<DeviceSn>,
 }
 
 impl ConnectionVerifier {
@@ -176,6 +178,7 @@ impl ConnectionVerifier {
         ConnectionVerifier {
             core,
             verdict: OnceLock::new(),
+            presented: OnceLock::new(),
         }
     }
 
@@ -184,6 +187,15 @@ impl ConnectionVerifier {
     /// resumption, so the caller must verify the stored certificate itself.
     pub fn verdict(&self) -> Option<&Result<Verified, Refusal>> {
         self.verdict.get()
+    }
+
+    /// The serial of the certificate presented, when it was refused and
+    /// readable.
+    pub fn presented(&self) -> Option<DeviceSn> {
+        match self.verdict.get() {
+            Some(Ok(v)) => Some(v.cert.device_sn),
+            _ => self.presented.get().copied(),
+        }
     }
 
     pub fn core(&self) -> &Arc<VerifierCore> {
@@ -216,7 +228,12 @@ impl ClientCertVerifier for ConnectionVerifier {
         let verdict = self.core.verify(end_entity, now);
         let result = match &verdict {
             Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(refusal) => Err(refusal.to_rustls()),
+            Err(refusal) => {
+                if let Ok(cert) = DeviceCert::parse(end_entity) {
+                    let _ = self.presented.set(cert.device_sn);
+                }
+                Err(refusal.to_rustls())
+            }
         };
         // A handshake calls this at most once; a second value is ignored.
         let _ = self.verdict.set(verdict);

@@ -430,7 +430,9 @@ async fn registry_export_and_import_commands() {
     let server_ca = Ca::from_files(&pki.join("ca.pem"), &pki.join("ca.key"));
     let device = device_from_files(&pki, "device-3", "ca.pem");
     let tls = crate::support::pki::client_config(&server_ca, Some(&device));
-    connect_with(mqtt, tls, "device-3", Version::V4, |_| {}).await.unwrap();
+    connect_with(mqtt, tls, "device-3", Version::V4, |_| {})
+        .await
+        .unwrap();
 
     // Export works while the broker runs; import does not.
     let output = certmq(dir.path())
@@ -438,9 +440,17 @@ async fn registry_export_and_import_commands() {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let backup = std::fs::read_to_string(dir.path().join("backup.jsonl")).unwrap();
-    assert_eq!(backup.lines().count(), 3, "instance, the dev CA, device-3: {backup}");
+    assert_eq!(
+        backup.lines().count(),
+        3,
+        "instance, the dev CA, device-3: {backup}"
+    );
     assert!(backup.contains(&device.identity.device_sn.to_string()));
     let output = certmq(dir.path())
         .args(["registry", "import", "backup.jsonl"])
@@ -458,8 +468,15 @@ async fn registry_export_and_import_commands() {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("imported 1 CAs and 1 device certificates"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("imported 1 CAs and 1 device certificates")
+    );
     let output = certmq(dir.path())
         .args(["registry", "export"])
         .env("CERTMQ__STORAGE__DATA_DIR", "restored")
@@ -467,4 +484,146 @@ async fn registry_export_and_import_commands() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), backup);
+}
+
+/// The serial of the certificate the server presents to a new connection.
+async fn server_serial(port: u16, server_ca: &Ca, device: &Device) -> String {
+    let tls = crate::support::pki::client_config(server_ca, Some(device));
+    let stream = crate::support::raw::tls_connect(port, tls).await.unwrap();
+    let chain = stream.get_ref().1.peer_certificates().unwrap();
+    let pem = certmq::pki::der_to_pem("CERTIFICATE", chain[0].as_ref());
+    serial_of(&pem).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_server_certificate_and_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server_ca = Ca::new("ops server CA");
+    let fleet = Ca::new("ops fleet CA");
+    let (cert_a, key_a) = server_ca.server();
+    let (cert_b, key_b) = server_ca.server();
+    std::fs::write(d.join("server.pem"), &cert_a).unwrap();
+    std::fs::write(d.join("server.key"), &key_a).unwrap();
+    std::fs::write(d.join("fleet.pem"), &fleet.cert_pem).unwrap();
+    std::fs::write(
+        d.join("certmq.toml"),
+        "[tls]\nserver_cert = \"server.pem\"\nserver_key = \"server.key\"\nca_files = [\"fleet.pem\"]\n",
+    )
+    .unwrap();
+    let (mqtt, admin) = (free_port(), free_port());
+    let mut child = certmq(d)
+        .args(["serve", "--config", "certmq.toml", "--log-format", "json"])
+        .env("CERTMQ__MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
+        .env("CERTMQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("certmq admin <Action>") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("certmq serve did not start");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let (watcher, talker) = (fleet.device("watcher"), fleet.device("talker"));
+    let tls = crate::support::pki::client_config(&server_ca, Some(&watcher));
+    let mut session = connect_with(mqtt, tls, "watcher", Version::V5, |_| {})
+        .await
+        .unwrap();
+    session.subscribe("ops/#").await;
+    let serial = |pem: &str| serial_of(pem).to_string();
+    assert_eq!(
+        server_serial(mqtt, &server_ca, &talker).await,
+        serial(&cert_a)
+    );
+
+    // Swap the files, SIGHUP: new handshakes get the new certificate.
+    std::fs::write(d.join("server.pem"), &cert_b).unwrap();
+    std::fs::write(d.join("server.key"), &key_b).unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server_serial(mqtt, &server_ca, &talker).await != serial(&cert_b) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The session from before is still there.
+    let tls = crate::support::pki::client_config(&server_ca, Some(&talker));
+    let publisher = connect_with(mqtt, tls, "talker", Version::V4, |_| {})
+        .await
+        .unwrap();
+    publisher
+        .publish("ops/after-reload", b"still connected", 1)
+        .await;
+    assert_eq!(
+        session.expect_publish("ops/after-reload").await,
+        b"still connected"
+    );
+
+    // A broken file on SIGHUP: logged, and the current certificate stays.
+    std::fs::write(d.join("server.pem"), "not a certificate").unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server_serial(mqtt, &server_ca, &talker).await,
+        serial(&cert_b)
+    );
+
+    let logs = sigterm_and_wait(child).await;
+    assert!(logs.contains("not reloaded"), "{logs}");
+    // JSON logs: every line is one JSON object with a level and a message.
+    let mut count = 0;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            record["level"].is_string() && record["fields"]["message"].is_string(),
+            "{line}"
+        );
+        count += 1;
+    }
+    assert!(count >= 3, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |config: &str| {
+        std::fs::write(dir.path().join("c.toml"), config).unwrap();
+        std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["check-config", "--config", "c.toml"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let output = check("[mqtt]\nlisten = \"0.0.0.0:8883\"\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
+
+    let output = check("[mqtt]\nlisen = \"0.0.0.0:8883\"\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("lisen"), "{stderr}");
+
+    let output = check(
+        "[tls]\nserver_cert = \"missing.pem\"\nserver_key = \"missing.key\"\nca_files = [\"no-ca.pem\"]\n",
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+    assert!(stderr.contains("no-ca.pem"), "{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
 }

@@ -13,6 +13,7 @@ mod durability;
 mod inactivation;
 mod mosquitto;
 mod mqtt;
+mod operations;
 mod pubsub;
 mod race;
 mod resumption;

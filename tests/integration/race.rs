@@ -289,7 +289,7 @@ async fn contest(revocation: Revocation, rounds: usize) {
             "{revocation:?}, round {round}: the device connected after the answer"
         );
     }
-    let stats = tb.broker.stats();
+    let stats = tb.broker.metrics();
     println!(
         "{revocation:?}, {rounds} rounds: {connacked} sessions opened and dropped, {} connections refused after a successful verification",
         stats.refused_after_handshake()

@@ -62,14 +62,17 @@ async fn resumed_sessions_are_rechecked() {
         assert_eq!(connack.unwrap(), [0x20, 0x02, 0x00, 0x00]);
 
         tb.inactivate(&device).await;
-        let refused_before = tb.broker.stats().resumptions_refused();
+        let refused_before = tb.broker.metrics().resumptions_refused();
         let (kind, connack) = attempt(tb.port(), tls.clone()).await;
         assert_eq!(kind, Some(HandshakeKind::Resumed), "{version:?}");
         assert!(
             connack.is_err(),
             "{version:?}: a resumed session of an inactive device got CONNACK"
         );
-        assert_eq!(tb.broker.stats().resumptions_refused(), refused_before + 1);
+        assert_eq!(
+            tb.broker.metrics().resumptions_refused(),
+            refused_before + 1
+        );
         tb.activate(&device).await;
     }
 }

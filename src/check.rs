@@ -1,0 +1,80 @@
+//! `certmq check-config`: everything start-up would check, without
+//! starting: the configuration's keys and values, the files it names, and
+//! the data directory.
+
+use std::path::Path;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::config::Settings;
+use crate::registry::CaCert;
+
+/// Problems found, each a sentence naming the key or file; empty when the
+/// configuration would start.
+pub fn check(settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = settings.validate() {
+        problems.push(e.to_string());
+    }
+    if settings.tls.server_cert.is_empty() {
+        let dir = &settings.tls.dev_pki_dir;
+        if dir.exists() && !dir.join("server.pem").is_file() {
+            problems.push(format!(
+                "tls.dev_pki_dir: {} exists but holds no development PKI (server.pem); delete it or set tls.server_cert",
+                dir.display()
+            ));
+        }
+    } else {
+        let provider = crate::tls::provider();
+        if let Err(e) = crate::tls::load_certified_key(
+            &provider,
+            Path::new(&settings.tls.server_cert),
+            Path::new(&settings.tls.server_key),
+        ) {
+            problems.push(format!("tls.server_cert / tls.server_key: {e}"));
+        }
+    }
+    for path in &settings.tls.ca_files {
+        match CertificateDer::pem_file_iter(path).map(|certs| certs.collect::<Result<Vec<_>, _>>())
+        {
+            Err(e) | Ok(Err(e)) => problems.push(format!("tls.ca_files: {}: {e}", path.display())),
+            Ok(Ok(certs)) if certs.is_empty() => problems.push(format!(
+                "tls.ca_files: {}: the file holds no PEM CERTIFICATE block",
+                path.display()
+            )),
+            Ok(Ok(certs)) => {
+                for der in certs {
+                    if let Err(e) = CaCert::parse(der, UnixTime::now()) {
+                        problems.push(format!("tls.ca_files: {}: {e}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    problems.extend(check_data_dir(&settings.storage.data_dir));
+    problems
+}
+
+fn check_data_dir(dir: &Path) -> Option<String> {
+    // The nearest existing ancestor must let us create or write the
+    // directory.
+    let existing = dir.ancestors().find(|p| p.exists())?;
+    if !existing.is_dir() {
+        return Some(format!(
+            "storage.data_dir: {} is not a directory",
+            existing.display()
+        ));
+    }
+    let probe = existing.join(format!(".certmq-check-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) => Some(format!(
+            "storage.data_dir: cannot write in {}: {e}",
+            existing.display()
+        )),
+    }
+}

@@ -1,0 +1,248 @@
+//! What the broker did, in Prometheus metrics, served at `GET /metrics` on
+//! the admin listener (text exposition format).
+//!
+//! Label values come from fixed sets (refusal reasons, drop reasons, the
+//! API's action names and error codes), never from client input, so a
+//! hostile client cannot blow up the number of series.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::session::DropReason;
+use crate::tls::Refusal;
+
+/// The broker's metrics; cheap to share behind the context.
+pub struct Metrics {
+    registry: Registry,
+    sessions_live: IntGauge,
+    connects_accepted: IntCounter,
+    handshakes_refused: IntCounterVec,
+    refused_after_handshake: IntCounterVec,
+    auto_registrations: IntCounter,
+    sessions_dropped: IntCounterVec,
+    admin_calls: IntCounterVec,
+    admin_latency: HistogramVec,
+    messages_in: IntCounter,
+    messages_out: IntCounter,
+    registry_cas: IntGauge,
+    registry_devices: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+/// The label of a refused handshake.
+pub fn refusal_reason(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::NoCertificate => "no_certificate",
+        Refusal::Malformed(_) => "malformed",
+        Refusal::UnknownCa => "unknown_ca",
+        Refusal::CaInactive(_) => "inactive_ca",
+        Refusal::DeviceInactive(_) => "inactive_device",
+        Refusal::Expired => "expired",
+        Refusal::NotValidYet => "not_yet_valid",
+        Refusal::WrongUsage => "wrong_usage",
+        Refusal::CaAsDevice => "ca_as_device",
+        Refusal::UnsupportedAlgorithm => "unsupported_algorithm",
+        Refusal::Invalid(_) => "invalid_chain",
+        Refusal::Unregistered(_) => "unregistered",
+    }
+}
+
+fn drop_reason(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::Administrative => "administrative",
+        DropReason::ShuttingDown => "shutting_down",
+        DropReason::TakenOver => "taken_over",
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        // The metric definitions are constants: registering them cannot
+        // fail except by a programming error, caught by every test run.
+        let registry = Registry::new();
+        let r = &registry;
+        let admin_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "certmq_admin_call_duration_seconds",
+                "Admin API call latency, by action.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["action"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(admin_latency.clone()))
+            .expect("unique metric");
+        Metrics {
+            sessions_live: gauge(
+                r,
+                "certmq_sessions_live",
+                "MQTT sessions open now (after CONNACK).",
+            ),
+            connects_accepted: counter(
+                r,
+                "certmq_connects_accepted_total",
+                "MQTT connections accepted (CONNACK sent).",
+            ),
+            handshakes_refused: counter_vec(
+                r,
+                "certmq_handshakes_refused_total",
+                "Connections refused at or right after the TLS handshake, by reason.",
+                &["reason"],
+            ),
+            refused_after_handshake: counter_vec(
+                r,
+                "certmq_refused_after_handshake_total",
+                "Refusals by the post-handshake re-check: the certificate lost its access while its handshake was in \
+                 flight, or a resumed TLS session belongs to a certificate without access.",
+                &["kind"],
+            ),
+            auto_registrations: counter(
+                r,
+                "certmq_auto_registrations_total",
+                "Device certificates registered on their first connection.",
+            ),
+            sessions_dropped: counter_vec(
+                r,
+                "certmq_sessions_dropped_total",
+                "Sessions closed by the broker, by reason (administrative: an admin call removed access).",
+                &["reason"],
+            ),
+            admin_calls: counter_vec(
+                r,
+                "certmq_admin_calls_total",
+                "Admin API calls, by action and result code.",
+                &["action", "code"],
+            ),
+            admin_latency,
+            messages_in: counter(
+                r,
+                "certmq_messages_received_total",
+                "PUBLISH packets received from clients.",
+            ),
+            messages_out: counter(
+                r,
+                "certmq_messages_sent_total",
+                "PUBLISH packets sent to clients.",
+            ),
+            registry_cas: gauge(r, "certmq_registry_cas", "Registered CA certificates."),
+            registry_devices: gauge(
+                r,
+                "certmq_registry_devices",
+                "Registered device certificates.",
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition, with the registry sizes as of now.
+    pub fn render(&self, cas: usize, devices: usize) -> String {
+        self.registry_cas.set(cas as i64);
+        self.registry_devices.set(devices as i64);
+        let mut out = Vec::new();
+        // Encoding gathered metrics into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub(crate) fn session_started(&self) {
+        self.connects_accepted.inc();
+        self.sessions_live.inc();
+    }
+
+    pub(crate) fn session_ended(&self, dropped: Option<DropReason>) {
+        self.sessions_live.dec();
+        if let Some(reason) = dropped {
+            self.sessions_dropped
+                .with_label_values(&[drop_reason(reason)])
+                .inc();
+        }
+    }
+
+    pub(crate) fn handshake_refused(&self, reason: &'static str) {
+        self.handshakes_refused.with_label_values(&[reason]).inc();
+    }
+
+    pub(crate) fn admission_refused(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "in_flight" };
+        self.refused_after_handshake
+            .with_label_values(&[kind])
+            .inc();
+    }
+
+    pub(crate) fn auto_registered(&self) {
+        self.auto_registrations.inc();
+    }
+
+    pub(crate) fn admin_call(&self, action: &str, code: &str, seconds: f64) {
+        self.admin_calls.with_label_values(&[action, code]).inc();
+        self.admin_latency
+            .with_label_values(&[action])
+            .observe(seconds);
+    }
+
+    /// The PUBLISH counters (received, sent), for a session to bump as it
+    /// goes.
+    pub(crate) fn message_counters(&self) -> (IntCounter, IntCounter) {
+        (self.messages_in.clone(), self.messages_out.clone())
+    }
+
+    /// Sessions that got CONNACK.
+    pub fn sessions_started(&self) -> u64 {
+        self.connects_accepted.get()
+    }
+
+    /// Connections whose certificate the verifier accepted during the
+    /// handshake, refused by the re-check right after it.
+    pub fn refused_after_handshake(&self) -> u64 {
+        self.refused_after_handshake
+            .with_label_values(&["in_flight"])
+            .get()
+    }
+
+    /// Resumed TLS sessions (no verifier call) refused by the re-check.
+    pub fn resumptions_refused(&self) -> u64 {
+        self.refused_after_handshake
+            .with_label_values(&["resumed"])
+            .get()
+    }
+}
