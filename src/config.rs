@@ -56,6 +56,9 @@ pub struct InstanceSettings {
 #[serde(deny_unknown_fields)]
 pub struct MqttSettings {
     pub listen: String,
+    pub first_byte_timeout_ms: u64,
+    pub connections_per_second_per_ip: u32,
+    pub client_id_policy: ClientIdPolicy,
     pub handshake_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub max_connections: usize,
@@ -96,6 +99,30 @@ pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
     pub refusals_per_second: u32,
+}
+
+/// What a client id must look like, given the certificate's CN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIdPolicy {
+    /// Any client id (unique per certificate identity).
+    Any,
+    /// The client id is the certificate's subject CN.
+    EqualsCn,
+    /// The client id starts with the certificate's subject CN.
+    StartsWithCn,
+}
+
+impl ClientIdPolicy {
+    pub fn allows(self, client_id: &str, common_name: &str) -> bool {
+        match self {
+            ClientIdPolicy::Any => true,
+            ClientIdPolicy::EqualsCn => !common_name.is_empty() && client_id == common_name,
+            ClientIdPolicy::StartsWithCn => {
+                !common_name.is_empty() && client_id.starts_with(common_name)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -170,6 +197,12 @@ impl Settings {
         if self.mqtt.handshake_timeout_ms == 0 {
             return Err(invalid(
                 "mqtt.handshake_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.mqtt.first_byte_timeout_ms == 0 {
+            return Err(invalid(
+                "mqtt.first_byte_timeout_ms",
                 "must be greater than 0",
             ));
         }
@@ -256,6 +289,10 @@ impl Settings {
 
     pub fn admin_listen(&self) -> Result<SocketAddr, ConfigError> {
         parse_addr("admin.listen", &self.admin.listen)
+    }
+
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.mqtt.first_byte_timeout_ms)
     }
 
     pub fn handshake_timeout(&self) -> Duration {

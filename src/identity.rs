@@ -59,6 +59,13 @@ pub struct DeviceCert {
     pub valid_end_ms: i64,
     /// The DER itself, kept for DeviceContent.
     pub der: Arc<[u8]>,
+    /// False when a keyUsage extension exists without digitalSignature: the
+    /// key may not sign the TLS handshake.
+    pub digital_signature_allowed: bool,
+    /// basicConstraints CA:TRUE: a CA certificate, not a device's.
+    pub is_ca: bool,
+    /// The certificate's signature algorithm (dotted OID).
+    pub signature_algorithm: String,
 }
 
 impl fmt::Debug for DeviceCert {
@@ -82,7 +89,15 @@ impl DeviceCert {
             ));
         }
         let device_sn = DeviceSn(Serial::from_der_content(cert.raw_serial())?);
+        let digital_signature_allowed = match cert.key_usage() {
+            Ok(Some(ku)) => ku.value.digital_signature(),
+            Ok(None) => true,
+            Err(e) => return Err(CertParseError::Malformed(format!("keyUsage: {e}"))),
+        };
         Ok(DeviceCert {
+            digital_signature_allowed,
+            is_ca: cert.is_ca(),
+            signature_algorithm: cert.signature_algorithm.algorithm.to_id_string(),
             device_sn,
             issuer_raw: cert.issuer().as_raw().to_vec(),
             common_name: common_name(&cert),

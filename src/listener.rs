@@ -2,13 +2,20 @@
 //! for the TLS handshake, admission and session.
 //!
 //! The accept loop does nothing slow: no handshake, no registry lookup. A
-//! semaphore bounds concurrent connections (`mqtt.max_connections`);
-//! connections beyond it are closed at once.
+//! semaphore bounds concurrent connections (`mqtt.max_connections`), a
+//! keyed limiter bounds new connections per source address
+//! (`mqtt.connections_per_second_per_ip`); connections beyond either are
+//! closed at once, counted, and logged (rate-limited).
+//!
+//! Every stage a client could stall has a deadline: the first byte after
+//! accept, the TLS handshake, CONNECT (in `session`), keepalive.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::{Quota, RateLimiter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +29,9 @@ use crate::{Context, metrics, tls::Refusal};
 /// Accepts until `shutdown` fires.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(ctx.settings.mqtt.max_connections));
+    let per_ip = NonZeroU32::new(ctx.settings.mqtt.connections_per_second_per_ip)
+        .map(|rate| RateLimiter::<IpAddr, _, _>::keyed(Quota::per_second(rate)));
+    let mut accepted_count: u64 = 0;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -38,15 +48,44 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Ca
                 continue;
             }
         };
+        accepted_count += 1;
+        if let Some(limiter) = &per_ip {
+            if accepted_count % 4096 == 0 {
+                // Forget addresses that have been quiet: the limiter's
+                // memory stays bounded by the recent sources.
+                limiter.retain_recent();
+            }
+            if limiter.check_key(&peer.ip()).is_err() {
+                refuse_at_accept(
+                    &ctx,
+                    peer,
+                    "rate_limited",
+                    "mqtt.connections_per_second_per_ip exceeded",
+                );
+                continue;
+            }
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, max = ctx.settings.mqtt.max_connections, "connection refused: mqtt.max_connections reached");
-            drop(tcp);
+            refuse_at_accept(
+                &ctx,
+                peer,
+                "max_connections",
+                "mqtt.max_connections reached",
+            );
             continue;
         };
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(ctx.clone(), tcp, peer, permit));
     }
     info!("MQTT listener stopped");
+}
+
+/// A connection closed at accept (the socket is dropped by the caller).
+fn refuse_at_accept(ctx: &Context, peer: SocketAddr, reason: &'static str, why: &str) {
+    ctx.metrics.handshake_refused(reason);
+    if let Some(suppressed) = ctx.refusal_log.admit() {
+        warn!(%peer, reason = why, suppressed, "connection refused");
+    }
 }
 
 /// One connection: handshake (under `mqtt.handshake_timeout_ms`),
@@ -93,7 +132,9 @@ async fn connection(
     };
     let admitted = admit(&ctx, stream.get_ref().1, &verifier).await;
     match admitted {
-        Ok((_verified, guard)) => session::run(&ctx, stream, guard, peer).await,
+        Ok((verified, guard)) => {
+            session::run(&ctx, stream, guard, peer, verified.cert.common_name).await
+        }
         Err(Refused { refusal, guard }) => {
             match verifier.verdict() {
                 Some(Ok(_)) => ctx.metrics.admission_refused(false),

@@ -75,6 +75,8 @@ pub fn refusal_reason(refusal: &Refusal) -> &'static str {
         Refusal::UnsupportedAlgorithm => "unsupported_algorithm",
         Refusal::Invalid(_) => "invalid_chain",
         Refusal::Unregistered(_) => "unregistered",
+        Refusal::ChainTooLong(_) => "chain_too_long",
+        Refusal::TooLarge(_) => "too_large",
     }
 }
 

@@ -118,10 +118,20 @@ pub fn refusal_connack(code: ConnectReturnCode) -> Packet {
 /// code 1, "unacceptable protocol version". Written raw: no codec has it.
 pub const UNSUPPORTED_VERSION_CONNACK: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 
-/// Whether a PUBLISH topic may be published to: valid UTF-8, no wildcards.
-pub fn valid_publish_topic(topic: &Bytes) -> bool {
+/// What is wrong with a PUBLISH topic, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicProblem {
+    /// Not UTF-8: a malformed packet.
+    NotUtf8,
+    /// Wildcards or NUL: a well-formed name no one may publish to.
+    Invalid,
+}
+
+/// Checks a PUBLISH topic: valid UTF-8, no wildcards, no NUL.
+pub fn check_publish_topic(topic: &Bytes) -> Result<(), TopicProblem> {
     match std::str::from_utf8(topic) {
-        Ok(t) => !t.contains(['+', '#', '\0']),
-        Err(_) => false,
+        Ok(t) if t.contains(['+', '#', '\0']) => Err(TopicProblem::Invalid),
+        Ok(_) => Ok(()),
+        Err(_) => Err(TopicProblem::NotUtf8),
     }
 }

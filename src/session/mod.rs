@@ -32,7 +32,7 @@ pub use table::{DropReason, SessionGuard, SessionTable};
 use crate::Context;
 use crate::router::{Link, LinkRequest};
 use codec::{Codec, CodecError, Version};
-use connect::{ConnectRequest, accept_connect, refusal_connack, valid_publish_topic};
+use connect::{ConnectRequest, TopicProblem, accept_connect, check_publish_topic, refusal_connack};
 
 /// Time allowed for the goodbye (DISCONNECT and TLS close_notify) before the
 /// socket is closed regardless.
@@ -114,6 +114,8 @@ struct Session<S> {
     stream: S,
     guard: SessionGuard,
     peer: SocketAddr,
+    /// The certificate's subject CN (for `mqtt.client_id_policy`).
+    device_name: String,
     read_buf: BytesMut,
     write_buf: BytesMut,
     codec: Option<Codec>,
@@ -127,14 +129,20 @@ struct Session<S> {
 /// Runs an admitted connection until it ends. `guard` is its entry in the
 /// session table; it is dropped (and the session counts as closed) only once
 /// the socket is closed.
-pub(crate) async fn run<S>(ctx: &Context, stream: S, guard: SessionGuard, peer: SocketAddr)
-where
+pub(crate) async fn run<S>(
+    ctx: &Context,
+    stream: S,
+    guard: SessionGuard,
+    peer: SocketAddr,
+    device_name: String,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut session = Session {
         stream,
         guard,
         peer,
+        device_name,
         read_buf: BytesMut::with_capacity(READ_CHUNK),
         write_buf: BytesMut::new(),
         codec: None,
@@ -170,12 +178,38 @@ where
             Err(exit) => return exit,
         };
         *will = request.will.clone();
-        if let Some(previous) = self.guard.claim_client_id(&request.client_id) {
-            // MQTT take-over: the older connection with this id goes first.
-            tokio::select! {
-                biased;
-                _ = self.guard.killed() => return self.killed(),
-                _ = tokio::time::timeout(ctx.settings.drop_timeout(), previous.wait()) => {}
+        if !ctx
+            .settings
+            .mqtt
+            .client_id_policy
+            .allows(&request.client_id, &self.device_name)
+        {
+            let _ = self
+                .refuse(ConnectReturnCode::ClientIdentifierNotValid)
+                .await;
+            return Exit::ConnectRefused(format!(
+                "client id `{}` breaks mqtt.client_id_policy for the certificate CN `{}`",
+                request.client_id, self.device_name
+            ));
+        }
+        match self
+            .guard
+            .claim_client_id(&request.client_id, !request.clean_session)
+        {
+            Ok(Some(previous)) => {
+                // MQTT take-over: the older connection with this id goes first.
+                tokio::select! {
+                    biased;
+                    _ = self.guard.killed() => return self.killed(),
+                    _ = tokio::time::timeout(ctx.settings.drop_timeout(), previous.wait()) => {}
+                }
+            }
+            Ok(None) => {}
+            Err(taken) => {
+                let _ = self
+                    .refuse(ConnectReturnCode::ClientIdentifierNotValid)
+                    .await;
+                return Exit::ConnectRefused(format!("client id `{}`: {taken}", request.client_id));
             }
         }
         let link_request = LinkRequest {
@@ -349,8 +383,15 @@ where
             match codec.decode(&mut self.read_buf) {
                 Ok(None) => break,
                 Ok(Some(packet)) => match packet {
-                    Packet::Publish(ref publish, _) if !valid_publish_topic(&publish.topic) => {
-                        ending = Some(Exit::TopicInvalid);
+                    Packet::Publish(ref publish, _)
+                        if check_publish_topic(&publish.topic).is_err() =>
+                    {
+                        ending = Some(match check_publish_topic(&publish.topic) {
+                            Err(TopicProblem::NotUtf8) => Exit::Protocol(CodecError::Malformed(
+                                "the topic name is not UTF-8".into(),
+                            )),
+                            _ => Exit::TopicInvalid,
+                        });
                         break;
                     }
                     Packet::PingReq(_) => pings += 1,

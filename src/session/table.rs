@@ -1,6 +1,13 @@
 //! The session table: every live connection, by device identity and by MQTT
 //! client id, each with a kill handle.
 //!
+//! A client id belongs to the certificate identity that holds it, live or
+//! with a persistent session stored in the router: another identity cannot
+//! take it (it would kick the holder, or inherit its subscriptions and queued
+//! messages). The same identity may take its own session over, as MQTT
+//! allows. The claim belongs to the identity until a clean session of it
+//! ends.
+//!
 //! A connection enters the table right after its TLS handshake, *before* it
 //! re-reads its certificate's status (see `admission`), and leaves it when
 //! its socket is closed. That makes "drop every session of this device"
@@ -59,6 +66,7 @@ impl Handle {
 }
 
 /// Resolves when a killed session's socket is closed.
+#[derive(Debug)]
 pub struct Closing {
     closed: CancellationToken,
 }
@@ -101,7 +109,23 @@ pub struct SessionTable {
 struct Shared {
     next_id: AtomicU64,
     by_device: DashMap<DeviceIdentity, HashMap<SessionId, Handle>>,
-    by_client: DashMap<Arc<str>, (SessionId, DeviceIdentity, Handle)>,
+    by_client: DashMap<Arc<str>, ClientEntry>,
+}
+
+/// Who owns a client id, and which session (if any) holds it now. One map
+/// entry, so every change of both happens under one lock.
+struct ClientEntry {
+    owner: DeviceIdentity,
+    holder: Option<(SessionId, Handle)>,
+    /// The holder asked for a persistent session: the claim outlives it.
+    persistent: bool,
+}
+
+/// A client id claimed by another certificate identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client id belongs to another device certificate ({owner})")]
+pub struct ClientIdTaken {
+    pub owner: DeviceIdentity,
 }
 
 impl SessionTable {
@@ -162,10 +186,8 @@ impl SessionTable {
 
     /// Kills the session holding `client_id`, if any.
     pub fn kill_client(&self, client_id: &str, reason: DropReason) -> Option<Closing> {
-        self.shared
-            .by_client
-            .get(client_id)
-            .map(|entry| entry.value().2.kill(reason))
+        let entry = self.shared.by_client.get(client_id)?;
+        entry.holder.as_ref().map(|(_, handle)| handle.kill(reason))
     }
 
     /// Kills every session of a device and waits until their sockets are
@@ -186,7 +208,10 @@ impl SessionTable {
 
     /// Whether a connection currently holds this client id.
     pub fn is_online(&self, client_id: &str) -> bool {
-        self.shared.by_client.contains_key(client_id)
+        self.shared
+            .by_client
+            .get(client_id)
+            .is_some_and(|e| e.holder.is_some())
     }
 
     /// All live sessions.
@@ -230,19 +255,39 @@ impl SessionGuard {
         self.handle.reason.get().copied()
     }
 
-    /// Makes this session the holder of `client_id`. A previous holder is
-    /// killed (MQTT session take-over) and its waiter returned.
-    pub fn claim_client_id(&mut self, client_id: &str) -> Option<Closing> {
+    /// Makes this session the holder of `client_id`, unless another
+    /// certificate identity owns it. A previous holder of the same identity
+    /// is killed (MQTT session take-over) and its waiter returned.
+    /// `persistent`: the client asked the router to keep its session.
+    pub fn claim_client_id(
+        &mut self,
+        client_id: &str,
+        persistent: bool,
+    ) -> Result<Option<Closing>, ClientIdTaken> {
         let key: Arc<str> = Arc::from(client_id);
-        let previous = self
-            .table
-            .shared
-            .by_client
-            .insert(key.clone(), (self.id, self.identity, self.handle.clone()));
+        let holder = (self.id, self.handle.clone());
+        let previous = match self.table.shared.by_client.entry(key.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(mut e) => {
+                let entry = e.get_mut();
+                if entry.owner != self.identity {
+                    return Err(ClientIdTaken { owner: entry.owner });
+                }
+                entry.persistent = persistent;
+                entry.holder.replace(holder)
+            }
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                e.insert(ClientEntry {
+                    owner: self.identity,
+                    holder: Some(holder),
+                    persistent,
+                });
+                None
+            }
+        };
         self.client_id = Some(key);
-        previous
-            .filter(|(id, _, _)| *id != self.id)
-            .map(|(_, _, handle)| handle.kill(DropReason::TakenOver))
+        Ok(previous
+            .filter(|(id, _)| *id != self.id)
+            .map(|(_, handle)| handle.kill(DropReason::TakenOver)))
     }
 }
 
@@ -250,9 +295,15 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let shared = &self.table.shared;
         if let Some(client_id) = &self.client_id {
+            if let Some(mut entry) = shared.by_client.get_mut(client_id) {
+                if entry.holder.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                    entry.holder = None;
+                }
+            }
+            // A clean session leaves nothing behind: the id is free again.
             shared
                 .by_client
-                .remove_if(client_id, |_, (id, _, _)| *id == self.id);
+                .remove_if(client_id, |_, e| e.holder.is_none() && !e.persistent);
         }
         if let Some(mut sessions) = shared.by_device.get_mut(&self.identity) {
             sessions.remove(&self.id);
@@ -313,13 +364,38 @@ mod tests {
         let table = SessionTable::new();
         let mut a = table.register(identity(1));
         let mut b = table.register(identity(1));
-        assert!(a.claim_client_id("c").is_none());
+        assert!(a.claim_client_id("c", false).unwrap().is_none());
         assert!(table.is_online("c"));
-        assert!(b.claim_client_id("c").is_some());
+        assert!(b.claim_client_id("c", false).unwrap().is_some());
         assert_eq!(a.drop_reason(), Some(DropReason::TakenOver));
         drop(a); // must not remove b's claim
         assert!(table.is_online("c"));
         drop(b);
         assert!(!table.is_online("c"));
+        // A clean session freed the id for anyone.
+        let mut other = table.register(identity(2));
+        assert!(other.claim_client_id("c", false).is_ok());
+    }
+
+    #[test]
+    fn another_identity_cannot_take_a_client_id() {
+        let table = SessionTable::new();
+        let mut a = table.register(identity(1));
+        let mut intruder = table.register(identity(2));
+        a.claim_client_id("c", true).unwrap();
+        assert_eq!(
+            intruder.claim_client_id("c", false).unwrap_err(),
+            ClientIdTaken { owner: identity(1) }
+        );
+        assert!(!a.is_killed());
+        // A persistent session keeps the claim after it ends...
+        drop(a);
+        assert!(!table.is_online("c"));
+        assert!(intruder.claim_client_id("c", false).is_err());
+        // ...until its owner ends a clean session.
+        let mut again = table.register(identity(1));
+        again.claim_client_id("c", false).unwrap();
+        drop(again);
+        assert!(intruder.claim_client_id("c", false).is_ok());
     }
 }

@@ -64,7 +64,33 @@ pub enum Refusal {
     Invalid(String),
     #[error("the device could not be registered: {0}")]
     Unregistered(String),
+    #[error("the client sent {0} certificates; at most {MAX_CHAIN} are accepted")]
+    ChainTooLong(usize),
+    #[error("the certificate is {0} bytes; at most {MAX_CERT_BYTES} are accepted")]
+    TooLarge(usize),
 }
+
+/// Most certificates a client may present (its own and intermediates);
+/// certmq only needs the first, the rest is parsed by nobody.
+pub const MAX_CHAIN: usize = 4;
+
+/// Signature algorithms a device certificate may be signed with (those the
+/// crypto provider verifies): ECDSA with SHA-256/384/512, RSA PKCS#1 v1.5
+/// with SHA-256/384/512, RSA-PSS, Ed25519.
+const SIGNATURE_ALGORITHMS: &[&str] = &[
+    "1.2.840.10045.4.3.2",
+    "1.2.840.10045.4.3.3",
+    "1.2.840.10045.4.3.4",
+    "1.2.840.113549.1.1.11",
+    "1.2.840.113549.1.1.12",
+    "1.2.840.113549.1.1.13",
+    "1.2.840.113549.1.1.10",
+    "1.3.101.112",
+];
+
+/// Largest device certificate accepted, in DER bytes. Real device
+/// certificates are well under 2 KiB; huge extensions only cost parsing.
+pub const MAX_CERT_BYTES: usize = 16 * 1024;
 
 impl Refusal {
     /// The TLS alert family rustls sends for this refusal.
@@ -81,6 +107,7 @@ impl Refusal {
             Refusal::Invalid(_) | Refusal::Unregistered(_) => {
                 CertificateError::ApplicationVerificationFailure
             }
+            Refusal::ChainTooLong(_) | Refusal::TooLarge(_) => CertificateError::BadEncoding,
         };
         rustls::Error::InvalidCertificate(e)
     }
@@ -107,7 +134,20 @@ impl VerifierCore {
         end_entity: &CertificateDer<'_>,
         now: UnixTime,
     ) -> Result<Verified, Refusal> {
+        if end_entity.len() > MAX_CERT_BYTES {
+            return Err(Refusal::TooLarge(end_entity.len()));
+        }
         let cert = DeviceCert::parse(end_entity)?;
+        // Checks webpki makes too, made first so the refusal says which.
+        if cert.is_ca {
+            return Err(Refusal::CaAsDevice);
+        }
+        if !cert.digital_signature_allowed {
+            return Err(Refusal::WrongUsage);
+        }
+        if !SIGNATURE_ALGORITHMS.contains(&cert.signature_algorithm.as_str()) {
+            return Err(Refusal::UnsupportedAlgorithm);
+        }
         let candidates = self.registry.issuers_of(&cert.issuer_raw);
         if candidates.is_empty() {
             return Err(Refusal::UnknownCa);
@@ -222,15 +262,21 @@ impl ClientCertVerifier for ConnectionVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verdict = self.core.verify(end_entity, now);
+        let verdict = if intermediates.len() + 1 > MAX_CHAIN {
+            Err(Refusal::ChainTooLong(intermediates.len() + 1))
+        } else {
+            self.core.verify(end_entity, now)
+        };
         let result = match &verdict {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(refusal) => {
-                if let Ok(cert) = DeviceCert::parse(end_entity) {
-                    let _ = self.presented.set(cert.device_sn);
+                if end_entity.len() <= MAX_CERT_BYTES {
+                    if let Ok(cert) = DeviceCert::parse(end_entity) {
+                        let _ = self.presented.set(cert.device_sn);
+                    }
                 }
                 Err(refusal.to_rustls())
             }

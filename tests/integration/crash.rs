@@ -244,6 +244,9 @@ async fn acknowledged_changes_survive_sigkill() {
         work.path().join("certmq.toml"),
         format!(
             r#"
+[mqtt]
+connections_per_second_per_ip = 0
+
 [tls]
 server_cert = "server.pem"
 server_key = "server.key"

@@ -138,32 +138,3 @@ async fn ca_registered_at_run_time_is_trusted_without_restart() {
         .await
         .unwrap();
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_handshakes_time_out_without_blocking_others() {
-    use tokio::io::AsyncReadExt;
-    let ca = Ca::new("registered CA");
-    let tb = support::start_with(&[&ca], |s| s.mqtt.handshake_timeout_ms = 500).await;
-    // Connections that never start TLS...
-    let mut stalled = Vec::new();
-    for _ in 0..20 {
-        stalled.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", tb.port()))
-                .await
-                .unwrap(),
-        );
-    }
-    // ...do not keep a device out,
-    let device = ca.device("punctual");
-    connect(&tb, &device, "punctual", Version::V4)
-        .await
-        .unwrap();
-    // ...and are closed by the handshake timeout.
-    for mut tcp in stalled {
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
-            .await
-            .expect("a stalled handshake was never closed");
-        assert!(matches!(read, Ok(0) | Err(_)), "unexpected bytes: {read:?}");
-    }
-}
