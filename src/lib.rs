@@ -29,6 +29,7 @@ pub mod admin;
 mod admission;
 pub mod check;
 pub mod config;
+pub mod fuzzing;
 pub mod identity;
 pub mod instance;
 mod listener;

@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod curl;
 mod durability;
+mod fuzz_regressions;
 mod hostile;
 mod inactivation;
 mod mosquitto;
