@@ -7,6 +7,14 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use certmq::config::{LogFormat, Settings};
 use certmq::pki::{self, CaSigner, KeyKind};
 use certmq::{Broker, pki::dev::DevPki};

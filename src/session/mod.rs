@@ -38,8 +38,13 @@ use connect::{ConnectRequest, TopicProblem, accept_connect, check_publish_topic,
 /// socket is closed regardless.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 4096;
+/// Room made in the read buffer before each read. Small: an idle session's
+/// buffer is most of its memory that certmq controls; a larger packet grows
+/// it as needed, and it shrinks back once drained.
+const READ_CHUNK: usize = 1024;
+
+/// A drained read buffer larger than this is given back.
+const READ_BUFFER_KEEP: usize = 8 * 1024;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -143,7 +148,7 @@ pub(crate) async fn run<S>(
         guard,
         peer,
         device_name,
-        read_buf: BytesMut::with_capacity(READ_CHUNK),
+        read_buf: BytesMut::new(),
         write_buf: BytesMut::new(),
         codec: None,
         connacked: false,
@@ -326,6 +331,9 @@ where
             // router, no side may starve the other.
             if self.guard.is_killed() {
                 return self.killed();
+            }
+            if self.read_buf.is_empty() && self.read_buf.capacity() > READ_BUFFER_KEEP {
+                self.read_buf = BytesMut::new();
             }
             self.read_buf.reserve(READ_CHUNK);
             tokio::select! {

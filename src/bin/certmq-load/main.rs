@@ -1,0 +1,680 @@
+//! `certmq-load`: the load generator of certmq's benchmarks. It speaks
+//! plain MQTT over mutual TLS 1.3, so it measures any broker (certmq,
+//! Mosquitto, ...), and prints one JSON object of results per run on
+//! stdout (progress goes to stderr).
+//!
+//! Modes: `connect` (connects per second, latency), `hold` (idle
+//! connections, memory per connection), `publish` (QoS 0/1 throughput),
+//! and, through certmq's admin API, `revoke` (admin call to closed socket)
+//! and `mass-drop` (InactivateCaCertificate with many live sessions).
+
+mod mqtt;
+mod pool;
+mod procstat;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use pool::Pool;
+
+#[derive(Parser)]
+#[command(
+    name = "certmq-load",
+    about = "Load generator for MQTT over mutual TLS (certmq's benchmarks)"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The broker's MQTT over TLS address.
+    #[arg(long, default_value = "127.0.0.1:8883", global = true)]
+    target: SocketAddr,
+    /// The CA of the broker's server certificate.
+    #[arg(long, global = true, default_value = "certs/dev/ca.pem")]
+    server_ca: PathBuf,
+    /// The CA that issues the load's device certificates (cert and key).
+    #[arg(long, global = true, default_value = "certs/dev/ca.pem")]
+    device_ca_cert: PathBuf,
+    #[arg(long, global = true, default_value = "certs/dev/ca.key")]
+    device_ca_key: PathBuf,
+    /// Where issued device certificates are cached.
+    #[arg(long, global = true, default_value = "target/load-devices")]
+    devices_dir: PathBuf,
+    /// How many distinct device certificates to use.
+    #[arg(long, global = true, default_value_t = 200)]
+    pool: usize,
+    /// MQTT protocol level: 4 (3.1.1) or 5.
+    #[arg(long, global = true, default_value_t = 4)]
+    mqtt: u8,
+    /// Async worker threads of the generator.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// The broker's process id, to report its CPU time and memory.
+    #[arg(long, global = true)]
+    broker_pid: Option<u32>,
+    /// Spread connections over source addresses 127.0.0.1-250.
+    #[arg(long, global = true, default_value_t = false)]
+    spread: bool,
+    /// A label for the JSON result (e.g. the broker's name).
+    #[arg(long, global = true, default_value = "")]
+    label: String,
+    /// No progress bar.
+    #[arg(long, global = true, default_value_t = false)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N connections (TCP + TLS 1.3 + CONNECT/CONNACK, then DISCONNECT),
+    /// at most C in flight: connects/s and latency percentiles.
+    Connect {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Hostile background: TCP connections that never start TLS, held
+        /// open during the run.
+        #[arg(long, default_value_t = 0)]
+        stall_tcp: usize,
+        /// Hostile background: connections that send a ClientHello and
+        /// then nothing, held open during the run.
+        #[arg(long, default_value_t = 0)]
+        stall_handshake: usize,
+    },
+    /// Opens N idle connections and holds them; reports the broker's
+    /// memory per connection, and after closing them, what it gave back.
+    Hold {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds to hold the connections open.
+        #[arg(long, default_value_t = 3)]
+        hold_secs: u64,
+        /// Seconds to wait after closing them before measuring what the
+        /// broker gave back.
+        #[arg(long, default_value_t = 3)]
+        after_close_secs: u64,
+    },
+    /// QoS 0 or 1 messages from P publishers to one subscriber: messages/s.
+    Publish {
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// QoS 1: PUBLISH packets in flight per publisher.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// With K other live sessions, inactivates devices one by one (certmq's
+    /// admin API): time from sending the call to the socket closing.
+    Revoke {
+        #[command(flatten)]
+        admin: Admin,
+        #[arg(long, default_value_t = 1000)]
+        others: usize,
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
+    /// N live sessions under one CA, then InactivateCaCertificate: time
+    /// until every socket is closed.
+    MassDrop {
+        #[command(flatten)]
+        admin: Admin,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+}
+
+#[derive(Args)]
+struct Admin {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    admin: String,
+    #[arg(long, env = "CERTMQ_ACCESS_KEY_ID")]
+    access_key_id: String,
+    #[arg(long, env = "CERTMQ_ACCESS_KEY_SECRET", hide_env_values = true)]
+    access_key_secret: String,
+    #[arg(long, default_value = "mqtt-certmq-local")]
+    instance: String,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.common.threads.max(1))
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(cli))?;
+    println!("{result}");
+    Ok(())
+}
+
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<Value> {
+    let c = &cli.common;
+    let pool_size = match &cli.mode {
+        Mode::Revoke { count, .. } => c.pool.max(count + 1),
+        _ => c.pool,
+    };
+    let pool = Arc::new(Pool::load(
+        &c.devices_dir,
+        pool_size,
+        &c.device_ca_cert,
+        &c.device_ca_key,
+        &c.server_ca,
+    )?);
+    let mut result = match cli.mode {
+        Mode::Connect {
+            count,
+            concurrency,
+            stall_tcp,
+            stall_handshake,
+        } => {
+            let stalled = stall(c, &pool, stall_tcp, stall_handshake).await?;
+            let mut result = connect(c, pool, count, concurrency).await?;
+            let still_open = stalled.len();
+            drop(stalled);
+            result["stalled_connections"] =
+                json!({"tcp": stall_tcp, "mid_handshake": stall_handshake, "held": still_open});
+            result
+        }
+        Mode::Hold {
+            count,
+            concurrency,
+            hold_secs,
+            after_close_secs,
+        } => hold(c, pool, count, concurrency, hold_secs, after_close_secs).await?,
+        Mode::Publish {
+            qos,
+            publishers,
+            messages,
+            payload,
+            window,
+        } => publish(c, pool, qos, publishers, messages, payload, window).await?,
+        Mode::Revoke {
+            admin,
+            others,
+            count,
+        } => revoke(c, pool, &admin, others, count).await?,
+        Mode::MassDrop { admin, count } => mass_drop(c, pool, &admin, count).await?,
+    };
+    result["label"] = json!(c.label);
+    result["mqtt"] = json!(c.mqtt);
+    result["generator_threads"] = json!(c.threads);
+    Ok(result)
+}
+
+fn progress(c: &Common, len: u64, what: &str) -> ProgressBar {
+    if c.quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Latency percentiles in milliseconds.
+fn percentiles(mut samples: Vec<Duration>) -> Value {
+    if samples.is_empty() {
+        return json!(null);
+    }
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+        samples[i].as_secs_f64() * 1000.0
+    };
+    json!({"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": at(1.0), "samples": samples.len()})
+}
+
+/// Opens one MQTT session.
+async fn open(
+    c: &Common,
+    pool: &Pool,
+    i: usize,
+    client_id: &str,
+    keep_alive: u16,
+) -> Result<mqtt::Stream> {
+    let device = &pool.devices[i % pool.devices.len()];
+    let mut stream =
+        mqtt::tls_connect(c.target, mqtt::source(i, c.spread), device.tls.clone()).await?;
+    mqtt::mqtt_connect(&mut stream, c.mqtt, client_id, keep_alive).await?;
+    Ok(stream)
+}
+
+/// Opens connections that stall: `tcp` that never send a byte, `handshake`
+/// that send a ClientHello and nothing more.
+async fn stall(
+    c: &Common,
+    pool: &Pool,
+    tcp: usize,
+    handshake: usize,
+) -> Result<Vec<tokio::net::TcpStream>> {
+    let mut held = Vec::with_capacity(tcp + handshake);
+    let hello = {
+        let mut conn = rustls::ClientConnection::new(
+            pool.devices[0].tls.clone(),
+            rustls_pki_types::ServerName::try_from("localhost")?,
+        )?;
+        let mut out = Vec::new();
+        conn.write_tls(&mut out)?;
+        out
+    };
+    for i in 0..tcp + handshake {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(from) = mqtt::source(i, c.spread) {
+            socket.bind(from)?;
+        }
+        let mut stream = socket.connect(c.target).await?;
+        if i >= tcp {
+            stream.write_all(&hello).await?;
+        }
+        held.push(stream);
+    }
+    Ok(held)
+}
+
+async fn connect(c: &Common, pool: Arc<Pool>, count: usize, concurrency: usize) -> Result<Value> {
+    let bar = progress(c, count as u64, "connect");
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let cpu_before = c.broker_pid.map(procstat::cpu_times);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (pool, next, errors, bar) = (pool.clone(), next.clone(), errors.clone(), bar.clone());
+        let common = clone_common(c);
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return latencies;
+                }
+                let t0 = Instant::now();
+                match open(&common, &pool, i, &format!("c{i}"), 60).await {
+                    Ok(mut stream) => {
+                        latencies.push(t0.elapsed());
+                        let _ = stream.write_all(&mqtt::DISCONNECT).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                bar.inc(1);
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for w in workers {
+        latencies.extend(w.await?);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let ok = latencies.len();
+    let mut result = json!({
+        "mode": "connect",
+        "count": count,
+        "concurrency": concurrency,
+        "connected": ok,
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": elapsed.as_secs_f64(),
+        "connects_per_second": ok as f64 / elapsed.as_secs_f64(),
+        "latency_ms": percentiles(latencies),
+    });
+    if let (Some(pid), Some(Ok((user0, sys0)))) = (c.broker_pid, cpu_before) {
+        let (user1, sys1) = procstat::cpu_times(pid)?;
+        let (user, sys) = (user1.saturating_sub(user0), sys1.saturating_sub(sys0));
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / ok.max(1) as f64;
+        result["broker_cpu_seconds"] = json!((user + sys).as_secs_f64());
+        result["broker_cpu_us_per_connect"] = json!(per(user + sys));
+        result["broker_user_cpu_us_per_connect"] = json!(per(user));
+        result["broker_system_cpu_us_per_connect"] = json!(per(sys));
+    }
+    Ok(result)
+}
+
+fn clone_common(c: &Common) -> Common {
+    c.clone()
+}
+
+/// Opens `count` sessions (at most `concurrency` at a time) with client ids
+/// `prefix{i}` from devices `first..`; returns them in order.
+async fn open_many(
+    c: &Common,
+    pool: &Arc<Pool>,
+    count: usize,
+    concurrency: usize,
+    prefix: &str,
+    device_offset: usize,
+    bar: &ProgressBar,
+) -> Result<Vec<mqtt::Stream>> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let (pool, common, bar, prefix) = (
+            pool.clone(),
+            clone_common(c),
+            bar.clone(),
+            prefix.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let stream = open(
+                &common,
+                &pool,
+                device_offset + i,
+                &format!("{prefix}{i}"),
+                0,
+            )
+            .await;
+            drop(permit);
+            bar.inc(1);
+            stream
+        }));
+    }
+    let mut streams = Vec::with_capacity(count);
+    for (i, task) in tasks.into_iter().enumerate() {
+        streams.push(task.await?.with_context(|| format!("session {i}"))?);
+    }
+    Ok(streams)
+}
+
+async fn hold(
+    c: &Common,
+    pool: Arc<Pool>,
+    count: usize,
+    concurrency: usize,
+    hold_secs: u64,
+    after_close_secs: u64,
+) -> Result<Value> {
+    let rss_before = c.broker_pid.map(procstat::rss_bytes).transpose()?;
+    let bar = progress(c, count as u64, "hold");
+    let started = Instant::now();
+    let streams = open_many(c, &pool, count, concurrency, "h", 0, &bar).await?;
+    let opened = started.elapsed();
+    bar.finish_and_clear();
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    let rss_holding = c.broker_pid.map(procstat::rss_bytes).transpose()?;
+    drop(streams);
+    tokio::time::sleep(Duration::from_secs(after_close_secs)).await;
+    let rss_after = c.broker_pid.map(procstat::rss_bytes).transpose()?;
+    let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => json!((b as f64 - a as f64) / count as f64),
+        _ => json!(null),
+    };
+    Ok(json!({
+        "mode": "hold",
+        "count": count,
+        "open_seconds": opened.as_secs_f64(),
+        "broker_rss_before": rss_before,
+        "broker_rss_holding": rss_holding,
+        "broker_rss_after_close": rss_after,
+        "broker_bytes_per_connection": per(rss_before, rss_holding),
+        "broker_bytes_kept_per_connection_after_close": per(rss_before, rss_after),
+    }))
+}
+
+async fn publish(
+    c: &Common,
+    pool: Arc<Pool>,
+    qos: u8,
+    publishers: usize,
+    messages: usize,
+    payload: usize,
+    window: usize,
+) -> Result<Value> {
+    if qos > 1 {
+        bail!("--qos is 0 or 1");
+    }
+    let level = c.mqtt;
+    let mut subscriber = open(c, &pool, 0, "bench-sub", 0).await?;
+    subscriber
+        .write_all(&mqtt::subscribe(level, "bench/#", qos))
+        .await?;
+    let (first, _) = mqtt::read_packet(&mut subscriber).await?;
+    if first != 0x90 {
+        bail!("no SUBACK");
+    }
+    let bar = progress(c, messages as u64, &format!("publish qos{qos}"));
+    let received = Arc::new(AtomicU64::new(0));
+    let per_publisher = messages / publishers.max(1);
+    let total = per_publisher * publishers.max(1);
+    let receiver = {
+        let (received, bar) = (received.clone(), bar.clone());
+        tokio::spawn(async move {
+            let (reader, mut writer) = tokio::io::split(subscriber);
+            let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut got = 0u64;
+            let mut last = Instant::now();
+            while (got as usize) < total && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(3), mqtt::read_packet(&mut reader))
+                    .await
+                {
+                    Ok(Ok((first, body))) if first >> 4 == 3 => {
+                        got += 1;
+                        last = Instant::now();
+                        received.store(got, Ordering::Relaxed);
+                        if got % 256 == 0 {
+                            bar.set_position(got);
+                        }
+                        if (first >> 1) & 3 == 1 && body.len() >= 2 {
+                            let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                            let pkid = u16::from_be_bytes([body[2 + len], body[3 + len]]);
+                            let _ = writer.write_all(&mqtt::puback(pkid)).await;
+                        }
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            (got, last)
+        })
+    };
+    let started = Instant::now();
+    let body = vec![b'x'; payload];
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let mut stream = open(c, &pool, p + 1, &format!("bench-pub{p}"), 0).await?;
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let topic = format!("bench/{p}");
+            let (mut reader, mut writer) = tokio::io::split(&mut stream);
+            if qos == 0 {
+                let mut batch = Vec::with_capacity(64 * (body.len() + 16));
+                for n in 0..per_publisher {
+                    batch.extend(mqtt::publish(level, &topic, 0, 0, &body));
+                    if batch.len() >= 32 * 1024 || n + 1 == per_publisher {
+                        writer.write_all(&batch).await?;
+                        batch.clear();
+                    }
+                }
+                writer.flush().await?;
+                return Ok::<_, anyhow::Error>(());
+            }
+            // QoS 1 with a window of unacknowledged PUBLISH packets.
+            let window = tokio::sync::Semaphore::new(window.max(1));
+            let acks = async {
+                let mut acked = 0;
+                let mut buf = vec![0u8; 4096];
+                let mut pending = 0usize;
+                while acked < per_publisher {
+                    let n = reader.read(&mut buf).await?;
+                    if n == 0 {
+                        bail!("the broker closed the publisher");
+                    }
+                    pending += n;
+                    // PUBACK is 4 bytes (3.1.1) or 4+ (5, no reason when 0).
+                    let done = pending / 4;
+                    pending %= 4;
+                    acked += done;
+                    window.add_permits(done);
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            let sends = async {
+                for n in 0..per_publisher {
+                    window.acquire().await?.forget();
+                    let pkid = (n % 65_000 + 1) as u16;
+                    writer
+                        .write_all(&mqtt::publish(level, &topic, 1, pkid, &body))
+                        .await?;
+                }
+                writer.flush().await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            tokio::try_join!(acks, sends)?;
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let sent = started.elapsed();
+    let (got, last) = receiver.await?;
+    let elapsed = last.saturating_duration_since(started);
+    bar.finish_and_clear();
+    Ok(json!({
+        "mode": "publish",
+        "qos": qos,
+        "publishers": publishers,
+        "payload_bytes": payload,
+        "sent": total,
+        "received": got,
+        "send_seconds": sent.as_secs_f64(),
+        "seconds": elapsed.as_secs_f64(),
+        "lost": total as u64 - got,
+        "messages_per_second": got as f64 / elapsed.as_secs_f64(),
+    }))
+}
+
+fn admin_client(admin: &Admin) -> Result<certmq::admin::client::AdminClient> {
+    Ok(certmq::admin::client::AdminClient::new(
+        &admin.admin,
+        &admin.access_key_id,
+        &admin.access_key_secret,
+    )?)
+}
+
+/// Waits until the broker closes `stream`; returns when.
+async fn closed(mut stream: mqtt::Stream) -> Instant {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Instant::now(),
+            Ok(_) => continue,
+        }
+    }
+}
+
+async fn revoke(
+    c: &Common,
+    pool: Arc<Pool>,
+    admin: &Admin,
+    others: usize,
+    count: usize,
+) -> Result<Value> {
+    let client = admin_client(admin)?;
+    let bar = progress(c, (others + count) as u64, "sessions");
+    // Targets use devices 0..count (one each); the others reuse the rest.
+    let targets = open_many(c, &pool, count, 64, "target", 0, &bar).await?;
+    let other_sessions = open_many(c, &pool, others, 64, "other", count, &bar).await?;
+    bar.finish_and_clear();
+    let mut latencies = Vec::with_capacity(count);
+    let mut answers = Vec::with_capacity(count);
+    for (i, stream) in targets.into_iter().enumerate() {
+        let device = &pool.devices[i];
+        let watcher = tokio::spawn(closed(stream));
+        let params: Vec<(String, String)> = [
+            ("MqttInstanceId", admin.instance.clone()),
+            ("CaSn", device.ca_sn.clone()),
+            ("DeviceSn", device.device_sn.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let t0 = Instant::now();
+        let (status, body) = client.call("InactivateDeviceCertificate", &params).await?;
+        let answered = t0.elapsed();
+        if status != 200 {
+            bail!("InactivateDeviceCertificate answered {status}: {body}");
+        }
+        let closed_at = watcher.await?;
+        latencies.push(closed_at.saturating_duration_since(t0));
+        answers.push(answered);
+        client.call("ActiveDeviceCertificate", &params).await?;
+    }
+    let still_open = other_sessions.len();
+    drop(other_sessions);
+    Ok(json!({
+        "mode": "revoke",
+        "other_sessions": still_open,
+        "count": count,
+        "call_to_socket_closed_ms": percentiles(latencies),
+        "call_to_answer_ms": percentiles(answers),
+    }))
+}
+
+async fn mass_drop(c: &Common, pool: Arc<Pool>, admin: &Admin, count: usize) -> Result<Value> {
+    let client = admin_client(admin)?;
+    let bar = progress(c, count as u64, "sessions");
+    let sessions = open_many(c, &pool, count, 64, "mass", 0, &bar).await?;
+    bar.finish_and_clear();
+    let watchers: Vec<_> = sessions
+        .into_iter()
+        .map(|s| tokio::spawn(closed(s)))
+        .collect();
+    let params = vec![
+        ("MqttInstanceId".to_owned(), admin.instance.clone()),
+        ("Sn".to_owned(), pool.devices[0].ca_sn.clone()),
+    ];
+    let t0 = Instant::now();
+    let (status, body) = client.call("InactivateCaCertificate", &params).await?;
+    let answered = t0.elapsed();
+    if status != 200 {
+        bail!("InactivateCaCertificate answered {status}: {body}");
+    }
+    let mut last = t0;
+    for w in watchers {
+        last = last.max(w.await?);
+    }
+    client.call("ActiveCaCertificate", &params).await?;
+    Ok(json!({
+        "mode": "mass-drop",
+        "sessions": count,
+        "call_to_answer_ms": answered.as_secs_f64() * 1000.0,
+        "call_to_all_closed_ms": last.saturating_duration_since(t0).as_secs_f64() * 1000.0,
+    }))
+}
