@@ -12,15 +12,9 @@ use crate::support::mqtt::{Version, connect_with};
 use crate::support::pki::serial_of;
 use crate::support::{self, Ca, Device};
 
-const BIN: &str = env!("CARGO_BIN_EXE_certmq");
+use crate::support::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 
 fn certmq(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);

@@ -26,6 +26,8 @@ use crate::support::mqtt::{Version, connect_with};
 use crate::support::pki::client_config;
 use crate::support::{Ca, Device};
 
+use crate::support::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 const ROUNDS: usize = 4;
 const SEEDED: usize = 24;
@@ -33,14 +35,6 @@ const WORKERS: usize = 4;
 const KEY_ID: &str = "LTAI5tCrashTestKey000001";
 const KEY_SECRET: &str = "crash-test-secret-0123456789";
 const INSTANCE: &str = "mqtt-certmq-local";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

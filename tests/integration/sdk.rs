@@ -9,20 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
 
 /// Whether `program` can be run at all.
 fn available(program: &str, arg: &str) -> bool {
     Command::new(program).arg(arg).output().is_ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A venv with the pinned SDKs, kept in the target directory between runs.

@@ -90,6 +90,23 @@ pub(super) async fn list(
     )]))
 }
 
+/// Closes every session of the device and waits until their sockets are
+/// closed; `done` says what already happened, for the error message.
+async fn drop_sessions(
+    ctx: &Context,
+    identity: &DeviceIdentity,
+    done: &str,
+) -> Result<usize, ApiError> {
+    ctx.sessions
+        .drop_device(
+            identity,
+            DropReason::Administrative,
+            ctx.settings.drop_timeout(),
+        )
+        .await
+        .map_err(|e| ApiError::Internal(format!("{done} but {e}; retry the call")))
+}
+
 /// InactivateDeviceCertificate: the device's sessions are closed and its
 /// handshakes refused before this answers.
 pub(super) async fn inactivate(
@@ -101,17 +118,7 @@ pub(super) async fn inactivate(
         .set_device_status(&identity, CertStatus::Inactive)
         .await
         .map_err(not_found)?;
-    let dropped = ctx
-        .sessions
-        .drop_device(
-            &identity,
-            DropReason::Administrative,
-            ctx.settings.drop_timeout(),
-        )
-        .await
-        .map_err(|e| {
-            ApiError::Internal(format!("the device is inactive but {e}; retry the call"))
-        })?;
+    let dropped = drop_sessions(ctx, &identity, "the device is inactive").await?;
     info!(request_id = %req.request_id, device = %identity, dropped, "device certificate inactivated");
     Ok(device_sn_answer(&identity))
 }
@@ -142,19 +149,7 @@ pub(super) async fn delete(
         .delete_device(&identity)
         .await
         .map_err(not_found)?;
-    let dropped = ctx
-        .sessions
-        .drop_device(
-            &identity,
-            DropReason::Administrative,
-            ctx.settings.drop_timeout(),
-        )
-        .await
-        .map_err(|e| {
-            ApiError::Internal(format!(
-                "the device record is deleted but {e}; retry the call"
-            ))
-        })?;
+    let dropped = drop_sessions(ctx, &identity, "the device record is deleted").await?;
     info!(request_id = %req.request_id, device = %identity, dropped, "device certificate deleted");
     Ok(device_sn_answer(&identity))
 }
