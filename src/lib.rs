@@ -29,6 +29,8 @@ pub mod admin;
 mod admission;
 pub mod check;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fuzzing;
 pub mod identity;
 pub mod instance;

@@ -406,7 +406,34 @@ fn init_logging(settings: &Settings) -> Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    log_panics();
     Ok(())
+}
+
+/// A panic in a connection task ends that connection only (tokio catches
+/// it, and the session's guards free its router slot and table entries);
+/// it is logged as an error, in the log's format, so that it is seen.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(panic = %what, %location, thread, %backtrace, "panic (a bug in certmq: please report it)");
+        } else {
+            tracing::error!(panic = %what, %location, thread, "panic (a bug in certmq: please report it; RUST_BACKTRACE=1 adds a backtrace)");
+        }
+    }));
 }
 
 /// Raises the soft limit on open files to the hard limit: every connection

@@ -94,6 +94,15 @@ impl Default for Metrics {
     }
 }
 
+/// One session counted in `certmq_sessions_live`, until dropped.
+pub(crate) struct LiveSession(IntGauge);
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         // The metric definitions are constants: registering them cannot
@@ -186,18 +195,18 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    pub(crate) fn session_started(&self) {
+    /// Counts a session in; it counts out when the returned value drops,
+    /// on every exit path of its task (a panic included).
+    pub(crate) fn session_started(&self) -> LiveSession {
         self.connects_accepted.inc();
         self.sessions_live.inc();
+        LiveSession(self.sessions_live.clone())
     }
 
-    pub(crate) fn session_ended(&self, dropped: Option<DropReason>) {
-        self.sessions_live.dec();
-        if let Some(reason) = dropped {
-            self.sessions_dropped
-                .with_label_values(&[drop_reason(reason)])
-                .inc();
-        }
+    pub(crate) fn session_dropped(&self, reason: DropReason) {
+        self.sessions_dropped
+            .with_label_values(&[drop_reason(reason)])
+            .inc();
     }
 
     pub(crate) fn handshake_refused(&self, reason: &'static str) {

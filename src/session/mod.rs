@@ -30,6 +30,7 @@ use tracing::{debug, info};
 pub use table::{DropReason, SessionGuard, SessionTable};
 
 use crate::Context;
+use crate::metrics::LiveSession;
 use crate::router::{Link, LinkRequest};
 use codec::{Codec, CodecError, Version};
 use connect::{ConnectRequest, TopicProblem, accept_connect, check_publish_topic, refusal_connack};
@@ -129,6 +130,8 @@ struct Session<S> {
     /// PUBLISH packets received and sent (`certmq_messages_*_total`).
     published_in: prometheus::IntCounter,
     published_out: prometheus::IntCounter,
+    /// Counted in `certmq_sessions_live` from CONNACK until this drops.
+    live: Option<LiveSession>,
 }
 
 /// Runs an admitted connection until it ends. `guard` is its entry in the
@@ -154,16 +157,13 @@ pub(crate) async fn run<S>(
         connacked: false,
         published_in: ctx.metrics.message_counters().0,
         published_out: ctx.metrics.message_counters().1,
+        live: None,
     };
     let mut link = None;
     let mut will = None;
     let exit = session.drive(ctx, &mut link, &mut will).await;
-    if session.connacked {
-        let dropped = match &exit {
-            Exit::Killed(reason) => Some(*reason),
-            _ => None,
-        };
-        ctx.metrics.session_ended(dropped);
+    if let (Some(_), Exit::Killed(reason)) = (&session.live, &exit) {
+        ctx.metrics.session_dropped(*reason);
     }
     session.finish(exit, link, will).await;
 }
@@ -237,7 +237,7 @@ where
         if let Err(exit) = self.send_connack(ctx, link, &request).await {
             return exit;
         }
-        ctx.metrics.session_started();
+        self.live = Some(ctx.metrics.session_started());
         info!(
             peer = %self.peer,
             device = %self.guard.identity(),
@@ -414,7 +414,9 @@ where
                         break;
                     }
                     packet => {
-                        if matches!(packet, Packet::Publish(..)) {
+                        if let Packet::Publish(_publish, _) = &packet {
+                            #[cfg(feature = "fault-injection")]
+                            crate::fault::on_publish(&_publish.topic);
                             received += 1;
                         }
                         batch.push(packet)

@@ -562,6 +562,25 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
         b"still connected"
     );
 
+    // A panicking connection task (fault injection, compiled into the
+    // test build only): that connection ends, the broker logs the panic
+    // as a JSON error record and goes on serving.
+    let tls = crate::support::pki::client_config(&server_ca, Some(&talker));
+    let mut crasher = connect_with(mqtt, tls, "crasher", Version::V4, |_| {})
+        .await
+        .unwrap();
+    crasher
+        .publish(certmq::fault::PANIC_TOPIC, b"boom", 0)
+        .await;
+    crasher.expect_closed().await;
+    publisher
+        .publish("ops/after-panic", b"still serving", 1)
+        .await;
+    assert_eq!(
+        session.expect_publish("ops/after-panic").await,
+        b"still serving"
+    );
+
     // A broken file on SIGHUP: logged, and the current certificate stays.
     std::fs::write(d.join("server.pem"), "not a certificate").unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
@@ -585,6 +604,12 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
         count += 1;
     }
     assert!(count >= 3, "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("\"level\":\"ERROR\"")
+            && l.contains("fault injection")
+            && l.contains("please report it")),
+        "no panic record: {logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -340,6 +340,68 @@ async fn protocol_abuse_ends_only_the_offending_connection() {
     assert_eq!(watcher.expect_publish("t/ok").await, b"fine");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_connection_task_ends_only_its_connection() {
+    // The router holds max_connections + 64 = 68 links: 96 sessions whose
+    // task panics would fill it if a panic left its link held (a reused
+    // client id frees a leaked link, so most ids are new).
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.mqtt.max_connections = 4).await;
+    let mut watcher = connect(&tb, &ca.device("bystander"), "bystander", Version::V5)
+        .await
+        .unwrap();
+    watcher.subscribe("t/#").await;
+    let (crasher, other) = (ca.device("crasher"), ca.device("other"));
+    for round in 0..96 {
+        let version = if round % 2 == 0 {
+            Version::V4
+        } else {
+            Version::V5
+        };
+        let client_id = format!("crasher-{round}");
+        let mut client = connect(&tb, &crasher, &client_id, version)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        client.publish(certmq::fault::PANIC_TOPIC, b"boom", 0).await;
+        client.expect_closed().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tb.broker.sessions().sessions_of(&crasher.identity) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the session table still holds the panicked session"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Its client id is free for another certificate.
+        if round % 12 == 0 {
+            connect(&tb, &other, &client_id, version)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: client id still held: {e}"))
+                .disconnect()
+                .await;
+        }
+    }
+    // Nobody else noticed; the live-session gauge counts only the watcher.
+    watcher.expect_quiet(Duration::from_millis(200)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let live = metric(&scrape(&tb).await, "certmq_sessions_live");
+        if live == 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "certmq_sessions_live is {live}, expected 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let speaker = connect(&tb, &crasher, "crasher-0", Version::V4)
+        .await
+        .unwrap();
+    speaker.publish("t/ok", b"fine", 1).await;
+    assert_eq!(watcher.expect_publish("t/ok").await, b"fine");
+}
+
 /// A client configuration presenting an arbitrary chain and key.
 fn presenting(
     tb: &TestBroker,
