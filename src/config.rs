@@ -61,6 +61,7 @@ pub struct MqttSettings {
     pub client_id_policy: ClientIdPolicy,
     pub handshake_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    pub send_timeout_ms: u64,
     pub max_connections: usize,
     pub max_packet_size: usize,
     pub drop_timeout_ms: u64,
@@ -209,6 +210,9 @@ impl Settings {
         if self.mqtt.connect_timeout_ms == 0 {
             return Err(invalid("mqtt.connect_timeout_ms", "must be greater than 0"));
         }
+        if self.mqtt.send_timeout_ms == 0 {
+            return Err(invalid("mqtt.send_timeout_ms", "must be greater than 0"));
+        }
         if self.mqtt.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be greater than 0"));
         }
@@ -301,6 +305,10 @@ impl Settings {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.mqtt.connect_timeout_ms)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.mqtt.send_timeout_ms)
     }
 
     pub fn drop_timeout(&self) -> Duration {

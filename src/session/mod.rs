@@ -59,6 +59,7 @@ enum Exit {
     Io(io::Error),
     ConnectTimeout,
     KeepAliveTimeout,
+    SendTimeout,
     Protocol(CodecError),
     TopicInvalid,
     ConnectRefused(String),
@@ -101,6 +102,10 @@ impl std::fmt::Display for Exit {
             Exit::Io(e) => write!(f, "I/O error: {e}"),
             Exit::ConnectTimeout => write!(f, "no CONNECT within mqtt.connect_timeout_ms"),
             Exit::KeepAliveTimeout => write!(f, "keepalive expired"),
+            Exit::SendTimeout => write!(
+                f,
+                "a write to the client took longer than mqtt.send_timeout_ms (it stopped reading)"
+            ),
             Exit::Protocol(e) => write!(f, "protocol violation: {e}"),
             Exit::TopicInvalid => write!(f, "PUBLISH to an invalid topic name"),
             Exit::ConnectRefused(why) => write!(f, "CONNECT refused: {why}"),
@@ -130,6 +135,8 @@ struct Session<S> {
     /// PUBLISH packets received and sent (`certmq_messages_*_total`).
     published_in: prometheus::IntCounter,
     published_out: prometheus::IntCounter,
+    /// `mqtt.send_timeout_ms`: the longest one write may take.
+    send_timeout: Duration,
     /// Counted in `certmq_sessions_live` from CONNACK until this drops.
     live: Option<LiveSession>,
 }
@@ -157,6 +164,7 @@ pub(crate) async fn run<S>(
         connacked: false,
         published_in: ctx.metrics.message_counters().0,
         published_out: ctx.metrics.message_counters().1,
+        send_timeout: ctx.settings.send_timeout(),
         live: None,
     };
     let mut link = None;
@@ -467,16 +475,26 @@ where
         self.write_raw(&bytes).await
     }
 
-    /// Writes bytes, giving way to the kill handle.
+    /// Writes bytes, giving way to the kill handle, within
+    /// `mqtt.send_timeout_ms` (a client that stops reading stalls writes).
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Exit> {
-        let Session { stream, guard, .. } = self;
+        let Session {
+            stream,
+            guard,
+            send_timeout,
+            ..
+        } = self;
+        let write = tokio::time::timeout(*send_timeout, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        });
         tokio::select! {
             biased;
             _ = guard.killed() => Err(Exit::Killed(guard.drop_reason().unwrap_or(DropReason::Administrative))),
-            written = async {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            } => written.map_err(Exit::Io),
+            written = write => match written {
+                Ok(done) => done.map_err(Exit::Io),
+                Err(_) => Err(Exit::SendTimeout),
+            },
         }
     }
 

@@ -120,6 +120,82 @@ async fn stalled_connections_are_closed_and_keep_no_device_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_sends_connect_is_closed() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.mqtt.connect_timeout_ms = 500).await;
+    let device = ca.device("mute");
+    let tls = client_config(&tb.server_ca, Some(&device));
+    // Handshake done, then silence; and a CONNECT cut off half way.
+    let mut silent = raw::tls_connect(tb.port(), tls.clone()).await.unwrap();
+    let mut partial = raw::tls_connect(tb.port(), tls.clone()).await.unwrap();
+    let connect = raw::connect_packet(b"MQTT", 4, "half", 30);
+    partial
+        .write_all(&connect[..connect.len() / 2])
+        .await
+        .unwrap();
+    partial.flush().await.unwrap();
+    for (name, stream) in [("silent", &mut silent), ("partial CONNECT", &mut partial)] {
+        let sent = raw::until_closed(stream, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{name}: still open after mqtt.connect_timeout_ms"));
+        assert!(sent.is_empty(), "{name}: {sent:02x?}");
+    }
+    assert_eq!(tb.broker.sessions().sessions_of(&device.identity), 0);
+    // The same certificate connects properly afterwards.
+    connect_with(tb.port(), tls, "mute", Version::V4, |_| {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_disconnected() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.mqtt.send_timeout_ms = 500).await;
+    let (stuck, reader) = (ca.device("stuck"), ca.device("reader"));
+    // A raw subscriber that subscribes to flood/# and then never reads.
+    let mut stream = raw::tls_connect(tb.port(), client_config(&tb.server_ca, Some(&stuck)))
+        .await
+        .unwrap();
+    raw::exchange(&mut stream, &raw::connect_packet(b"MQTT", 4, "stuck", 0), 4)
+        .await
+        .unwrap();
+    let filter = b"flood/#";
+    let mut subscribe = vec![0x82, (2 + 2 + filter.len() + 1) as u8, 0x00, 0x01];
+    subscribe.extend((filter.len() as u16).to_be_bytes());
+    subscribe.extend(filter);
+    subscribe.push(0x00);
+    let suback = raw::exchange(&mut stream, &subscribe, 5).await.unwrap();
+    assert_eq!(suback[0], 0x90, "{suback:02x?}");
+    let mut watcher = connect(&tb, &reader, "reader", Version::V5).await.unwrap();
+    watcher.subscribe("flood/#").await;
+
+    // Far more than the socket buffers hold: 32 MiB in 8 KiB messages.
+    let publisher = connect(&tb, &ca.device("publisher"), "publisher", Version::V4)
+        .await
+        .unwrap();
+    let payload = vec![b'x'; 8 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    while tb.broker.sessions().sessions_of(&stuck.identity) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber that stopped reading is still connected after {sent} messages"
+        );
+        if sent < 4096 {
+            // The reader's client reads all the while.
+            publisher.publish("flood/data", &payload, 0).await;
+            sent += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The others go on.
+    publisher.publish("flood/after", b"fine", 1).await;
+    assert_eq!(watcher.expect_publish("flood/after").await, b"fine");
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_floods_are_refused_per_address_and_beyond_the_maximum() {
     let ca = Ca::new("fleet CA");
     let tb = support::start_with(&[&ca], |s| s.mqtt.connections_per_second_per_ip = 5).await;
