@@ -53,3 +53,43 @@ async fn mqtt5_to_mqtt311_and_back() {
     exchange(Version::V5, Version::V4).await;
     exchange(Version::V4, Version::V5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_is_delivered_exactly_once() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    for (publisher, subscriber) in [
+        (Version::V4, Version::V4),
+        (Version::V5, Version::V5),
+        (Version::V5, Version::V4),
+    ] {
+        let tag = format!("{publisher:?}-{subscriber:?}");
+        let mut sub = connect(
+            &tb,
+            &ca.device("panel"),
+            &format!("panel-{tag}"),
+            subscriber,
+        )
+        .await
+        .unwrap();
+        sub.subscribe_qos("orders/#", 2).await;
+        let publisher = connect(&tb, &ca.device("till"), &format!("till-{tag}"), publisher)
+            .await
+            .unwrap();
+        for n in 0..20 {
+            publisher
+                .publish("orders/new", format!("order {n}").as_bytes(), 2)
+                .await;
+        }
+        for n in 0..20 {
+            let (payload, qos) = sub.expect_publish_qos("orders/new").await;
+            assert_eq!(payload, format!("order {n}").as_bytes(), "{tag}");
+            assert_eq!(qos, 2, "{tag}");
+        }
+        // No duplicates behind them.
+        sub.expect_quiet(std::time::Duration::from_millis(300))
+            .await;
+        publisher.disconnect().await;
+        sub.disconnect().await;
+    }
+}

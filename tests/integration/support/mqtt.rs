@@ -24,6 +24,7 @@ pub enum Ev {
     Publish {
         topic: String,
         payload: Vec<u8>,
+        qos: u8,
     },
     /// The connection ended. `reason` is the MQTT 5 DISCONNECT reason code
     /// the server sent, if any.
@@ -92,6 +93,7 @@ pub async fn connect_with(
                         Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish {
                             topic: p.topic,
                             payload: p.payload.to_vec(),
+                            qos: p.qos as u8,
                         },
                         Ok(_) => continue,
                         Err(e) => {
@@ -134,6 +136,7 @@ pub async fn connect_with(
                         Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.to_vec(),
+                            qos: p.qos as u8,
                         },
                         Ok(_) => continue,
                         Err(e) => {
@@ -194,13 +197,17 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, filter: &str) {
+        self.subscribe_qos(filter, 1).await
+    }
+
+    pub async fn subscribe_qos(&mut self, filter: &str, qos: u8) {
         match &self.handle {
             Handle::V4(c) => c
-                .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .subscribe(filter, rumqttc::qos(qos).unwrap())
                 .await
                 .unwrap(),
             Handle::V5(c) => c
-                .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .subscribe(filter, rumqttc::v5::mqttbytes::qos(qos).unwrap())
                 .await
                 .unwrap(),
         }
@@ -264,9 +271,18 @@ impl Client {
 
     /// Waits for a PUBLISH on `topic`, skipping others.
     pub async fn expect_publish(&mut self, topic: &str) -> Vec<u8> {
+        self.expect_publish_qos(topic).await.0
+    }
+
+    /// Waits for a PUBLISH on `topic`, skipping others; its payload and QoS.
+    pub async fn expect_publish_qos(&mut self, topic: &str) -> (Vec<u8>, u8) {
         loop {
             match self.next(WAIT).await {
-                Some(Ev::Publish { topic: t, payload }) if t == topic => return payload,
+                Some(Ev::Publish {
+                    topic: t,
+                    payload,
+                    qos,
+                }) if t == topic => return (payload, qos),
                 Some(Ev::Publish { .. }) => continue,
                 other => panic!("expected PUBLISH on {topic}, got {other:?}"),
             }
