@@ -153,6 +153,7 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (published_in, published_out) = ctx.metrics.message_counters();
     let mut session = Session {
         stream,
         guard,
@@ -162,8 +163,8 @@ pub(crate) async fn run<S>(
         write_buf: BytesMut::new(),
         codec: None,
         connacked: false,
-        published_in: ctx.metrics.message_counters().0,
-        published_out: ctx.metrics.message_counters().1,
+        published_in,
+        published_out,
         send_timeout: ctx.settings.send_timeout(),
         live: None,
     };

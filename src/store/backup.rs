@@ -12,7 +12,10 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use super::sqlite::now_ms;
+use super::sqlite::{
+    CA_COLUMNS, DEVICE_COLUMNS, ca_from_row, device_from_row, now_ms, registration_code,
+};
+use crate::registry::{CaRecord, DeviceRecord};
 use crate::serial::{CaSn, DeviceSn};
 
 /// One line of a backup.
@@ -42,6 +45,35 @@ pub enum Line {
         valid_end_ms: i64,
         pem: String,
     },
+}
+
+impl From<&CaRecord> for Line {
+    fn from(ca: &CaRecord) -> Line {
+        Line::Ca {
+            sn: ca.sn.to_string(),
+            name: ca.name.clone(),
+            status: ca.status.api_code().to_owned(),
+            valid_begin_ms: ca.valid_begin_ms,
+            valid_end_ms: ca.valid_end_ms,
+            pem: ca.pem.to_string(),
+            verification_pem: ca.verification_pem.as_deref().map(str::to_owned),
+            registration_code: ca.registration_code.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+impl From<&DeviceRecord> for Line {
+    fn from(device: &DeviceRecord) -> Line {
+        Line::Device {
+            ca_sn: device.identity.ca_sn.to_string(),
+            device_sn: device.identity.device_sn.to_string(),
+            name: device.name.to_string(),
+            status: device.status.api_code().to_owned(),
+            valid_begin_ms: device.valid_begin_ms,
+            valid_end_ms: device.valid_end_ms,
+            pem: device.pem.to_string(),
+        }
+    }
 }
 
 /// Why a backup could not be written or read.
@@ -97,59 +129,26 @@ pub fn export(db: &Path, out: &mut dyn Write) -> Result<usize, BackupError> {
         lines += 1;
         Ok(())
     };
-    let code: String = conn
-        .query_row(
-            "SELECT registration_code FROM instance WHERE id = 1",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(read)?;
     emit(
         &Line::Instance {
-            registration_code: code,
+            registration_code: registration_code(&conn).map_err(read)?,
         },
         out,
     )?;
-    let status = |s: i64| if s == 1 { "1" } else { "0" }.to_owned();
     let mut stmt = conn
-        .prepare(
-            "SELECT sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code
-             FROM ca ORDER BY rowid",
-        )
+        .prepare(&format!("SELECT {CA_COLUMNS} FROM ca ORDER BY rowid"))
         .map_err(read)?;
-    let mut rows = stmt.query([]).map_err(read)?;
-    while let Some(r) = rows.next().map_err(read)? {
-        let line = Line::Ca {
-            sn: r.get(0).map_err(read)?,
-            name: r.get(1).map_err(read)?,
-            status: status(r.get(2).map_err(read)?),
-            valid_begin_ms: r.get(3).map_err(read)?,
-            valid_end_ms: r.get(4).map_err(read)?,
-            pem: r.get(5).map_err(read)?,
-            verification_pem: r.get(6).map_err(read)?,
-            registration_code: r.get(7).map_err(read)?,
-        };
-        emit(&line, out)?;
+    for ca in stmt.query_map([], ca_from_row).map_err(read)? {
+        emit(&Line::from(&ca.map_err(read)?), out)?;
     }
-    drop(rows);
     drop(stmt);
     let mut stmt = conn
-        .prepare(
-            "SELECT ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem FROM device ORDER BY rowid",
-        )
+        .prepare(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM device ORDER BY rowid"
+        ))
         .map_err(read)?;
-    let mut rows = stmt.query([]).map_err(read)?;
-    while let Some(r) = rows.next().map_err(read)? {
-        let line = Line::Device {
-            ca_sn: r.get(0).map_err(read)?,
-            device_sn: r.get(1).map_err(read)?,
-            name: r.get(2).map_err(read)?,
-            status: status(r.get(3).map_err(read)?),
-            valid_begin_ms: r.get(4).map_err(read)?,
-            valid_end_ms: r.get(5).map_err(read)?,
-            pem: r.get(6).map_err(read)?,
-        };
-        emit(&line, out)?;
+    for device in stmt.query_map([], device_from_row).map_err(read)? {
+        emit(&Line::from(&device.map_err(read)?), out)?;
     }
     out.flush().map_err(BackupError::Output)?;
     Ok(lines)

@@ -20,7 +20,7 @@ use super::schema::{self, MigrateError};
 use super::{Change, Snapshot, Store, StoreError, StoreFuture};
 use crate::identity::DeviceIdentity;
 use crate::registry::{CaRecord, CertStatus, DeviceRecord, Page};
-use crate::serial::{CaSn, DeviceSn};
+use crate::serial::{CaSn, DeviceSn, SerialError};
 
 /// The database file inside `storage.data_dir`.
 pub const FILE_NAME: &str = "registry.db";
@@ -323,20 +323,54 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
     }
 }
 
-fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+/// The instance's registration code, made with the database.
+pub(super) fn registration_code(conn: &Connection) -> rusqlite::Result<String> {
+    conn.query_row(
+        "SELECT registration_code FROM instance WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// A stored serial that does not parse, as a row conversion error.
+fn bad_serial(column: usize, what: &str, value: &str, e: SerialError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("{what} `{value}`: {e}").into(),
+    )
+}
+
+/// The columns [`ca_from_row`] reads, in its order.
+pub(super) const CA_COLUMNS: &str =
+    "sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code";
+
+pub(super) fn ca_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
+    let sn: String = row.get(0)?;
+    Ok(CaRecord {
+        sn: CaSn::parse(&sn).map_err(|e| bad_serial(0, "CA serial", &sn, e))?,
+        name: row.get(1)?,
+        status: status_from(row.get(2)?),
+        valid_begin_ms: row.get(3)?,
+        valid_end_ms: row.get(4)?,
+        pem: row.get::<_, String>(5)?.into(),
+        verification_pem: row.get::<_, Option<String>>(6)?.map(Into::into),
+        registration_code: row.get::<_, Option<String>>(7)?.map(Into::into),
+    })
+}
+
+/// The columns [`device_from_row`] reads, in its order.
+pub(super) const DEVICE_COLUMNS: &str =
+    "ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem";
+
+pub(super) fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let ca_sn: String = row.get(0)?;
     let device_sn: String = row.get(1)?;
-    let bad = |what: &str, e: crate::serial::SerialError| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("{what}: {e}").into(),
-        )
-    };
     Ok(DeviceRecord {
         identity: DeviceIdentity {
-            ca_sn: CaSn::parse(&ca_sn).map_err(|e| bad("ca_sn", e))?,
-            device_sn: DeviceSn::parse(&device_sn).map_err(|e| bad("device_sn", e))?,
+            ca_sn: CaSn::parse(&ca_sn).map_err(|e| bad_serial(0, "device CA serial", &ca_sn, e))?,
+            device_sn: DeviceSn::parse(&device_sn)
+                .map_err(|e| bad_serial(1, "device serial", &device_sn, e))?,
         },
         name: row.get::<_, String>(2)?.into(),
         status: status_from(row.get(3)?),
@@ -346,49 +380,15 @@ fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     })
 }
 
-const DEVICE_COLUMNS: &str = "ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem";
-
 impl Store for SqliteStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let read = |e: rusqlite::Error| StoreError::Read(format!("{}: {e}", self.path.display()));
-        let registration_code: String = conn
-            .query_row(
-                "SELECT registration_code FROM instance WHERE id = 1",
-                [],
-                |r| r.get(0),
-            )
+        let registration_code = registration_code(&conn).map_err(read)?;
+        let cas = conn
+            .prepare(&format!("SELECT {CA_COLUMNS} FROM ca ORDER BY rowid"))
+            .and_then(|mut stmt| stmt.query_map([], ca_from_row)?.collect())
             .map_err(read)?;
-        let mut cas = Vec::new();
-        let mut stmt = conn
-            .prepare(
-                "SELECT sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code
-                 FROM ca ORDER BY rowid",
-            )
-            .map_err(read)?;
-        let mut rows = stmt.query([]).map_err(read)?;
-        while let Some(row) = rows.next().map_err(read)? {
-            let sn: String = row.get(0).map_err(read)?;
-            cas.push(CaRecord {
-                sn: CaSn::parse(&sn)
-                    .map_err(|e| StoreError::Read(format!("CA serial `{sn}`: {e}")))?,
-                name: row.get(1).map_err(read)?,
-                status: status_from(row.get(2).map_err(read)?),
-                valid_begin_ms: row.get(3).map_err(read)?,
-                valid_end_ms: row.get(4).map_err(read)?,
-                pem: row.get::<_, String>(5).map_err(read)?.into(),
-                verification_pem: row
-                    .get::<_, Option<String>>(6)
-                    .map_err(read)?
-                    .map(Into::into),
-                registration_code: row
-                    .get::<_, Option<String>>(7)
-                    .map_err(read)?
-                    .map(Into::into),
-            });
-        }
-        drop(rows);
-        drop(stmt);
         let mut devices = Vec::new();
         let mut stmt = conn
             .prepare("SELECT ca_sn, device_sn, status FROM device")
