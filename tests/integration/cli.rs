@@ -27,6 +27,17 @@ fn certmq(dir: &Path) -> Command {
     cmd
 }
 
+/// Asserts that a command succeeded, showing what it wrote if not.
+fn assert_succeeded(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "exited with {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn device_from_files(dir: &Path, name: &str, ca: &str) -> Device {
     let cert_pem = std::fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap();
     let key_pem = std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap();
@@ -136,11 +147,7 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(
         answer["RegisterCode"]
@@ -163,11 +170,7 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
     .output()
     .await
     .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert_succeeded(&output);
     assert_eq!(
         client.expect_closed().await.as_deref(),
         Some("AdministrativeAction")
@@ -434,11 +437,7 @@ async fn registry_export_and_import_commands() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     let backup = std::fs::read_to_string(dir.path().join("backup.jsonl")).unwrap();
     assert_eq!(
         backup.lines().count(),
@@ -462,11 +461,7 @@ async fn registry_export_and_import_commands() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     assert!(
         String::from_utf8_lossy(&output.stderr)
             .contains("imported 1 CAs and 1 device certificates")
@@ -625,11 +620,7 @@ async fn check_config_reports_problems() {
             .unwrap()
     };
     let output = check("[mqtt]\nlisten = \"0.0.0.0:8883\"\n");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
 
     let output = check("[mqtt]\nlisen = \"0.0.0.0:8883\"\n");

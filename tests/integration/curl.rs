@@ -4,9 +4,19 @@
 use std::process::Command;
 
 use crate::support::mqtt::{Version, connect};
-use crate::support::{self, Ca};
+use crate::support::{self, Ca, TestBroker};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/acs-curl.sh");
+
+/// The script, signing with the test access key, aimed at `tb`.
+fn script(tb: &TestBroker) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(SCRIPT);
+    command
+        .env("ACCESS_KEY_ID", support::TEST_KEY_ID)
+        .env("ACCESS_KEY_SECRET", support::TEST_KEY_SECRET)
+        .env("ENDPOINT", format!("http://{}", tb.broker.admin_addr()));
+    command
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_example_inactivates_a_device() {
@@ -24,14 +34,11 @@ async fn curl_example_inactivates_a_device() {
     let tb = support::start(&[&ca]).await;
     let device = ca.device("d1");
     let mut client = connect(&tb, &device, "d1", Version::V5).await.unwrap();
-    let output = tokio::process::Command::new(SCRIPT)
+    let output = script(&tb)
         .arg("InactivateDeviceCertificate")
         .arg(format!("MqttInstanceId={}", tb.instance()))
         .arg(format!("CaSn={}", device.identity.ca_sn))
         .arg(format!("DeviceSn={}", device.identity.device_sn))
-        .env("ACCESS_KEY_ID", support::TEST_KEY_ID)
-        .env("ACCESS_KEY_SECRET", support::TEST_KEY_SECRET)
-        .env("ENDPOINT", format!("http://{}", tb.broker.admin_addr()))
         .output()
         .await
         .unwrap();
@@ -51,12 +58,9 @@ async fn curl_example_inactivates_a_device() {
     );
 
     // An error answer makes the script fail, printing it.
-    let output = tokio::process::Command::new(SCRIPT)
+    let output = script(&tb)
         .arg("GetCaCertificate")
         .arg(format!("MqttInstanceId={}", tb.instance()))
-        .env("ACCESS_KEY_ID", support::TEST_KEY_ID)
-        .env("ACCESS_KEY_SECRET", support::TEST_KEY_SECRET)
-        .env("ENDPOINT", format!("http://{}", tb.broker.admin_addr()))
         .output()
         .await
         .unwrap();

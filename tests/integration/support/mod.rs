@@ -70,19 +70,7 @@ pub async fn start_with(cas: &[&Ca], tweak: impl FnOnce(&mut Settings)) -> TestB
         actions: vec!["mq:*".into()],
     }];
     tweak(&mut settings);
-    let broker = Broker::start(settings).await.unwrap();
-    let client = AdminClient::new(
-        &broker.admin_addr().to_string(),
-        TEST_KEY_ID,
-        TEST_KEY_SECRET,
-    )
-    .unwrap();
-    TestBroker {
-        broker,
-        server_ca,
-        dir,
-        client,
-    }
+    TestBroker::launch(settings, server_ca, dir).await
 }
 
 impl TestBroker {
@@ -106,11 +94,8 @@ impl TestBroker {
         self.client.call(action, &rest).await.unwrap()
     }
 
-    /// Stops the broker and starts it again on the same settings and data
-    /// directory (on new ports).
-    pub async fn restart(self) -> TestBroker {
-        let settings = self.broker.settings().clone();
-        self.broker.shutdown().await;
+    /// Starts a broker on `settings`, with an admin client for it.
+    async fn launch(settings: Settings, server_ca: Ca, dir: TempDir) -> TestBroker {
         let broker = Broker::start(settings).await.unwrap();
         let client = AdminClient::new(
             &broker.admin_addr().to_string(),
@@ -120,10 +105,18 @@ impl TestBroker {
         .unwrap();
         TestBroker {
             broker,
-            server_ca: self.server_ca,
-            dir: self.dir,
+            server_ca,
+            dir,
             client,
         }
+    }
+
+    /// Stops the broker and starts it again on the same settings and data
+    /// directory (on new ports).
+    pub async fn restart(self) -> TestBroker {
+        let settings = self.broker.settings().clone();
+        self.broker.shutdown().await;
+        TestBroker::launch(settings, self.server_ca, self.dir).await
     }
 
     /// The instance id of this broker.
