@@ -121,7 +121,7 @@ pub fn admin_request(data: &[u8]) {
     let Ok(req) = RpcRequest::parse(&method, path, query, headers, body, "fuzz") else {
         return;
     };
-    let _ = req.action();
+    let _ = req.claimed_action();
     let _ = req.list("ClientIdList");
     let _ = req.serial("DeviceSn", crate::serial::DeviceSn::parse);
     let _ = Authenticator::claimed_key_id(&req);

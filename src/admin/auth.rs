@@ -47,6 +47,29 @@ pub struct Caller {
     pub actions: Arc<[String]>,
 }
 
+/// The API version this broker serves; a request must name it.
+pub const API_VERSION: &str = "2020-04-20";
+
+/// Headers a V3 request must sign: when, which nonce, and what to do. An
+/// unsigned `x-acs-action` would let anyone on the path change the
+/// operation of a signed request.
+const V3_SIGNED_HEADERS: [&str; 4] = [
+    "x-acs-action",
+    "x-acs-date",
+    "x-acs-signature-nonce",
+    "x-acs-version",
+];
+
+/// A request whose signature checked out, and what it signed.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub caller: Caller,
+    pub scheme: Scheme,
+    /// The operation, read only from the signed part of the request: the
+    /// `x-acs-action` header (V3) or the `Action` parameter (V1).
+    pub action: String,
+}
+
 /// Which signature scheme a request used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -81,14 +104,32 @@ impl Authenticator {
         req.param("AccessKeyId").map(str::to_owned)
     }
 
-    pub fn authenticate(&self, req: &RpcRequest) -> Result<(Caller, Scheme), ApiError> {
-        if let Some(authorization) = req.header("authorization") {
-            return self.v3(req, authorization).map(|c| (c, Scheme::V3));
+    /// Checks the signature, then reads the operation and the API version
+    /// from what the scheme signs; a request that names either twice,
+    /// differently, is refused.
+    pub fn authenticate(&self, req: &RpcRequest) -> Result<Authenticated, ApiError> {
+        let (caller, scheme) = if let Some(authorization) = req.header("authorization") {
+            (self.v3(req, authorization)?, Scheme::V3)
+        } else if req.param("Signature").is_some() || req.param("AccessKeyId").is_some() {
+            (self.v1(req)?, Scheme::V1)
+        } else {
+            return Err(ApiError::MissingAccessKeyId);
+        };
+        let action =
+            signed_name(req, scheme, "action", "Action")?.ok_or(ApiError::MissingAction)?;
+        match signed_name(req, scheme, "version", "Version")? {
+            Some(version) if version == API_VERSION => {}
+            Some(version) => return Err(ApiError::UnsupportedVersion(truncate(&version))),
+            None if scheme == Scheme::V3 => {
+                return Err(ApiError::MissingParameter("x-acs-version"));
+            }
+            None => return Err(ApiError::MissingParameter("Version")),
         }
-        if req.param("Signature").is_some() || req.param("AccessKeyId").is_some() {
-            return self.v1(req).map(|c| (c, Scheme::V1));
-        }
-        Err(ApiError::MissingAccessKeyId)
+        Ok(Authenticated {
+            caller,
+            scheme,
+            action,
+        })
     }
 
     fn key(&self, id: &str) -> Result<&AccessKey, ApiError> {
@@ -100,11 +141,10 @@ impl Authenticator {
     fn v3(&self, req: &RpcRequest, authorization: &str) -> Result<Caller, ApiError> {
         let auth = parse_v3_authorization(authorization)?;
         let key = self.key(auth.credential)?;
-        for required in ["x-acs-date", "x-acs-signature-nonce", "x-acs-action"] {
-            let present = req.header(required).is_some();
-            if present && !auth.signed_headers.iter().any(|h| h == required) {
+        for required in V3_SIGNED_HEADERS {
+            if !auth.signed_headers.iter().any(|h| h == required) {
                 return Err(ApiError::IncompleteSignature(format!(
-                    "the header {required} must be listed in SignedHeaders"
+                    "the header {required} must be sent and listed in SignedHeaders"
                 )));
             }
         }
@@ -182,6 +222,52 @@ impl Authenticator {
         }
         Ok(timestamp)
     }
+}
+
+/// What a request names in two places (`action`, `version`), from the one
+/// its scheme signs: the `x-acs-<what>` header for V3, the `<param>`
+/// parameter for V1. The other place, and repeats, must agree with it.
+fn signed_name(
+    req: &RpcRequest,
+    scheme: Scheme,
+    what: &'static str,
+    param: &'static str,
+) -> Result<Option<String>, ApiError> {
+    let headers = req.header_values(&format!("x-acs-{what}"));
+    let params: Vec<String> = req
+        .param_values(param)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let (signed, other) = match scheme {
+        Scheme::V3 => (headers, params),
+        Scheme::V1 => (params, headers),
+    };
+    let Some(first) = signed.first().map(|v| v.trim()) else {
+        if let Some(unsigned) = other.first() {
+            return Err(ApiError::Conflicting {
+                what,
+                param,
+                signed: "(none)".into(),
+                other: truncate(unsigned),
+            });
+        }
+        return Ok(None);
+    };
+    if let Some(differing) = signed.iter().chain(&other).find(|v| v.trim() != first) {
+        return Err(ApiError::Conflicting {
+            what,
+            param,
+            signed: truncate(first),
+            other: truncate(differing),
+        });
+    }
+    Ok(Some(first.to_owned()))
+}
+
+/// At most 64 characters of a client's value, for error messages.
+fn truncate(value: &str) -> String {
+    value.chars().take(64).collect()
 }
 
 fn caller(key: &AccessKey) -> Caller {

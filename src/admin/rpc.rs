@@ -75,10 +75,21 @@ impl RpcRequest {
         })
     }
 
-    /// The operation's name: the `x-acs-action` header (V3) or the `Action`
-    /// parameter (V1).
-    pub fn action(&self) -> Option<&str> {
+    /// The operation the request *claims*, before its signature is checked:
+    /// for metrics and audit records of refused calls only. What runs is
+    /// decided by [`super::auth::Authenticated::action`], taken from the
+    /// signed part of the request.
+    pub fn claimed_action(&self) -> Option<&str> {
         self.header("x-acs-action").or_else(|| self.param("Action"))
+    }
+
+    /// Every value of a parameter, in arrival order.
+    pub fn param_values(&self, name: &str) -> Vec<&str> {
+        self.params
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The last value of a parameter (a body value wins over the query).
@@ -226,6 +237,17 @@ pub enum ApiError {
     UnknownAction(String),
     #[error("The request names no action: set the Action parameter or the x-acs-action header.")]
     MissingAction,
+    #[error(
+        "The request names its {what} twice, differently: {signed} (signed) and {other}. Send it once: the x-acs-{what} header for ACS3-HMAC-SHA256, the {param} parameter for HMAC-SHA1."
+    )]
+    Conflicting {
+        what: &'static str,
+        param: &'static str,
+        signed: String,
+        other: String,
+    },
+    #[error("The API version {0} is not supported: this broker serves version 2020-04-20.")]
+    UnsupportedVersion(String),
     #[error("Internal error: {0}")]
     Internal(String),
 }
@@ -236,7 +258,8 @@ impl ApiError {
             ApiError::MissingParameter(_)
             | ApiError::InvalidParameter { .. }
             | ApiError::Malformed(_)
-            | ApiError::RegistrationRefused(_) => "ParameterFieldCheckFailed",
+            | ApiError::RegistrationRefused(_)
+            | ApiError::Conflicting { .. } => "ParameterFieldCheckFailed",
             ApiError::MissingAccessKeyId => "MissingAccessKeyId",
             ApiError::AccessKeyNotFound(_) => "InvalidAccessKeyId.NotFound",
             ApiError::SignatureDoesNotMatch(_) => "SignatureDoesNotMatch",
@@ -255,6 +278,7 @@ impl ApiError {
             ApiError::CaNotFound(_) => "FindCaBySnError",
             ApiError::UnknownAction(_) => "InvalidAction.NotFound",
             ApiError::MissingAction => "MissingAction",
+            ApiError::UnsupportedVersion(_) => "InvalidVersion",
             ApiError::Internal(_) => "InternalError",
         }
     }
