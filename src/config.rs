@@ -85,6 +85,10 @@ pub struct AdminSettings {
     pub access_keys: Vec<crate::admin::auth::AccessKey>,
     /// Calls per second per account, by action name (and `default`).
     pub rate_limits: HashMap<String, u32>,
+    /// The audit file (`audit.jsonl`) is rotated past this size.
+    pub audit_file_max_mb: u64,
+    /// Rotated audit files kept (`audit.jsonl.1` ...).
+    pub audit_files_kept: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,36 +199,104 @@ impl Settings {
         }
         self.mqtt_listen()?;
         self.admin_listen()?;
-        if self.mqtt.handshake_timeout_ms == 0 {
-            return Err(invalid(
-                "mqtt.handshake_timeout_ms",
-                "must be greater than 0",
-            ));
-        }
-        if self.mqtt.first_byte_timeout_ms == 0 {
-            return Err(invalid(
-                "mqtt.first_byte_timeout_ms",
-                "must be greater than 0",
-            ));
-        }
-        if self.mqtt.connect_timeout_ms == 0 {
-            return Err(invalid("mqtt.connect_timeout_ms", "must be greater than 0"));
-        }
-        if self.mqtt.send_timeout_ms == 0 {
-            return Err(invalid("mqtt.send_timeout_ms", "must be greater than 0"));
-        }
-        if self.mqtt.max_connections == 0 {
-            return Err(invalid("mqtt.max_connections", "must be greater than 0"));
-        }
+        let m = &self.mqtt;
+        within(
+            "mqtt.first_byte_timeout_ms",
+            m.first_byte_timeout_ms,
+            1,
+            MAX_STAGE_TIMEOUT_MS,
+            "ms",
+        )?;
+        within(
+            "mqtt.handshake_timeout_ms",
+            m.handshake_timeout_ms,
+            1,
+            MAX_STAGE_TIMEOUT_MS,
+            "ms",
+        )?;
+        within(
+            "mqtt.connect_timeout_ms",
+            m.connect_timeout_ms,
+            1,
+            MAX_STAGE_TIMEOUT_MS,
+            "ms",
+        )?;
+        within(
+            "mqtt.send_timeout_ms",
+            m.send_timeout_ms,
+            1,
+            MAX_STAGE_TIMEOUT_MS,
+            "ms",
+        )?;
+        within(
+            "mqtt.drop_timeout_ms",
+            m.drop_timeout_ms,
+            1,
+            MAX_DROP_TIMEOUT_MS,
+            "ms",
+        )?;
+        within(
+            "mqtt.max_connections",
+            m.max_connections as u64,
+            1,
+            MAX_CONNECTIONS,
+            "connections",
+        )?;
+        within(
+            "mqtt.connections_per_second_per_ip",
+            u64::from(m.connections_per_second_per_ip),
+            0,
+            MAX_RATE,
+            "per second",
+        )?;
         if !(64..=268_435_455).contains(&self.mqtt.max_packet_size) {
             return Err(invalid(
                 "mqtt.max_packet_size",
                 "must be between 64 and 268435455 bytes (the MQTT maximum)",
             ));
         }
-        if self.mqtt.drop_timeout_ms == 0 {
-            return Err(invalid("mqtt.drop_timeout_ms", "must be greater than 0"));
-        }
+        within(
+            "tls.session_cache_size",
+            self.tls.session_cache_size as u64,
+            0,
+            MAX_SESSION_CACHE,
+            "sessions",
+        )?;
+        within(
+            "admin.timestamp_window_secs",
+            self.admin.timestamp_window_secs,
+            1,
+            MAX_TIMESTAMP_WINDOW_SECS,
+            "s",
+        )?;
+        within(
+            "admin.audit_file_max_mb",
+            self.admin.audit_file_max_mb,
+            1,
+            MAX_AUDIT_FILE_MB,
+            "MiB",
+        )?;
+        within(
+            "admin.audit_files_kept",
+            self.admin.audit_files_kept as u64,
+            0,
+            MAX_AUDIT_FILES,
+            "files",
+        )?;
+        within(
+            "storage.max_size_mb",
+            self.storage.max_size_mb,
+            0,
+            MAX_STORE_MB,
+            "MiB",
+        )?;
+        within(
+            "log.refusals_per_second",
+            u64::from(self.log.refusals_per_second),
+            1,
+            MAX_RATE,
+            "per second",
+        )?;
         match (
             self.tls.server_cert.is_empty(),
             self.tls.server_key.is_empty(),
@@ -249,12 +321,6 @@ impl Settings {
                 "must not be empty when tls.server_cert is empty",
             ));
         }
-        if self.admin.timestamp_window_secs == 0 {
-            return Err(invalid(
-                "admin.timestamp_window_secs",
-                "must be greater than 0",
-            ));
-        }
         for (i, key) in self.admin.access_keys.iter().enumerate() {
             let at = |field: &str| format!("admin.access_keys[{i}].{field}");
             if key.id.trim().is_empty() {
@@ -274,12 +340,13 @@ impl Settings {
             }
         }
         for (action, rate) in &self.admin.rate_limits {
-            if *rate == 0 {
-                return Err(invalid(
-                    format!("admin.rate_limits.{action}"),
-                    "must be at least 1 call per second",
-                ));
-            }
+            within(
+                &format!("admin.rate_limits.{action}"),
+                u64::from(*rate),
+                1,
+                MAX_RATE,
+                "calls per second",
+            )?;
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty (e.g. \"info\")"));
@@ -317,6 +384,32 @@ impl Settings {
 
     pub fn timestamp_window(&self) -> Duration {
         Duration::from_secs(self.admin.timestamp_window_secs)
+    }
+}
+
+/// Upper bounds of the duration and size keys: far beyond any sensible
+/// setting, and small enough that no deadline or size computed from them
+/// overflows.
+const MAX_STAGE_TIMEOUT_MS: u64 = 3_600_000;
+const MAX_DROP_TIMEOUT_MS: u64 = 600_000;
+const MAX_CONNECTIONS: u64 = 10_000_000;
+const MAX_RATE: u64 = 1_000_000;
+const MAX_SESSION_CACHE: u64 = 10_000_000;
+const MAX_TIMESTAMP_WINDOW_SECS: u64 = 86_400;
+const MAX_AUDIT_FILE_MB: u64 = 4_096;
+const MAX_AUDIT_FILES: u64 = 1_000;
+/// 16 TiB, SQLite's own limit with its default page size.
+const MAX_STORE_MB: u64 = 16 * 1024 * 1024;
+
+/// `value` must lie in `min..=max` (in `unit`).
+fn within(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("is {value}; it must be from {min} to {max} ({unit})"),
+        ))
     }
 }
 
@@ -415,6 +508,106 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("admin.access_keys[0].secret"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes_have_upper_bounds() {
+        // Each of these would overflow a deadline or a size computation if
+        // it got through (e.g. Instant::now() + u64::MAX ms).
+        let huge = u64::MAX.to_string();
+        for (var, key, limit) in [
+            (
+                "CERTMQ__MQTT__FIRST_BYTE_TIMEOUT_MS",
+                "mqtt.first_byte_timeout_ms",
+                "3600000",
+            ),
+            (
+                "CERTMQ__MQTT__HANDSHAKE_TIMEOUT_MS",
+                "mqtt.handshake_timeout_ms",
+                "3600000",
+            ),
+            (
+                "CERTMQ__MQTT__CONNECT_TIMEOUT_MS",
+                "mqtt.connect_timeout_ms",
+                "3600000",
+            ),
+            (
+                "CERTMQ__MQTT__SEND_TIMEOUT_MS",
+                "mqtt.send_timeout_ms",
+                "3600000",
+            ),
+            (
+                "CERTMQ__MQTT__DROP_TIMEOUT_MS",
+                "mqtt.drop_timeout_ms",
+                "600000",
+            ),
+            (
+                "CERTMQ__MQTT__MAX_CONNECTIONS",
+                "mqtt.max_connections",
+                "10000000",
+            ),
+            (
+                "CERTMQ__ADMIN__TIMESTAMP_WINDOW_SECS",
+                "admin.timestamp_window_secs",
+                "86400",
+            ),
+            (
+                "CERTMQ__ADMIN__AUDIT_FILE_MAX_MB",
+                "admin.audit_file_max_mb",
+                "4096",
+            ),
+            (
+                "CERTMQ__ADMIN__AUDIT_FILES_KEPT",
+                "admin.audit_files_kept",
+                "1000",
+            ),
+            (
+                "CERTMQ__STORAGE__MAX_SIZE_MB",
+                "storage.max_size_mb",
+                "16777216",
+            ),
+            (
+                "CERTMQ__TLS__SESSION_CACHE_SIZE",
+                "tls.session_cache_size",
+                "10000000",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(var, &huge)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(limit), "{var}: {err}");
+        }
+        for (var, key) in [
+            (
+                "CERTMQ__MQTT__CONNECTIONS_PER_SECOND_PER_IP",
+                "mqtt.connections_per_second_per_ip",
+            ),
+            (
+                "CERTMQ__LOG__REFUSALS_PER_SECOND",
+                "log.refusals_per_second",
+            ),
+            (
+                "CERTMQ__ADMIN__RATE_LIMITS__DEFAULT",
+                "admin.rate_limits.default",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(var, "4000000000")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("1000000"), "{var}: {err}");
+        }
+        // The largest allowed values load, and their durations add to now.
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("CERTMQ__MQTT__CONNECT_TIMEOUT_MS", "3600000"),
+                ("CERTMQ__MQTT__HANDSHAKE_TIMEOUT_MS", "3600000"),
+                ("CERTMQ__ADMIN__TIMESTAMP_WINDOW_SECS", "86400"),
+            ]),
+        )
+        .unwrap();
+        let _ = std::time::Instant::now() + s.connect_timeout();
+        let _ = std::time::SystemTime::now() + s.timestamp_window();
     }
 
     #[test]

@@ -103,8 +103,17 @@ async fn connection(
             return;
         }
     };
-    let handshake =
-        tokio::time::timeout(ctx.settings.handshake_timeout(), acceptor.accept(tcp)).await;
+    // Both deadlines count from accept: a client that trickles its first
+    // byte in late does not get a longer handshake for it.
+    let accepted = tokio::time::Instant::now();
+    if !first_byte(&ctx, &tcp, peer).await {
+        return;
+    }
+    let handshake = tokio::time::timeout_at(
+        accepted + ctx.settings.handshake_timeout(),
+        acceptor.accept(tcp),
+    )
+    .await;
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -144,6 +153,32 @@ async fn connection(
             refused(&ctx, peer, &refusal, verifier.presented());
             drop(stream);
             drop(guard);
+        }
+    }
+}
+
+/// Waits (within `mqtt.first_byte_timeout_ms`) for the client's first
+/// byte: a socket that sends nothing holds a connection slot for that long
+/// at most, not for the whole handshake timeout. `false`: it is closed.
+async fn first_byte(ctx: &Context, tcp: &TcpStream, peer: SocketAddr) -> bool {
+    let mut byte = [0u8; 1];
+    let wait = ctx
+        .settings
+        .first_byte_timeout()
+        .min(ctx.settings.handshake_timeout());
+    match tokio::time::timeout(wait, tcp.peek(&mut byte)).await {
+        Ok(Ok(n)) if n > 0 => true,
+        Ok(Ok(_)) => false, // closed before saying anything
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection failed before its first byte");
+            false
+        }
+        Err(_) => {
+            ctx.metrics.handshake_refused("first_byte_timeout");
+            if let Some(suppressed) = ctx.refusal_log.admit() {
+                info!(%peer, reason = "no byte within mqtt.first_byte_timeout_ms", suppressed, "connection closed");
+            }
+            false
         }
     }
 }

@@ -64,7 +64,7 @@ async fn stalled_connections_are_closed_and_keep_no_device_out() {
     let ca = Ca::new("fleet CA");
     let tb = support::start_with(&[&ca], |s| {
         s.mqtt.max_connections = 2000;
-        s.mqtt.first_byte_timeout_ms = 1500;
+        s.mqtt.first_byte_timeout_ms = 500;
         s.mqtt.handshake_timeout_ms = 3000;
     })
     .await;
@@ -106,12 +106,23 @@ async fn stalled_connections_are_closed_and_keep_no_device_out() {
         }
     }
     assert_eq!(open, 0, "stalled connections still open");
+    // The silent ones by mqtt.first_byte_timeout_ms, the ones that stopped
+    // mid-handshake by mqtt.handshake_timeout_ms.
     let metrics = scrape(&tb).await;
-    assert!(
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"certmq_handshakes_refused_total{reason="first_byte_timeout"}"#
+        ),
+        1000.0,
+        "{metrics}"
+    );
+    assert_eq!(
         metric(
             &metrics,
             r#"certmq_handshakes_refused_total{reason="timeout"}"#
-        ) >= 1000.0,
+        ),
+        200.0,
         "{metrics}"
     );
     // The legitimate session outlived them all.
