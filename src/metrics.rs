@@ -26,6 +26,7 @@ pub struct Metrics {
     admin_latency: HistogramVec,
     messages_in: IntCounter,
     messages_out: IntCounter,
+    audit_failures: IntCounter,
     registry_cas: IntGauge,
     registry_devices: IntGauge,
 }
@@ -175,6 +176,11 @@ impl Metrics {
                 "certmq_messages_sent_total",
                 "PUBLISH packets sent to clients.",
             ),
+            audit_failures: counter(
+                r,
+                "certmq_audit_write_failures_total",
+                "Admin calls whose audit record could not be written to audit.jsonl (see the error log).",
+            ),
             registry_cas: gauge(r, "certmq_registry_cas", "Registered CA certificates."),
             registry_devices: gauge(
                 r,
@@ -229,6 +235,10 @@ impl Metrics {
         self.admin_latency
             .with_label_values(&[action])
             .observe(seconds);
+    }
+
+    pub(crate) fn audit_failed(&self) {
+        self.audit_failures.inc();
     }
 
     /// The PUBLISH counters (received, sent), for a session to bump as it

@@ -1,9 +1,31 @@
-//! The audit trail: one structured record per mutating admin call, to the
-//! `certmq::audit` log target, whatever its outcome.
+//! The audit trail: one record per state-changing admin call, whatever its
+//! outcome (refused signatures included).
+//!
+//! Records go to an append-only JSON-lines file, `audit.jsonl` in
+//! `storage.data_dir`, written by a thread of its own (file I/O never runs
+//! on an async worker). A call is answered only once its record is in the
+//! file, so the trail cannot lag behind what operators were told; the
+//! log level has no say in it. The same record also goes to the
+//! `certmq::audit` log target, for log collectors.
+//!
+//! Rotation by size: once `audit.jsonl` would pass `admin.audit_file_max_mb`
+//! it becomes `audit.jsonl.1` (older ones shift to `.2`, ...), and the
+//! oldest beyond `admin.audit_files_kept` is deleted.
 
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
 use super::rpc::RpcRequest;
+
+/// The audit file's name in the data directory.
+pub const FILE_NAME: &str = "audit.jsonl";
 
 /// The parameters that name what a call acted on.
 const TARGETS: [&str; 6] = [
@@ -15,6 +37,18 @@ const TARGETS: [&str; 6] = [
     "MqttInstanceId",
 ];
 
+/// Why the audit file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit file {path}: {source} (check storage.data_dir and its permissions)")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the audit writer thread has stopped")]
+    WriterGone,
+}
+
 pub struct AuditRecord<'a> {
     pub req: &'a RpcRequest,
     pub action: &'a str,
@@ -22,29 +56,261 @@ pub struct AuditRecord<'a> {
     pub account: Option<&'a str>,
     /// `Success`, or the error code answered.
     pub code: &'a str,
+    /// The error message answered, if any.
+    pub message: Option<String>,
     pub duration: Duration,
 }
 
-pub fn write(record: AuditRecord<'_>) {
-    let targets = TARGETS
-        .iter()
-        .filter_map(|name| {
-            record
-                .req
-                .param(name)
-                .map(|v| format!("{name}={}", v.chars().take(128).collect::<String>()))
+impl AuditRecord<'_> {
+    fn to_json(&self) -> Value {
+        let targets: Map<String, Value> = TARGETS
+            .iter()
+            .filter_map(|name| {
+                let value = self.req.param(name)?;
+                Some((
+                    (*name).to_owned(),
+                    Value::String(value.chars().take(128).collect()),
+                ))
+            })
+            .collect();
+        let time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        json!({
+            "time": time,
+            "request_id": self.req.request_id,
+            "access_key_id": self.access_key_id,
+            "account": self.account,
+            "action": self.action.chars().take(64).collect::<String>(),
+            "targets": targets,
+            "code": self.code,
+            "message": self.message,
+            "duration_ms": self.duration.as_secs_f64() * 1000.0,
         })
-        .collect::<Vec<_>>()
-        .join(" ");
-    tracing::info!(
-        target: "certmq::audit",
-        request_id = %record.req.request_id,
-        access_key_id = record.access_key_id.unwrap_or("-"),
-        account = record.account.unwrap_or("-"),
-        action = record.action,
-        targets = %targets,
-        code = record.code,
-        duration_ms = record.duration.as_secs_f64() * 1000.0,
-        "admin call"
-    );
+    }
+}
+
+type Job = (String, oneshot::Sender<Result<(), String>>);
+
+/// The audit file and its writer thread.
+pub struct AuditLog {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens (or creates, mode 0600) `audit.jsonl` in `dir`, rotated past
+    /// `max_bytes` with `kept` older files.
+    pub fn open(dir: &Path, max_bytes: u64, kept: usize) -> Result<AuditLog, AuditError> {
+        let path = dir.join(FILE_NAME);
+        let mut file = Rotating {
+            file: open_append(&path)?,
+            size: 0,
+            path: path.clone(),
+            max_bytes: max_bytes.max(1),
+            kept,
+        };
+        file.size = file
+            .file
+            .metadata()
+            .map_err(|source| AuditError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("certmq-audit".into())
+            .spawn(move || {
+                for (line, done) in queue {
+                    let _ = done.send(file.append(&line).map_err(|e| e.to_string()));
+                }
+            })
+            .map_err(|source| AuditError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(AuditLog { jobs, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one record and waits until it is in the file.
+    pub async fn write(&self, record: AuditRecord<'_>) -> Result<(), AuditError> {
+        let json = record.to_json();
+        tracing::info!(
+            target: "certmq::audit",
+            request_id = %record.req.request_id,
+            access_key_id = record.access_key_id.unwrap_or("-"),
+            account = record.account.unwrap_or("-"),
+            action = record.action,
+            targets = %json["targets"],
+            code = record.code,
+            duration_ms = record.duration.as_secs_f64() * 1000.0,
+            "admin call"
+        );
+        let (done, written) = oneshot::channel();
+        self.jobs
+            .send((json.to_string(), done))
+            .map_err(|_| AuditError::WriterGone)?;
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(AuditError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(reason),
+            }),
+            Err(_) => Err(AuditError::WriterGone),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The current audit file, owned by the writer thread.
+struct Rotating {
+    file: File,
+    size: u64,
+    path: PathBuf,
+    max_bytes: u64,
+    kept: usize,
+}
+
+impl Rotating {
+    fn append(&mut self, line: &str) -> Result<(), AuditError> {
+        let len = line.len() as u64 + 1;
+        if self.size > 0 && self.size + len > self.max_bytes {
+            self.rotate()?;
+        }
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        // One write of a whole line to a file opened for appending.
+        self.file
+            .write_all(&bytes)
+            .map_err(|source| self.io(source))?;
+        self.size += len;
+        Ok(())
+    }
+
+    /// `audit.jsonl` -> `.1` -> `.2` ... ; the one past `kept` is removed.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if self.kept == 0 {
+            fs::remove_file(&self.path).map_err(|source| self.io(source))?;
+        } else {
+            let _ = fs::remove_file(numbered(self.kept));
+            for n in (1..self.kept).rev() {
+                let from = numbered(n);
+                if from.exists() {
+                    fs::rename(&from, numbered(n + 1)).map_err(|source| self.io(source))?;
+                }
+            }
+            fs::rename(&self.path, numbered(1)).map_err(|source| self.io(source))?;
+        }
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+
+    fn io(&self, source: std::io::Error) -> AuditError {
+        AuditError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn request(device_sn: &str) -> RpcRequest {
+        let query = format!("Action=InactivateDeviceCertificate&DeviceSn={device_sn}");
+        RpcRequest::parse("POST", "/", Some(&query), HeaderMap::new(), Vec::new(), "h").unwrap()
+    }
+
+    async fn write(log: &AuditLog, req: &RpcRequest) {
+        log.write(AuditRecord {
+            req,
+            action: "InactivateDeviceCertificate",
+            access_key_id: Some("LTAI1"),
+            account: Some("acct"),
+            code: "Success",
+            message: None,
+            duration: Duration::from_millis(3),
+        })
+        .await
+        .unwrap();
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn records_are_json_lines_in_the_file_before_write_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), 1 << 20, 2).unwrap();
+        let req = request("AB01");
+        write(&log, &req).await;
+        let records = lines(&dir.path().join(FILE_NAME));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["request_id"], req.request_id.as_str());
+        assert_eq!(records[0]["targets"]["DeviceSn"], "AB01");
+        assert_eq!(records[0]["code"], "Success");
+        let mode = fs::metadata(dir.path().join(FILE_NAME)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        // Reopening appends.
+        drop(log);
+        let log = AuditLog::open(dir.path(), 1 << 20, 2).unwrap();
+        write(&log, &request("AB02")).await;
+        assert_eq!(lines(&dir.path().join(FILE_NAME)).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rotation_by_size_keeps_the_configured_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // About three records per file.
+        let log = AuditLog::open(dir.path(), 900, 2).unwrap();
+        for i in 0..20 {
+            write(&log, &request(&format!("{i:04X}"))).await;
+        }
+        let current = lines(&dir.path().join(FILE_NAME));
+        let one = lines(&dir.path().join(format!("{FILE_NAME}.1")));
+        let two = lines(&dir.path().join(format!("{FILE_NAME}.2")));
+        assert!(!dir.path().join(format!("{FILE_NAME}.3")).exists());
+        assert!(!current.is_empty() && !one.is_empty() && !two.is_empty());
+        for file in [FILE_NAME.to_owned(), format!("{FILE_NAME}.1")] {
+            assert!(fs::metadata(dir.path().join(file)).unwrap().len() <= 900);
+        }
+        // The newest record is last in the current file; order is kept
+        // across the files.
+        let all: Vec<&Value> = two.iter().chain(&one).chain(&current).collect();
+        let sns: Vec<&str> = all
+            .iter()
+            .map(|r| r["targets"]["DeviceSn"].as_str().unwrap())
+            .collect();
+        let mut sorted = sns.clone();
+        sorted.sort();
+        assert_eq!(sns, sorted);
+        assert_eq!(*sns.last().unwrap(), "0013");
+    }
 }

@@ -19,6 +19,7 @@ pub mod rpc;
 pub mod sign;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,26 +34,47 @@ use axum::routing::{any, get};
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::Context;
 use crate::config::{ConfigError, Settings};
-use auth::{Authenticator, Caller};
+use audit::AuditLog;
+use auth::{Authenticated, Authenticator};
 use ops::Operation;
 use ratelimit::RateLimits;
 use rpc::{ApiError, RpcRequest};
 
-/// The admin API's own state: who may call, and how often.
+/// Why the admin API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+}
+
+/// The admin API's own state: who may call, how often, and the audit trail.
 pub struct AdminApi {
     auth: Authenticator,
     limits: RateLimits,
+    audit: AuditLog,
 }
 
 impl AdminApi {
-    pub fn new(settings: &Settings, keys: Vec<auth::AccessKey>) -> Result<Self, ConfigError> {
+    /// `data_dir` holds the audit file.
+    pub fn new(
+        settings: &Settings,
+        keys: Vec<auth::AccessKey>,
+        data_dir: &Path,
+    ) -> Result<Self, AdminError> {
         Ok(AdminApi {
             auth: Authenticator::new(keys, settings.timestamp_window()),
             limits: RateLimits::new(&settings.admin.rate_limits)?,
+            audit: AuditLog::open(
+                data_dir,
+                settings.admin.audit_file_max_mb * 1024 * 1024,
+                settings.admin.audit_files_kept,
+            )?,
         })
     }
 }
@@ -116,7 +138,12 @@ async fn handle(
     let mut caller = None;
     let outcome = call(&state, &req, &mut caller).await;
 
-    let op = req.action().and_then(Operation::from_name);
+    // What ran, if the signature checked out; else what the request claimed.
+    let action = caller
+        .as_ref()
+        .map(|a: &Authenticated| a.action.as_str())
+        .or(req.claimed_action());
+    let op = action.and_then(Operation::from_name);
     state.ctx.metrics.admin_call(
         op.map_or("unknown", Operation::name),
         outcome.as_ref().map_or_else(|e| e.code(), |_| "Success"),
@@ -124,22 +151,29 @@ async fn handle(
     );
     if op.is_some_and(Operation::is_mutating) {
         let claimed = Authenticator::claimed_key_id(&req);
-        audit::write(audit::AuditRecord {
+        let written = state.api.audit.write(audit::AuditRecord {
             req: &req,
-            action: req.action().unwrap_or_default(),
+            action: action.unwrap_or_default(),
             access_key_id: caller
                 .as_ref()
-                .map(|c: &Caller| c.access_key_id.as_str())
+                .map(|a| a.caller.access_key_id.as_str())
                 .or(claimed.as_deref()),
-            account: caller.as_ref().map(|c| c.account.as_str()),
+            account: caller.as_ref().map(|a| a.caller.account.as_str()),
             code: outcome.as_ref().map_or_else(|e| e.code(), |_| "Success"),
+            message: outcome.as_ref().err().map(ToString::to_string),
             duration: started.elapsed(),
         });
+        if let Err(e) = written.await {
+            // The change itself is done (or refused); the answer says so.
+            // A trail that cannot be written is an operator's emergency.
+            state.ctx.metrics.audit_failed();
+            error!(request_id = %req.request_id, error = %e, "audit record not written");
+        }
     }
     match outcome {
         Ok(fields) => req.ok(fields),
         Err(error) => {
-            debug!(request_id = %req.request_id, action = ?req.action(), code = error.code(), message = %error, "admin call failed");
+            debug!(request_id = %req.request_id, action = ?action, code = error.code(), message = %error, "admin call failed");
             req.error(&error)
         }
     }
@@ -167,31 +201,38 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready to serve: the listeners are bound (they are, once this answers)
-/// and the registry store accepts writes.
+/// Ready to serve: the listeners are bound (they are, once this answers),
+/// the router and the store writer run, and nothing vital has stopped.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.ctx.registry.store_healthy() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    let not_ready = |why: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the registry store is not available\n",
+            format!("not ready: {why}\n"),
         )
             .into_response()
+    };
+    if let Some(failure) = state.ctx.health.failure() {
+        return not_ready(failure.to_owned());
     }
+    if let Err(down) = state.ctx.router.health() {
+        return not_ready(down.to_string());
+    }
+    if !state.ctx.registry.store_healthy() {
+        return not_ready("the registry store is not available".into());
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 /// Authenticate, authorize, rate-limit, run.
 async fn call(
     state: &AdminState,
     req: &RpcRequest,
-    caller_slot: &mut Option<Caller>,
+    authenticated: &mut Option<Authenticated>,
 ) -> Result<Map<String, Value>, ApiError> {
-    let (caller, _scheme) = state.api.auth.authenticate(req)?;
-    let caller = caller_slot.insert(caller);
-    let action = req.action().ok_or(ApiError::MissingAction)?;
-    let op = Operation::from_name(action)
-        .ok_or_else(|| ApiError::UnknownAction(action.chars().take(64).collect()))?;
+    let signed = authenticated.insert(state.api.auth.authenticate(req)?);
+    let op = Operation::from_name(&signed.action)
+        .ok_or_else(|| ApiError::UnknownAction(signed.action.chars().take(64).collect()))?;
+    let caller = &signed.caller;
     authz::authorize(caller, op)?;
     state.api.limits.check(op, &caller.account)?;
     ops::run(&state.ctx, caller, op, req).await
