@@ -32,6 +32,7 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fuzzing;
+pub mod health;
 pub mod identity;
 pub mod instance;
 mod listener;
@@ -88,6 +89,8 @@ pub enum StartError {
     Registry(#[from] registry::RegistryError),
     #[error(transparent)]
     AccessKeys(#[from] admin::keys::KeyError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -105,6 +108,8 @@ pub(crate) struct Context {
     pub(crate) router: RouterHandle,
     pub(crate) tls: TlsContext,
     pub(crate) metrics: Metrics,
+    /// Whether a component the broker cannot run without has stopped.
+    pub(crate) health: health::Health,
     /// Refused handshakes are logged at most this often.
     pub(crate) refusal_log: log_limit::LogLimiter,
 }
@@ -145,7 +150,7 @@ impl Broker {
         );
         let instance = Instance::new(&settings, registration_code);
         let keys = admin::keys::load(&settings)?;
-        let admin_api = admin::AdminApi::new(&settings, keys.keys)?;
+        let admin_api = admin::AdminApi::new(&settings, keys.keys, &settings.storage.data_dir)?;
         if let Some(path) = &keys.generated_file {
             info!(file = %path.display(), "admin API access key (generated for instance.owner)");
         }
@@ -183,19 +188,36 @@ impl Broker {
             router,
             tls,
             metrics: Metrics::new(),
+            health: health::Health::default(),
             refusal_log: log_limit::LogLimiter::new(refusals_per_second),
         });
         let shutdown = CancellationToken::new();
+        let health = ctx.health.clone();
         let tasks = vec![
-            tokio::spawn(listener::serve(mqtt, ctx.clone(), shutdown.clone())),
             tokio::spawn({
+                let vital = health.vital("MQTT listener", shutdown.clone());
                 let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
                 async move {
+                    let _vital = vital;
+                    listener::serve(mqtt, ctx, shutdown).await
+                }
+            }),
+            tokio::spawn({
+                let vital = health.vital("admin API listener", shutdown.clone());
+                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                async move {
+                    let _vital = vital;
                     if let Err(e) = admin::serve(admin, ctx, admin_api, shutdown).await {
                         warn!(error = %e, "admin API failed");
                     }
                 }
             }),
+            tokio::spawn(health::watch(
+                health,
+                ctx.router.clone(),
+                ctx.registry.clone(),
+                shutdown.clone(),
+            )),
         ];
         info!(mqtt = %mqtt_addr, admin = %admin_addr, cas = ctx.registry.ca_count(), "certmq started");
         Ok(Broker {
@@ -236,6 +258,20 @@ impl Broker {
 
     pub fn settings(&self) -> &Settings {
         &self.ctx.settings
+    }
+
+    /// Batches of client packets waiting for the router (see
+    /// [`router::FEED_BATCHES`]).
+    pub fn router_backlog(&self) -> usize {
+        self.ctx.router.backlog()
+    }
+
+    /// Resolves when a component the broker cannot run without (the
+    /// router, the store writer, a listener) has stopped, with what
+    /// stopped. The broker is then of no use: shut it down and exit
+    /// non-zero, so that a supervisor restarts it.
+    pub async fn failed(&self) -> String {
+        self.ctx.health.failed().await
     }
 
     /// Re-reads the server certificate and key files: new handshakes use

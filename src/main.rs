@@ -368,19 +368,24 @@ fn serve(config: Option<&Path>, log_format: Option<LogFormatArg>) -> Result<()> 
         let mut stop = std::pin::pin!(stop);
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
-        loop {
+        let failure = loop {
             tokio::select! {
-                _ = &mut stop => break,
+                _ = &mut stop => break None,
+                why = broker.failed() => break Some(why),
                 _ = hangup.recv() => {
                     if let Err(e) = broker.reload_server_cert() {
                         tracing::error!(error = %e, "server certificate not reloaded; the previous one stays in use");
                     }
                 }
             }
-        }
+        };
         tracing::info!("shutting down");
         broker.shutdown().await;
-        Ok(())
+        match failure {
+            // Non-zero, so that systemd (Restart=on-failure) starts it again.
+            Some(why) => anyhow::bail!("stopped because {why}"),
+            None => Ok(()),
+        }
     })
 }
 
