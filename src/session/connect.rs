@@ -78,7 +78,9 @@ pub fn accept_connect(packet: Packet, version: Version) -> Result<ConnectRequest
     Ok(ConnectRequest {
         client_id,
         assigned_client_id: assigned,
-        clean_session: connect.clean_session,
+        // A generated id is known to this connection alone: a session kept
+        // under it would be state nobody can come back for. It is clean.
+        clean_session: connect.clean_session || assigned,
         keep_alive_secs: connect.keep_alive,
         topic_alias_max,
         will: will.map(|w| will_packet(w, will_props)),

@@ -84,10 +84,16 @@ impl Exit {
         })
     }
 
-    /// Whether the client's will is published (every end but a normal
-    /// DISCONNECT).
+    /// Whether the client's will is published: on every end but a normal
+    /// DISCONNECT and an administrative drop. A device cut off by an
+    /// operator (inactivated, deleted, its CA inactivated or deleted, or
+    /// kicked) has lost its voice: a stolen device's last word must not
+    /// reach the fleet after the admin call answered.
     fn publishes_will(&self) -> bool {
-        !matches!(self, Exit::ClientDisconnect { with_will: false })
+        !matches!(
+            self,
+            Exit::ClientDisconnect { with_will: false } | Exit::Killed(DropReason::Administrative)
+        )
     }
 }
 
@@ -515,9 +521,8 @@ where
         self.codec.as_ref().map(Codec::version)
     }
 
-    /// Says goodbye, closes the socket, leaves the session table, and only
-    /// then closes the router link (publishing the will if due), so that
-    /// whoever waits for the close is not kept waiting by the router.
+    /// Says goodbye, closes the socket, closes the router link (publishing
+    /// the will if due), and leaves the session table.
     async fn finish(mut self, exit: Exit, link: Option<Link>, will: Option<Packet>) {
         if self.connacked && self.version() == Some(Version::V5) {
             if let Some(reason_code) = exit.reason_code() {
@@ -535,6 +540,11 @@ where
             }
         }
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.stream.shutdown()).await;
+        // However the loop ended (the client may have closed its socket in
+        // the same moment), a session an operator dropped leaves no will.
+        let will = will.filter(|_| {
+            exit.publishes_will() && self.guard.drop_reason() != Some(DropReason::Administrative)
+        });
         let Session {
             stream,
             guard,
@@ -542,6 +552,13 @@ where
             ..
         } = self;
         drop(stream);
+        // The router hears of the close (a non-blocking hand-over to its
+        // feeder) before the table entry goes: whoever waits for this
+        // session to close and then reuses its client id finds it gone from
+        // the router too (see `RouterHandle::link`).
+        if let Some(link) = link {
+            link.close(will).await;
+        }
         let identity = guard.identity();
         drop(guard);
         match &exit {
@@ -550,10 +567,6 @@ where
                 debug!(%peer, device = %identity, %exit, "session ended by the client")
             }
             other => info!(%peer, device = %identity, exit = %other, "session closed"),
-        }
-        if let Some(link) = link {
-            let will = will.filter(|_| exit.publishes_will());
-            link.close(will).await;
         }
     }
 }

@@ -201,6 +201,73 @@ impl SessionTable {
         wait_all(self.kill_device(identity, reason), timeout).await
     }
 
+    /// Releases the client ids a device's certificate owns without a live
+    /// session (persistent sessions it left behind), once it has lost its
+    /// access: an inactivated or deleted certificate keeps no claim.
+    /// `forget` runs for each before it is freed (it discards the router's
+    /// stored session, so that the next owner inherits nothing); the id
+    /// stays claimed until `forget` returns, and for good if it returns
+    /// `false` (then the router still holds the session: releasing the id
+    /// would hand it to whoever claims it next). Returns how many were
+    /// freed.
+    pub async fn release_device<F, Fut>(&self, identity: &DeviceIdentity, forget: F) -> usize
+    where
+        F: Fn(Arc<str>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        self.release_where(|owner| owner == identity, forget).await
+    }
+
+    /// [`SessionTable::release_device`] for every device of a CA.
+    pub async fn release_ca<F, Fut>(&self, ca_sn: &CaSn, forget: F) -> usize
+    where
+        F: Fn(Arc<str>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        self.release_where(|owner| owner.ca_sn == *ca_sn, forget)
+            .await
+    }
+
+    async fn release_where<F, Fut>(
+        &self,
+        owned: impl Fn(&DeviceIdentity) -> bool,
+        forget: F,
+    ) -> usize
+    where
+        F: Fn(Arc<str>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let unheld: Vec<Arc<str>> = self
+            .shared
+            .by_client
+            .iter()
+            .filter(|e| e.holder.is_none() && owned(&e.owner))
+            .map(|e| e.key().clone())
+            .collect();
+        let mut released = 0;
+        for client_id in unheld {
+            if !forget(client_id.clone()).await {
+                continue;
+            }
+            // Only if still unheld: the owner cannot have come back (it has
+            // no access), but be exact about it.
+            if self
+                .shared
+                .by_client
+                .remove_if(&client_id, |_, e| e.holder.is_none() && owned(&e.owner))
+                .is_some()
+            {
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Client ids claimed now, live or by a persistent session.
+    pub fn claimed_client_ids(&self) -> usize {
+        self.shared.by_client.len()
+    }
+
     /// Live sessions of a device.
     pub fn sessions_of(&self, identity: &DeviceIdentity) -> usize {
         self.shared.by_device.get(identity).map_or(0, |s| s.len())
@@ -397,5 +464,35 @@ mod tests {
         again.claim_client_id("c", false).unwrap();
         drop(again);
         assert!(intruder.claim_client_id("c", false).is_ok());
+    }
+
+    #[tokio::test]
+    async fn losing_access_releases_persistent_claims_after_forgetting_them() {
+        let table = SessionTable::new();
+        let mut a = table.register(identity(1));
+        a.claim_client_id("kept", true).unwrap();
+        let mut live = table.register(identity(1));
+        live.claim_client_id("live", true).unwrap();
+        let mut other = table.register(identity(2));
+        other.claim_client_id("theirs", true).unwrap();
+        drop(a);
+        drop(other);
+        assert_eq!(table.claimed_client_ids(), 3);
+        let forgotten = std::sync::Mutex::new(Vec::new());
+        let released = table
+            .release_device(&identity(1), |id| {
+                // Still claimed while the router forgets it.
+                assert!(table.shared.by_client.contains_key(&id));
+                forgotten.lock().unwrap().push(id.to_string());
+                async { true }
+            })
+            .await;
+        assert_eq!(released, 1);
+        assert_eq!(*forgotten.lock().unwrap(), ["kept"]);
+        // A live session's claim and another device's stay.
+        assert_eq!(table.claimed_client_ids(), 2);
+        let mut intruder = table.register(identity(3));
+        assert!(intruder.claim_client_id("kept", true).is_ok());
+        assert!(intruder.claim_client_id("theirs", true).is_err());
     }
 }

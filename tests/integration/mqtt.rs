@@ -31,14 +31,19 @@ async fn will_is_published_when_a_session_ends_abnormally() {
         .unwrap();
         client.disconnect().await;
         watcher.expect_quiet(Duration::from_millis(300)).await;
-        // ...an inactivation (the server closes the session) publishes it.
-        let _client = connect_with(tb.port(), tls, "willing", version, |o| {
+        // ...a session the broker ends (here: taken over by a new
+        // connection) publishes it. (An operator's drop does not: see
+        // hardening.rs.)
+        let _client = connect_with(tb.port(), tls.clone(), "willing", version, |o| {
             o.will = Some((will_topic.clone(), b"offline".to_vec()))
         })
         .await
         .unwrap();
-        tb.inactivate(&device).await;
+        let _successor = connect_with(tb.port(), tls, "willing", version, |_| {})
+            .await
+            .unwrap();
         assert_eq!(watcher.expect_publish(&topic).await, b"offline");
+        tb.inactivate(&device).await;
     }
 }
 

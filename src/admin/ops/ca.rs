@@ -138,6 +138,14 @@ async fn drop_ca_sessions(ctx: &Context, sn: &CaSn, done: &str) -> Result<usize,
         .map_err(|e| ApiError::Internal(format!("{done} but {e}; retry the call")))
 }
 
+/// Frees the client ids the CA's devices' persistent sessions claimed
+/// (see `device::release_client_ids`).
+async fn release_ca_client_ids(ctx: &Context, sn: &CaSn) -> usize {
+    ctx.sessions
+        .release_ca(sn, |client_id| super::forget_session(ctx, client_id))
+        .await
+}
+
 /// ActiveCaCertificate: the CA's devices are admitted again; their own
 /// statuses are unchanged.
 pub(super) async fn activate(
@@ -165,7 +173,8 @@ pub(super) async fn inactivate(
         .await
         .map_err(not_found)?;
     let dropped = drop_ca_sessions(ctx, &sn, "the CA is inactive").await?;
-    info!(request_id = %req.request_id, ca_sn = %sn, dropped, "CA certificate inactivated");
+    let released = release_ca_client_ids(ctx, &sn).await;
+    info!(request_id = %req.request_id, ca_sn = %sn, dropped, released, "CA certificate inactivated");
     Ok(sn_answer(&sn))
 }
 
@@ -178,6 +187,7 @@ pub(super) async fn delete(
     let sn = ca_sn(req)?;
     let devices = ctx.registry.delete_ca(&sn).await.map_err(not_found)?;
     let dropped = drop_ca_sessions(ctx, &sn, "the CA is deleted").await?;
-    info!(request_id = %req.request_id, ca_sn = %sn, devices, dropped, "CA certificate deleted");
+    let released = release_ca_client_ids(ctx, &sn).await;
+    info!(request_id = %req.request_id, ca_sn = %sn, devices, dropped, released, "CA certificate deleted");
     Ok(sn_answer(&sn))
 }

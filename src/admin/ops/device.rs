@@ -107,6 +107,15 @@ async fn drop_sessions(
         .map_err(|e| ApiError::Internal(format!("{done} but {e}; retry the call")))
 }
 
+/// Frees the client ids the device's persistent sessions claimed, with
+/// what the router kept for them: a certificate without access keeps no
+/// session, and whoever takes the id next inherits nothing.
+async fn release_client_ids(ctx: &Context, identity: &DeviceIdentity) -> usize {
+    ctx.sessions
+        .release_device(identity, |client_id| super::forget_session(ctx, client_id))
+        .await
+}
+
 /// InactivateDeviceCertificate: the device's sessions are closed and its
 /// handshakes refused before this answers.
 pub(super) async fn inactivate(
@@ -119,7 +128,8 @@ pub(super) async fn inactivate(
         .await
         .map_err(not_found)?;
     let dropped = drop_sessions(ctx, &identity, "the device is inactive").await?;
-    info!(request_id = %req.request_id, device = %identity, dropped, "device certificate inactivated");
+    let released = release_client_ids(ctx, &identity).await;
+    info!(request_id = %req.request_id, device = %identity, dropped, released, "device certificate inactivated");
     Ok(device_sn_answer(&identity))
 }
 
@@ -150,6 +160,7 @@ pub(super) async fn delete(
         .await
         .map_err(not_found)?;
     let dropped = drop_sessions(ctx, &identity, "the device record is deleted").await?;
-    info!(request_id = %req.request_id, device = %identity, dropped, "device certificate deleted");
+    let released = release_client_ids(ctx, &identity).await;
+    info!(request_id = %req.request_id, device = %identity, dropped, released, "device certificate deleted");
     Ok(device_sn_answer(&identity))
 }

@@ -184,6 +184,19 @@ pub(crate) async fn run(
     }
 }
 
+/// Discards the router's stored session of a client id; `false` if the
+/// router could not (then the id stays claimed by its old owner, so that
+/// nobody else inherits that session).
+async fn forget_session(ctx: &Context, client_id: std::sync::Arc<str>) -> bool {
+    match ctx.router.forget(&client_id).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "the router's stored session was not discarded; the client id stays claimed");
+            false
+        }
+    }
+}
+
 /// `PageNo` (from 1, default 1) and `PageSize` (1 to 100, default 10), as
 /// `(page_no, page_size, offset)`.
 fn paging(req: &RpcRequest) -> Result<(usize, usize, usize), ApiError> {

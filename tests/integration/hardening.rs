@@ -1,0 +1,392 @@
+//! Defects found in review, one test each: the will of a device cut off by
+//! an operator, client-id claims that outlived their certificate, the
+//! audit file, a dead or saturated router.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::support::mqtt::{Ev, Version, connect, connect_with};
+use crate::support::pki::client_config;
+use crate::support::raw;
+use crate::support::{self, Ca};
+
+/// Waits until `condition` holds, at most `within`.
+async fn wait_until(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_will_after_an_administrative_drop() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let mut watcher = connect(&tb, &ca.device("watcher"), "watcher", Version::V5)
+        .await
+        .unwrap();
+    watcher.subscribe("status/#").await;
+    let instance = tb.instance();
+    for version in [Version::V4, Version::V5] {
+        let device = ca.device(&format!("stolen-{version:?}"));
+        let topic = format!("status/{version:?}");
+        let id = format!("stolen-{version:?}");
+        let tls = client_config(&tb.server_ca, Some(&device));
+        let with_will = |payload: &'static [u8]| {
+            let topic = topic.clone();
+            move |o: &mut crate::support::mqtt::Options| o.will = Some((topic, payload.to_vec()))
+        };
+        // Inactivated: no will.
+        let mut stolen = connect_with(
+            tb.port(),
+            tls.clone(),
+            &id,
+            version,
+            with_will(b"inactivated"),
+        )
+        .await
+        .unwrap();
+        tb.inactivate(&device).await;
+        stolen.expect_closed().await;
+        tb.activate(&device).await;
+        // Kicked (CloseConnection): no will either.
+        let mut kicked = connect_with(tb.port(), tls.clone(), &id, version, with_will(b"kicked"))
+            .await
+            .unwrap();
+        let (status, body) = tb
+            .admin(&[
+                ("Action", "CloseConnection"),
+                ("InstanceId", &instance),
+                ("ClientId", &id),
+            ])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        kicked.expect_closed().await;
+        // Deleted: none.
+        let mut deleted = connect_with(tb.port(), tls.clone(), &id, version, with_will(b"deleted"))
+            .await
+            .unwrap();
+        let (status, body) = tb.device_call("DeleteDeviceCertificate", &device).await;
+        assert_eq!(status, 200, "{body}");
+        deleted.expect_closed().await;
+        // A session that ends abnormally otherwise (taken over by a new
+        // connection of the same certificate) still leaves its will: it is
+        // the first will the watcher sees.
+        let _first = connect_with(
+            tb.port(),
+            tls.clone(),
+            &id,
+            version,
+            with_will(b"taken over"),
+        )
+        .await
+        .unwrap();
+        let _second = connect_with(tb.port(), tls, &id, version, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(watcher.expect_publish(&topic).await, b"taken over");
+    }
+}
+
+/// A client id stored under a persistent session of a certificate that is
+/// then inactivated (or deleted) is free again, and whoever takes it
+/// inherits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_access_releases_persistent_client_ids() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let (owner, next, publisher) = (ca.device("owner"), ca.device("next"), ca.device("pub"));
+    let publisher = connect(&tb, &publisher, "pub", Version::V4).await.unwrap();
+    for (action, version) in [
+        ("InactivateDeviceCertificate", Version::V4),
+        ("DeleteDeviceCertificate", Version::V5),
+    ] {
+        let id = format!("kept-{version:?}");
+        let topic = format!("jobs/{version:?}");
+        let persistent = |o: &mut crate::support::mqtt::Options| o.clean = false;
+        let tls = client_config(&tb.server_ca, Some(&owner));
+        let mut first = connect_with(tb.port(), tls, &id, version, persistent)
+            .await
+            .unwrap();
+        first.subscribe(&format!("{topic}/#")).await;
+        first.disconnect().await;
+        assert!(matches!(
+            first.next(Duration::from_secs(5)).await,
+            Some(Ev::Closed { .. })
+        ));
+        wait_until(Duration::from_secs(5), "the owner is offline", || {
+            !tb.broker.sessions().is_online(&id)
+        })
+        .await;
+        // Queued for the owner's stored session.
+        publisher
+            .publish(&format!("{topic}/queued"), b"for the owner", 1)
+            .await;
+        // While the owner holds the id, nobody else gets it.
+        let tls_next = client_config(&tb.server_ca, Some(&next));
+        let refused = connect_with(tb.port(), tls_next.clone(), &id, version, persistent).await;
+        assert!(
+            refused.is_err(),
+            "another certificate took a held client id"
+        );
+
+        let (status, body) = tb.device_call(action, &owner).await;
+        assert_eq!(status, 200, "{body}");
+        let mut taker = connect_with(tb.port(), tls_next, &id, version, persistent)
+            .await
+            .unwrap_or_else(|e| panic!("after {action} the client id is still held: {e}"));
+        taker.subscribe(&format!("{topic}/#")).await;
+        publisher
+            .publish(&format!("{topic}/fresh"), b"for the taker", 1)
+            .await;
+        // The owner's queued message went with its session.
+        match taker.next(Duration::from_secs(10)).await {
+            Some(Ev::Publish { topic: t, .. }) => {
+                assert_eq!(
+                    t,
+                    format!("{topic}/fresh"),
+                    "the new holder inherited the old session"
+                )
+            }
+            other => panic!("expected the fresh message, got {other:?}"),
+        }
+        taker.disconnect().await;
+        if action == "InactivateDeviceCertificate" {
+            tb.activate(&owner).await;
+        }
+    }
+}
+
+/// An empty client id gets a generated one, clean: nothing is kept when it
+/// leaves, whatever it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_client_ids_leave_nothing_behind() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let tls = client_config(&tb.server_ca, Some(&ca.device("anonymous")));
+    for _ in 0..3 {
+        let mut stream = raw::tls_connect(tb.port(), tls.clone()).await.unwrap();
+        // MQTT 5 CONNECT, empty client id, clean start off.
+        let mut connect = raw::connect_packet(b"MQTT", 5, "", 30);
+        connect[2 + 2 + 4 + 1] = 0x00;
+        let connack = raw::exchange(&mut stream, &connect, 4).await.unwrap();
+        assert_eq!(connack[0], 0x20, "{connack:02x?}");
+        assert_eq!(connack[3], 0x00, "refused: {connack:02x?}");
+        assert_eq!(tb.broker.sessions().claimed_client_ids(), 1);
+        drop(stream);
+        wait_until(Duration::from_secs(5), "the session is gone", || {
+            tb.broker.sessions().is_empty()
+        })
+        .await;
+        assert_eq!(tb.broker.sessions().claimed_client_ids(), 0);
+    }
+}
+
+fn audit_records(tb: &support::TestBroker) -> Vec<Value> {
+    let path = tb.broker.settings().storage.data_dir.join("audit.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_changing_call_leaves_one_audit_record_whatever_the_log_level() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.log.level = "warn".into()).await;
+    let device = ca.device("audited");
+    let client = connect(&tb, &device, "audited", Version::V4).await.unwrap();
+    // Admitted, so registered on its first connection.
+    drop(client);
+    // Reads leave no record.
+    let (status, _) = tb.device_call("GetDeviceCertificate", &device).await;
+    assert_eq!(status, 200);
+    assert!(audit_records(&tb).is_empty(), "{:?}", audit_records(&tb));
+
+    let (status, ok) = tb.device_call("InactivateDeviceCertificate", &device).await;
+    assert_eq!(status, 200);
+    // A refused one (wrong secret) is recorded too, with its outcome.
+    let forger = certmq::admin::client::AdminClient::new(
+        &tb.broker.admin_addr().to_string(),
+        support::TEST_KEY_ID,
+        "not-the-secret-0123456789",
+    )
+    .unwrap();
+    let (status, refused) = forger
+        .call(
+            "DeleteCaCertificate",
+            &[
+                ("MqttInstanceId".into(), tb.instance()),
+                ("Sn".into(), ca.sn.to_string()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{refused}");
+
+    // In the file as soon as the calls answered.
+    let records = audit_records(&tb);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["request_id"], ok["RequestId"]);
+    assert_eq!(records[0]["action"], "InactivateDeviceCertificate");
+    assert_eq!(records[0]["code"], "Success");
+    assert_eq!(
+        records[0]["account"],
+        tb.broker.settings().instance.owner.as_str()
+    );
+    assert_eq!(
+        records[0]["targets"]["DeviceSn"],
+        device.identity.device_sn.to_string()
+    );
+    assert_eq!(records[1]["request_id"], refused["RequestId"]);
+    assert_eq!(records[1]["action"], "DeleteCaCertificate");
+    assert_eq!(records[1]["code"], "SignatureDoesNotMatch");
+    assert_eq!(records[1]["account"], Value::Null);
+    assert!(
+        records[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signature")
+    );
+    // Nothing secret in it.
+    let text =
+        std::fs::read_to_string(tb.broker.settings().storage.data_dir.join("audit.jsonl")).unwrap();
+    assert!(!text.contains(support::TEST_KEY_SECRET));
+
+    // Kept across a restart: appended to.
+    let tb = tb.restart().await;
+    tb.activate(&device).await;
+    let records = audit_records(&tb);
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2]["action"], "ActiveDeviceCertificate");
+}
+
+async fn readyz(tb: &support::TestBroker) -> (u16, String) {
+    let response = reqwest::get(format!("http://{}/readyz", tb.broker.admin_addr()))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The router dying (here: its feeder thread, by fault injection) is seen:
+/// readiness says so, and the broker reports itself failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_router_makes_the_broker_unready_and_failed() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    assert_eq!(readyz(&tb).await, (200, "ready\n".into()));
+    let mut bystander = connect(&tb, &ca.device("bystander"), "bystander", Version::V5)
+        .await
+        .unwrap();
+    bystander.subscribe("x/#").await;
+    let crasher = connect(&tb, &ca.device("crasher"), "crasher", Version::V4)
+        .await
+        .unwrap();
+    crasher
+        .publish(certmq::fault::ROUTER_PANIC_TOPIC, b"boom", 0)
+        .await;
+    let failed = tokio::time::timeout(Duration::from_secs(10), tb.broker.failed())
+        .await
+        .expect("the broker never noticed its router died");
+    assert!(failed.contains("router feeder"), "{failed}");
+    let (status, body) = readyz(&tb).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("router feeder thread"), "{body}");
+}
+
+/// With the router taking no input (its feeder stalled, as in a blocking
+/// send to a full router), sessions that flood it only wait: no async
+/// worker blocks, so the admin API answers, inactivation drops sessions,
+/// and once the router moves again every message is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_router_blocks_no_worker() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let mut sink = connect(&tb, &ca.device("sink"), "sink", Version::V4)
+        .await
+        .unwrap();
+    sink.subscribe("flood/#").await;
+    let staller = connect(&tb, &ca.device("staller"), "staller", Version::V4)
+        .await
+        .unwrap();
+    let victim_device = ca.device("victim");
+    let mut victim = connect(&tb, &victim_device, "victim", Version::V5)
+        .await
+        .unwrap();
+    // Flooders connect first: a new link waits for the feeder.
+    let mut flooders = Vec::new();
+    for i in 0..FLOODERS {
+        let device = ca.device(&format!("flooder-{i}"));
+        flooders.push(
+            connect(&tb, &device, &format!("flooder-{i}"), Version::V4)
+                .await
+                .unwrap(),
+        );
+    }
+    staller
+        .publish(certmq::fault::ROUTER_STALL_TOPIC, b"", 0)
+        .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the router feeder stalls",
+        certmq::fault::router_stalled,
+    )
+    .await;
+    // More batches than the feed queue takes (QoS 0: no in-flight window
+    // stops the flooders; TCP back-pressure does, once certmq stops reading).
+    let flooding: Vec<_> = flooders
+        .into_iter()
+        .enumerate()
+        .map(|(i, flooder)| {
+            tokio::spawn(async move {
+                for n in 0..PER_FLOODER {
+                    flooder
+                        .publish(
+                            &format!("flood/{i}"),
+                            format!("message {n:05}").as_bytes(),
+                            0,
+                        )
+                        .await;
+                }
+                flooder
+            })
+        })
+        .collect();
+    // The feed queue is full: sessions wait for room.
+    wait_until(Duration::from_secs(30), "the feed queue fills", || {
+        tb.broker.router_backlog() == certmq::router::FEED_BATCHES
+    })
+    .await;
+    // The admin API answers, and an inactivation drops its session.
+    let call = tokio::time::timeout(Duration::from_secs(10), tb.inactivate(&victim_device));
+    call.await.expect("the admin API stalled behind the router");
+    assert_eq!(
+        victim.expect_closed().await.as_deref(),
+        Some("AdministrativeAction")
+    );
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), readyz(&tb))
+        .await
+        .expect("readyz stalled");
+    assert_eq!(status, 200);
+
+    certmq::fault::release_router();
+    // Every flooded message arrives once the router moves again.
+    let mut got = 0;
+    while got < FLOODERS * PER_FLOODER {
+        match sink.next(Duration::from_secs(30)).await {
+            Some(Ev::Publish { topic, .. }) if topic.starts_with("flood/") => got += 1,
+            Some(Ev::Publish { .. }) => {}
+            other => panic!("after {got} messages: {other:?}"),
+        }
+    }
+    for flooder in flooding {
+        flooder.await.unwrap().disconnect().await;
+    }
+}
+
+const FLOODERS: usize = 4;
+const PER_FLOODER: usize = 5000;
