@@ -9,11 +9,10 @@
 //! been committed; both are correct).
 
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use certmq::admin::client::AdminClient;
 use certmq::pki::{CaSigner, KeyKind};
@@ -24,9 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::mqtt::{Version, connect_with};
 use crate::support::pki::client_config;
-use crate::support::{Ca, Device};
-
-use crate::support::free_port;
+use crate::support::{Ca, Device, wait_listening};
 
 const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 const ROUNDS: usize = 4;
@@ -69,29 +66,25 @@ impl Drop for Server {
     }
 }
 
+/// Starts `certmq serve` on any free ports and waits until it listens.
 fn start(work: &Path) -> Server {
-    let (mqtt, admin) = (free_port(), free_port());
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--config", "certmq.toml"])
         .current_dir(work)
-        .env("CERTMQ__MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
-        .env("CERTMQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("CERTMQ__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", admin)).is_err()
-        || TcpStream::connect(("127.0.0.1", mqtt)).is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "certmq serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let listening = wait_listening(&work.join("data"), child.id(), || child.try_wait().unwrap())
+        .unwrap_or_else(|status| panic!("certmq serve exited with {status} (its stderr is above)"));
+    Server {
+        child,
+        admin: listening.admin.port(),
+        mqtt: listening.mqtt.port(),
     }
-    Server { child, admin, mqtt }
 }
 
 fn params(pairs: &[(&str, String)]) -> Vec<(String, String)> {
