@@ -1,5 +1,5 @@
 //! Shared test support: a real broker on free loopback ports, real TLS
-//! clients, real HTTP admin calls.
+//! clients, real HTTP admin calls, and waits on the broker's state.
 
 pub mod mqtt;
 pub mod pki;
@@ -153,6 +153,20 @@ impl TestBroker {
     pub async fn activate(&self, device: &Device) {
         let (status, body) = self.device_call("ActiveDeviceCertificate", device).await;
         assert_eq!(status, 200, "activate failed: {body}");
+    }
+}
+
+/// Polls `condition` until it holds; panics, naming `what`, if it still
+/// does not after `within`. For waiting on the broker's state (a session
+/// registered or gone, a counter moved) instead of sleeping.
+pub async fn wait_until(within: Duration, what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {within:?} for {what}, in vain"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
