@@ -8,6 +8,7 @@ use std::time::Duration;
 use certmq::instance::Listening;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 use crate::support::mqtt::{Version, connect_with};
 use crate::support::pki::serial_of;
@@ -93,6 +94,60 @@ async fn listening(child: &mut Child, data_dir: &Path) -> Listening {
             }
             panic!("certmq serve exited with {status}: {stderr}")
         }
+    }
+}
+
+/// A child's stderr, line by line as it is written, so that a test can wait
+/// for what the broker logs.
+struct Logs {
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: String,
+}
+
+impl Logs {
+    fn follow(child: &mut Child) -> Logs {
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Logs {
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits (10 s at most) for a line containing `text`.
+    async fn wait_for(&mut self, text: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+                if line.contains(text) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "no log line with `{text}`; logged: {}",
+            self.seen
+        );
+    }
+
+    /// Everything logged, once the process has closed its stderr.
+    async fn all(mut self) -> String {
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        self.seen
     }
 }
 
@@ -535,6 +590,7 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
         .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
         .spawn()
         .unwrap();
+    let mut logs = Logs::follow(&mut child);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -565,14 +621,11 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     std::fs::write(d.join("server.key"), &key_b).unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while server_serial(mqtt, &server_ca, &talker).await != serial(&cert_b) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logs.wait_for("server certificate reloaded").await;
+    assert_eq!(
+        server_serial(mqtt, &server_ca, &talker).await,
+        serial(&cert_b)
+    );
     // The session from before is still there.
     let tls = crate::support::pki::client_config(&server_ca, Some(&talker));
     let publisher = connect_with(mqtt, tls, "talker", Version::V4, |_| {})
@@ -608,13 +661,14 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     // A broken file on SIGHUP: logged, and the current certificate stays.
     std::fs::write(d.join("server.pem"), "not a certificate").unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    logs.wait_for("not reloaded").await;
     assert_eq!(
         server_serial(mqtt, &server_ca, &talker).await,
         serial(&cert_b)
     );
 
-    let logs = sigterm_and_wait(child).await;
+    sigterm_and_wait(child).await;
+    let logs = logs.all().await;
     assert!(logs.contains("not reloaded"), "{logs}");
     // JSON logs: every line is one JSON object with a level and a message.
     let mut count = 0;
