@@ -124,7 +124,8 @@ pub struct Broker {
     /// The server certificate and key files, re-read by
     /// [`Broker::reload_server_cert`].
     server_cert: (PathBuf, PathBuf),
-    /// Held for the broker's lifetime: one broker per data directory.
+    /// Held for the broker's lifetime: one broker per data directory. Its
+    /// `listen.json` goes when it drops.
     _data_dir: DataDir,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -132,10 +133,10 @@ pub struct Broker {
 
 impl Broker {
     /// Starts the listeners and the router. Returns once both listeners are
-    /// bound.
+    /// bound and `<storage.data_dir>/listen.json` names their addresses.
     pub async fn start(settings: Settings) -> Result<Broker, StartError> {
         settings.validate()?;
-        let data_dir = DataDir::lock(&settings.storage.data_dir)?;
+        let mut data_dir = DataDir::lock(&settings.storage.data_dir)?;
         let store = SqliteStore::open(
             &data_dir.registry_db(),
             settings.storage.max_size_mb * 1024 * 1024,
@@ -178,6 +179,11 @@ impl Broker {
         let admin = bind("admin.listen", admin_listen).await?;
         let mqtt_addr = local_addr("mqtt.listen", &mqtt)?;
         let admin_addr = local_addr("admin.listen", &admin)?;
+        data_dir.write_listen_file(&instance::Listening {
+            mqtt: mqtt_addr,
+            admin: admin_addr,
+            pid: std::process::id(),
+        })?;
 
         let refusals_per_second = settings.log.refusals_per_second;
         let ctx = Arc::new(Context {

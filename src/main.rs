@@ -64,8 +64,9 @@ enum Command {
     /// mqtt-certmq-local --CaSn 2B22... --DeviceSn 5FC9...
     ///
     /// The endpoint and access key come from the flags, the environment, or
-    /// else the configuration: its admin.listen and access keys, or the key
-    /// that `certmq serve` generated in the data directory.
+    /// else the configuration: its admin.listen (with port 0, the address in
+    /// the data directory's listen.json) and access keys, or the key that
+    /// `certmq serve` generated in the data directory.
     Admin(AdminArgs),
     /// Back up or restore the certificate registry (JSON lines).
     #[command(subcommand)]
@@ -224,7 +225,19 @@ fn admin(args: AdminArgs) -> Result<()> {
     let endpoint = match args.endpoint {
         Some(e) => e,
         None => {
-            let listen = settings.admin_listen()?;
+            let mut listen = settings.admin_listen()?;
+            if listen.port() == 0 {
+                // Any free port: the broker says which in listen.json.
+                let dir = &settings.storage.data_dir;
+                listen = certmq::instance::Listening::read(dir)
+                    .with_context(|| {
+                        format!(
+                            "admin.listen has port 0 and {} cannot be read (is `certmq serve` running here?)",
+                            dir.join(certmq::instance::LISTEN_FILE).display()
+                        )
+                    })?
+                    .admin;
+            }
             let host = if listen.ip().is_unspecified() {
                 std::net::IpAddr::from([127, 0, 0, 1])
             } else {

@@ -1,8 +1,6 @@
 //! The whole admin API family through certmq's signing client: signatures,
 //! permissions, rate limits, and every operation's semantics.
 
-use std::time::Duration;
-
 use certmq::admin::auth::AccessKey;
 use certmq::admin::client::{AdminClient, Overrides, iso8601};
 use certmq::pki::{CaSigner, KeyKind};
@@ -671,5 +669,4 @@ async fn session_operations() {
         .await
         .unwrap();
     assert_eq!((status, code(&body)), (400, "ParameterFieldCheckFailed"));
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

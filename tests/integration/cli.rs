@@ -5,14 +5,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use certmq::instance::Listening;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 use crate::support::mqtt::{Version, connect_with};
 use crate::support::pki::serial_of;
 use crate::support::{self, Ca, Device};
-
-use crate::support::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 
@@ -53,14 +53,15 @@ fn device_from_files(dir: &Path, name: &str, ca: &str) -> Device {
     }
 }
 
-/// Runs `certmq serve` in `dir` until it has printed its banner (and the
-/// line about the admin access key after it); returns the child and what it
-/// printed. Its stdout keeps being read, so the pipe never closes under it.
-async fn serve(dir: &Path, mqtt: u16, admin: u16) -> (tokio::process::Child, String) {
+/// Runs `certmq serve` in `dir`, on any free ports, until it has printed its
+/// banner (and the line about the admin access key after it); returns the
+/// child, what it printed and where it listens. Its stdout keeps being read,
+/// so the pipe never closes under it.
+async fn serve(dir: &Path) -> (Child, String, Listening) {
     let mut child = certmq(dir)
         .arg("serve")
-        .env("CERTMQ__MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
-        .env("CERTMQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("CERTMQ__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -77,11 +78,90 @@ async fn serve(dir: &Path, mqtt: u16, admin: u16) -> (tokio::process::Child, Str
     .await;
     assert!(done.is_ok(), "no banner from certmq serve; got {banner}");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, banner)
+    let listening = listening(&mut child, &dir.join("data")).await;
+    (child, banner, listening)
+}
+
+/// Where `child` (`certmq serve` on `data_dir`) listens, once it does.
+async fn listening(child: &mut Child, data_dir: &Path) -> Listening {
+    let pid = child.id().unwrap();
+    match support::wait_listening(data_dir, pid, || child.try_wait().unwrap()) {
+        Ok(listening) => listening,
+        Err(status) => {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr).await;
+            }
+            panic!("certmq serve exited with {status}: {stderr}")
+        }
+    }
+}
+
+/// A child's stderr, line by line as it is written, so that a test can wait
+/// for what the broker logs.
+struct Logs {
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: String,
+}
+
+impl Logs {
+    fn follow(child: &mut Child) -> Logs {
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Logs {
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits (10 s at most) for a line containing `text`.
+    async fn wait_for(&mut self, text: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+                if line.contains(text) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "no log line with `{text}`; logged: {}",
+            self.seen
+        );
+    }
+
+    /// Everything logged, once the process has closed its stderr.
+    async fn all(mut self) -> String {
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        self.seen
+    }
+}
+
+/// An address where nothing listens: a socket bound to it that does not
+/// listen (connections are refused) and keeps anyone else from taking it.
+fn nothing_listening() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
 }
 
 /// Stops `certmq serve` with SIGTERM; returns what it logged (stderr).
-async fn sigterm_and_wait(child: tokio::process::Child) -> String {
+async fn sigterm_and_wait(child: Child) -> String {
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let output = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
@@ -100,8 +180,8 @@ async fn sigterm_and_wait(child: tokio::process::Child) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_embedded_defaults_with_a_development_pki() {
     let dir = tempfile::tempdir().unwrap();
-    let (mqtt, admin) = (free_port(), free_port());
-    let (child, banner) = serve(dir.path(), mqtt, admin).await;
+    let (child, banner, listening) = serve(dir.path()).await;
+    let mqtt = listening.mqtt.port();
     assert!(banner.contains("DEVELOPMENT PKI"), "{banner}");
     assert!(banner.contains("mosquitto_sub"), "{banner}");
     assert!(banner.contains("InactivateDeviceCertificate"), "{banner}");
@@ -128,7 +208,8 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
         .unwrap();
 
     // The generated admin access key: a 0600 file in the data directory,
-    // used by `certmq admin` run from the same place.
+    // used by `certmq admin` run from the same place (which finds the port
+    // of an admin.listen with port 0 in listen.json there).
     let key_file = dir.path().join("data/admin-access-key.json");
     assert!(banner.contains("data/admin-access-key.json"), "{banner}");
     assert_eq!(mode_of(&key_file), 0o600);
@@ -140,7 +221,7 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
         let mut cmd = certmq(dir.path());
         cmd.arg("admin")
             .args(args)
-            .env("CERTMQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"));
+            .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0");
         cmd
     };
     let output = admin_cli(&["GetRegisterCode", "--MqttInstanceId", "mqtt-certmq-local"])
@@ -183,11 +264,12 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("ParameterFieldCheckFailed"));
     // A broker that is not there: one clear line, no backtrace.
+    let (_socket, nowhere) = nothing_listening();
     let output = certmq(dir.path())
         .args([
             "admin",
             "--endpoint",
-            &format!("127.0.0.1:{}", free_port()),
+            &nowhere.to_string(),
             "GetRegisterCode",
         ])
         .output()
@@ -222,10 +304,13 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
         );
     }
     assert!(!logs.contains(&secret), "the logs show the secret");
+    assert!(
+        !dir.path().join("data/listen.json").exists(),
+        "listen.json outlived the broker"
+    );
 
     // A second start reuses the PKI and the key.
-    let (mqtt, admin) = (free_port(), free_port());
-    let (child, banner) = serve(dir.path(), mqtt, admin).await;
+    let (child, banner, listening) = serve(dir.path()).await;
     assert!(banner.contains("DEVELOPMENT PKI"));
     assert_eq!(
         std::fs::read_to_string(pki.join("ca.pem")).unwrap(),
@@ -235,7 +320,7 @@ async fn serve_on_embedded_defaults_with_a_development_pki() {
         serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
     assert_eq!(key_after, key);
     let tls = crate::support::pki::client_config(&server_ca, Some(&device2));
-    connect_with(mqtt, tls, "device-2", Version::V4, |_| {})
+    connect_with(listening.mqtt.port(), tls, "device-2", Version::V4, |_| {})
         .await
         .unwrap();
     sigterm_and_wait(child).await;
@@ -421,13 +506,12 @@ async fn pki_subcommands_make_certificates_the_broker_accepts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_export_and_import_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let (mqtt, admin) = (free_port(), free_port());
-    let (child, _) = serve(dir.path(), mqtt, admin).await;
+    let (child, _, listening) = serve(dir.path()).await;
     let pki = dir.path().join("certs/dev");
     let server_ca = Ca::from_files(&pki.join("ca.pem"), &pki.join("ca.key"));
     let device = device_from_files(&pki, "device-3", "ca.pem");
     let tls = crate::support::pki::client_config(&server_ca, Some(&device));
-    connect_with(mqtt, tls, "device-3", Version::V4, |_| {})
+    connect_with(listening.mqtt.port(), tls, "device-3", Version::V4, |_| {})
         .await
         .unwrap();
 
@@ -500,13 +584,13 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
         "[tls]\nserver_cert = \"server.pem\"\nserver_key = \"server.key\"\nca_files = [\"fleet.pem\"]\n",
     )
     .unwrap();
-    let (mqtt, admin) = (free_port(), free_port());
     let mut child = certmq(d)
         .args(["serve", "--config", "certmq.toml", "--log-format", "json"])
-        .env("CERTMQ__MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
-        .env("CERTMQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("CERTMQ__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
         .spawn()
         .unwrap();
+    let mut logs = Logs::follow(&mut child);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -518,6 +602,7 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     .await
     .expect("certmq serve did not start");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mqtt = listening(&mut child, &d.join("data")).await.mqtt.port();
 
     let (watcher, talker) = (fleet.device("watcher"), fleet.device("talker"));
     let tls = crate::support::pki::client_config(&server_ca, Some(&watcher));
@@ -536,14 +621,11 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     std::fs::write(d.join("server.key"), &key_b).unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while server_serial(mqtt, &server_ca, &talker).await != serial(&cert_b) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    logs.wait_for("server certificate reloaded").await;
+    assert_eq!(
+        server_serial(mqtt, &server_ca, &talker).await,
+        serial(&cert_b)
+    );
     // The session from before is still there.
     let tls = crate::support::pki::client_config(&server_ca, Some(&talker));
     let publisher = connect_with(mqtt, tls, "talker", Version::V4, |_| {})
@@ -579,13 +661,14 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     // A broken file on SIGHUP: logged, and the current certificate stays.
     std::fs::write(d.join("server.pem"), "not a certificate").unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    logs.wait_for("not reloaded").await;
     assert_eq!(
         server_serial(mqtt, &server_ca, &talker).await,
         serial(&cert_b)
     );
 
-    let logs = sigterm_and_wait(child).await;
+    sigterm_and_wait(child).await;
+    let logs = logs.all().await;
     assert!(logs.contains("not reloaded"), "{logs}");
     // JSON logs: every line is one JSON object with a level and a message.
     let mut count = 0;

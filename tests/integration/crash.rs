@@ -7,13 +7,17 @@
 //! state must be the last acknowledged one, or the one of the request that
 //! was in flight when the process died (that request may or may not have
 //! been committed; both are correct).
+//!
+//! The kill moments and the clients' choices come from one seeded RNG; the
+//! seed is printed at the start and with any failure. `CERTMQ_TEST_SEED=<n>`
+//! runs with a given seed (the same choices; the interleaving with the
+//! broker still varies).
 
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use certmq::admin::client::AdminClient;
 use certmq::pki::{CaSigner, KeyKind};
@@ -24,9 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::mqtt::{Version, connect_with};
 use crate::support::pki::client_config;
-use crate::support::{Ca, Device};
-
-use crate::support::free_port;
+use crate::support::{Ca, Device, wait_listening};
 
 const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 const ROUNDS: usize = 4;
@@ -69,29 +71,49 @@ impl Drop for Server {
     }
 }
 
+/// Prints the seed if the test fails, whatever the failure.
+struct Replay(u64);
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "crash test failed with seed {0}: replay with CERTMQ_TEST_SEED={0}",
+                self.0
+            );
+        }
+    }
+}
+
+/// The seed: `CERTMQ_TEST_SEED`, or a random one.
+fn chosen_seed() -> u64 {
+    match std::env::var("CERTMQ_TEST_SEED") {
+        Ok(seed) => seed
+            .parse()
+            .unwrap_or_else(|_| panic!("CERTMQ_TEST_SEED={seed} is not a u64")),
+        Err(_) => rand::random(),
+    }
+}
+
+/// Starts `certmq serve` on any free ports and waits until it listens.
 fn start(work: &Path) -> Server {
-    let (mqtt, admin) = (free_port(), free_port());
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--config", "certmq.toml"])
         .current_dir(work)
-        .env("CERTMQ__MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
-        .env("CERTMQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("CERTMQ__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", admin)).is_err()
-        || TcpStream::connect(("127.0.0.1", mqtt)).is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "certmq serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let listening = wait_listening(&work.join("data"), child.id(), || child.try_wait().unwrap())
+        .unwrap_or_else(|status| panic!("certmq serve exited with {status} (its stderr is above)"));
+    Server {
+        child,
+        admin: listening.admin.port(),
+        mqtt: listening.mqtt.port(),
     }
-    Server { child, admin, mqtt }
 }
 
 fn params(pairs: &[(&str, String)]) -> Vec<(String, String)> {
@@ -127,14 +149,15 @@ async fn observed(client: &AdminClient, d: &Device) -> State {
     }
 }
 
-/// One admin client driving its own devices until `stop`.
+/// One admin client driving its own devices until `stop`, choosing with
+/// `rng`.
 async fn drive_devices(
     client: AdminClient,
     devices: Vec<(usize, Device)>,
     ledger: Arc<Mutex<Ledger>>,
+    mut rng: StdRng,
     stop: CancellationToken,
 ) {
-    let mut rng = StdRng::from_os_rng();
     while !stop.is_cancelled() {
         let (index, device) = &devices[rng.random_range(0..devices.len())];
         let current = ledger.lock().unwrap().devices[index].0;
@@ -291,7 +314,10 @@ default = 1000000
             .devices
             .insert(i, (State::Active, None));
     }
-    let mut rng = rand::rng();
+    let seed = chosen_seed();
+    eprintln!("crash test seed {seed} (replay with CERTMQ_TEST_SEED={seed})");
+    let _replay = Replay(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut checked = 0usize;
     for round in 0..=ROUNDS {
         let mut server = start(work.path());
@@ -311,7 +337,7 @@ default = 1000000
                 let seen = observed(&client, &devices[i]).await;
                 assert!(
                     seen == acked || Some(seen) == pending,
-                    "round {round}: {} is {seen:?}, acknowledged {acked:?}, in flight {pending:?}",
+                    "seed {seed}, round {round}: {} is {seen:?}, acknowledged {acked:?}, in flight {pending:?}",
                     devices[i].name
                 );
                 ledger.lock().unwrap().devices.insert(i, (seen, None));
@@ -339,7 +365,7 @@ default = 1000000
                     .unwrap();
                 assert_eq!(
                     status, 200,
-                    "round {round}: acknowledged CA {sn} lost: {body}"
+                    "seed {seed}, round {round}: acknowledged CA {sn} lost: {body}"
                 );
                 checked += 1;
             }
@@ -347,7 +373,7 @@ default = 1000000
                 assert_eq!(
                     observed(&client, d).await,
                     State::Active,
-                    "round {round}: {} lost",
+                    "seed {seed}, round {round}: {} lost",
                     d.name
                 );
                 checked += 1;
@@ -365,7 +391,7 @@ default = 1000000
                 let attempt = connect_with(server.mqtt, tls, "inactive", Version::V4, |_| {}).await;
                 assert!(
                     attempt.is_err(),
-                    "round {round}: inactive {} connected",
+                    "seed {seed}, round {round}: inactive {} connected",
                     devices[i].name
                 );
             }
@@ -396,6 +422,7 @@ default = 1000000
                 client.clone(),
                 mine,
                 ledger.clone(),
+                StdRng::seed_from_u64(rng.random()),
                 stop.clone(),
             )));
         }
@@ -417,21 +444,22 @@ default = 1000000
         server.child.wait().unwrap();
         stop.cancel();
         for task in tasks {
-            task.await.unwrap();
+            task.await
+                .unwrap_or_else(|e| panic!("seed {seed}, round {round}: a client failed: {e}"));
         }
     }
     let ledger = ledger.lock().unwrap();
     println!(
-        "{ROUNDS} kills: {checked} acknowledged records checked ({} CAs registered, {} devices registered on first connection)",
+        "{ROUNDS} kills (seed {seed}): {checked} acknowledged records checked ({} CAs registered, {} devices registered on first connection)",
         ledger.cas.iter().filter(|(_, a)| *a).count(),
         ledger.registered.len()
     );
     assert!(
         ledger.cas.iter().any(|(_, a)| *a),
-        "no CA registration was acknowledged"
+        "seed {seed}: no CA registration was acknowledged"
     );
     assert!(
         !ledger.registered.is_empty(),
-        "no first connection got through"
+        "seed {seed}: no first connection got through"
     );
 }

@@ -11,7 +11,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::mqtt::{Version, connect, connect_with};
+use crate::support::mqtt::{Version, WAIT, connect, connect_with};
 use crate::support::pki::client_config;
 use crate::support::raw;
 use crate::support::{self, Ca, Device, TestBroker};
@@ -151,7 +151,11 @@ async fn a_device_that_never_sends_connect_is_closed() {
             .unwrap_or_else(|| panic!("{name}: still open after mqtt.connect_timeout_ms"));
         assert!(sent.is_empty(), "{name}: {sent:02x?}");
     }
-    assert_eq!(tb.broker.sessions().sessions_of(&device.identity), 0);
+    // The socket closes just before the connection leaves the table.
+    support::wait_until(WAIT, "both connections to leave the table", async || {
+        tb.broker.sessions().sessions_of(&device.identity) == 0
+    })
+    .await;
     // The same certificate connects properly afterwards.
     connect_with(tb.port(), tls, "mute", Version::V4, |_| {})
         .await
@@ -228,18 +232,22 @@ async fn connection_floods_are_refused_per_address_and_beyond_the_maximum() {
             r#"certmq_handshakes_refused_total{reason="rate_limited"}"#
         ) >= 20.0
     );
+    // The refill is the behaviour under test, so time has to pass: at 5 a
+    // second the limiter gives back a whole burst within a second.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     connect(&tb, &ca.device("patient"), "patient", Version::V4)
         .await
         .unwrap();
 
     // mqtt.max_connections: the connection beyond it is closed at once.
+    // The held connections finish their TLS handshakes: proof that the
+    // broker has accepted them, so they hold their slots.
     let tb = support::start_with(&[&ca], |s| s.mqtt.max_connections = 3).await;
+    let tls = client_config(&tb.server_ca, Some(&ca.device("holder")));
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(TcpStream::connect(("127.0.0.1", tb.port())).await.unwrap());
+        held.push(raw::tls_connect(tb.port(), tls.clone()).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let extra = TcpStream::connect(("127.0.0.1", tb.port())).await.unwrap();
     assert!(closed_by_server(extra, Duration::from_secs(2)).await);
     let metrics = scrape(&tb).await;
@@ -290,14 +298,21 @@ async fn a_client_id_belongs_to_one_certificate() {
     .await
     .unwrap();
     away.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::wait_until(WAIT, "the persistent session to go away", async || {
+        !tb.broker.sessions().is_online("keeper")
+    })
+    .await;
     assert!(connect(&tb, &thief, "keeper", Version::V4).await.is_err());
     let clean = connect_with(tb.port(), tls, "keeper", Version::V4, |_| {})
         .await
         .unwrap();
     clean.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    connect(&tb, &thief, "keeper", Version::V4).await.unwrap();
+    // Released once the clean session is gone; what shows that is the
+    // thief's connection being accepted.
+    support::wait_until(WAIT, "the client id to be released", async || {
+        connect(&tb, &thief, "keeper", Version::V4).await.is_ok()
+    })
+    .await;
 
     // mqtt.client_id_policy.
     let tb = support::start_with(&[&ca], |s| {
@@ -451,14 +466,12 @@ async fn a_panicking_connection_task_ends_only_its_connection() {
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         client.publish(certmq::fault::PANIC_TOPIC, b"boom", 0).await;
         client.expect_closed().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tb.broker.sessions().sessions_of(&crasher.identity) > 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "round {round}: the session table still holds the panicked session"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        support::wait_until(
+            Duration::from_secs(5),
+            &format!("round {round}: the session table to let go of the panicked session"),
+            async || tb.broker.sessions().sessions_of(&crasher.identity) == 0,
+        )
+        .await;
         // Its client id is free for another certificate.
         if round % 12 == 0 {
             connect(&tb, &other, &client_id, version)
@@ -470,18 +483,12 @@ async fn a_panicking_connection_task_ends_only_its_connection() {
     }
     // Nobody else noticed; the live-session gauge counts only the watcher.
     watcher.expect_quiet(Duration::from_millis(200)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let live = metric(&scrape(&tb).await, "certmq_sessions_live");
-        if live == 1.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "certmq_sessions_live is {live}, expected 1"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_until(
+        Duration::from_secs(5),
+        "certmq_sessions_live to be 1",
+        async || metric(&scrape(&tb).await, "certmq_sessions_live") == 1.0,
+    )
+    .await;
     let speaker = connect(&tb, &crasher, "crasher-0", Version::V4)
         .await
         .unwrap();
@@ -585,6 +592,18 @@ async fn certificate_abuse_is_refused_at_the_handshake() {
     )
     .await;
 
+    // A refused client hears of it a moment before the broker counts it:
+    // wait until all five refusals are counted.
+    let all_refusals = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("certmq_handshakes_refused_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    support::wait_until(WAIT, "the five refusals to be counted", async || {
+        all_refusals(&scrape(&tb).await) - all_refusals(&before) >= 5.0
+    })
+    .await;
     let after = scrape(&tb).await;
     let moved = |reason: &str| {
         let series = format!("certmq_handshakes_refused_total{{reason=\"{reason}\"}}");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::mqtt::{Ev, Version, connect, connect_with};
+use crate::support::mqtt::{Ev, Version, WAIT, connect, connect_with};
 use crate::support::pki::client_config;
 use crate::support::raw;
 use crate::support::{self, Ca};
@@ -82,7 +82,7 @@ async fn retained_messages_and_persistent_sessions() {
     let (p, s) = (ca.device("publisher"), ca.device("subscriber"));
     let publisher = connect(&tb, &p, "publisher", Version::V4).await.unwrap();
     publisher.publish_retained("config/led", b"on").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    publisher.acknowledged().await;
 
     // Retained: a later subscriber gets the last value.
     let mut late = connect(&tb, &s, "late", Version::V5).await.unwrap();
@@ -104,8 +104,12 @@ async fn retained_messages_and_persistent_sessions() {
         sub.next(Duration::from_secs(5)).await,
         Some(Ev::Closed { .. })
     ));
+    support::wait_until(WAIT, "the broker to end the session", async || {
+        !tb.broker.sessions().is_online("persistent")
+    })
+    .await;
     publisher.publish("jobs/1", b"update firmware", 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    publisher.acknowledged().await;
     let mut back = connect_with(tb.port(), tls, "persistent", Version::V4, |o| {
         o.clean = false
     })
@@ -261,14 +265,12 @@ async fn every_exit_path_frees_the_router_slot() {
             tb.activate(&device).await;
         }
         // Wait for the broker to see the closes before the next round.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tb.broker.sessions().sessions_of(&device.identity) > 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "round {round}: sessions linger"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        support::wait_until(
+            Duration::from_secs(5),
+            &format!("round {round}'s sessions to end"),
+            async || tb.broker.sessions().sessions_of(&device.identity) == 0,
+        )
+        .await;
     }
     connect(&tb, &device, "last", Version::V4).await.unwrap();
 }

@@ -72,7 +72,24 @@ async fn metrics_count_connects_refusals_drops_and_admin_calls() {
         ])
         .await;
     assert_eq!(status, 400);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A client learns of its refusal or close a moment before the broker's
+    // task counts it: wait for the counts that lag.
+    support::wait_until(
+        Duration::from_secs(5),
+        "the refusals and a's end to be counted",
+        async || {
+            let now = scrape(&tb).await;
+            value(&now, "certmq_sessions_live") == 1.0
+                && ["unknown_ca", "no_certificate", "inactive_device"]
+                    .iter()
+                    .all(|reason| {
+                        let series =
+                            format!(r#"certmq_handshakes_refused_total{{reason="{reason}"}}"#);
+                        moved(&before, &now, &series) >= 1.0
+                    })
+        },
+    )
+    .await;
 
     let after = scrape(&tb).await;
     let m = |series: &str| moved(&before, &after, series);

@@ -31,6 +31,8 @@ use crate::support::{self, Ca, Device, TestBroker};
 
 const CLIENTS_PER_ROUND: usize = 6;
 const RECORD_GAP: Duration = Duration::from_millis(10);
+/// How long after the answer a client may take to see its socket close.
+const NOTICE_CLOSE: Duration = Duration::from_secs(2);
 
 /// A socket that sends at most one TLS record per write, and waits
 /// `RECORD_GAP` between records.
@@ -85,8 +87,8 @@ impl AsyncRead for Paced {
 struct Outcome {
     /// It received CONNACK 0.
     connacked: bool,
-    /// Its connection was still open when the round ended (after the
-    /// inactivation had answered and a grace period had passed).
+    /// Its connection was still open when the round ended (`NOTICE_CLOSE`
+    /// after the revocation had answered).
     open_at_end: bool,
 }
 
@@ -262,6 +264,8 @@ async fn contest(revocation: Revocation, rounds: usize) {
                 let start = Duration::from_millis(15 * i as u64);
                 let port = tb.port();
                 tokio::spawn(async move {
+                    // Staggered, so that the handshakes in flight when the
+                    // call lands are at different stages.
                     tokio::time::sleep(start).await;
                     paced_client(port, tls, format!("c-{round}-{i}"), round_over).await
                 })
@@ -272,10 +276,17 @@ async fn contest(revocation: Revocation, rounds: usize) {
         // window for some of the clients.
         tokio::time::sleep(Duration::from_millis(50 + (round as u64 * 7) % 40)).await;
         revocation.revoke(&tb, &ca, &device).await;
-        // The answer is in: give clients a generous moment to notice their
-        // socket closing, then end the round.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        round_over.cancel();
+        // The answer is in: every client's connection is closed or about to
+        // fail. The round ends when all of them have seen it, or after a
+        // generous moment to notice their socket closing: whoever is still
+        // connected then is a violation.
+        let grace = tokio::spawn({
+            let round_over = round_over.clone();
+            async move {
+                tokio::time::sleep(NOTICE_CLOSE).await;
+                round_over.cancel();
+            }
+        });
         for client in clients {
             let outcome = client.await.unwrap();
             connacked += usize::from(outcome.connacked);
@@ -283,6 +294,7 @@ async fn contest(revocation: Revocation, rounds: usize) {
                 violations.push((round, outcome));
             }
         }
+        grace.abort();
         // And no new connection gets in.
         assert!(
             connect(&tb, &device, "after", Version::V4).await.is_err(),

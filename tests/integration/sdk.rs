@@ -4,12 +4,10 @@
 //! every documented error code). Needs python3 and PyPI, and the mosquitto
 //! clients for the devices; skipped outside CI when they are missing.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::support::free_port;
+use crate::support::wait_listening;
 
 const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
@@ -68,7 +66,6 @@ const KEYS: &str = r#"{"admin": ["LTAI5tSdkAdmin0000000001", "sdk-admin-secret-0
 
 fn serve(edition: &str) -> Serve {
     let dir = tempfile::tempdir().unwrap();
-    let (mqtt, admin) = (free_port(), free_port());
     let config = format!(
         r#"
 [instance]
@@ -76,10 +73,10 @@ edition = "{edition}"
 owner = "fleet-account"
 
 [mqtt]
-listen = "127.0.0.1:{mqtt}"
+listen = "127.0.0.1:0"
 
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 
 [[admin.access_keys]]
 id = "LTAI5tSdkAdmin0000000001"
@@ -104,7 +101,7 @@ ListCaCertificate = 5
 "#
     );
     std::fs::write(dir.path().join("certmq.toml"), config).unwrap();
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--config", "certmq.toml"])
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")
@@ -112,18 +109,14 @@ ListCaCertificate = 5
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "certmq serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let listening = wait_listening(&dir.path().join("data"), child.id(), || {
+        child.try_wait().unwrap()
+    })
+    .unwrap_or_else(|status| panic!("certmq serve exited with {status} (its stderr is above)"));
     Serve {
         child,
-        mqtt,
-        admin,
+        mqtt: listening.mqtt.port(),
+        admin: listening.admin.port(),
         dir,
     }
 }

@@ -1,14 +1,17 @@
 //! Shared test support: a real broker on free loopback ports, real TLS
-//! clients, real HTTP admin calls.
+//! clients, real HTTP admin calls, and waits on the broker's state.
 
 pub mod mqtt;
 pub mod pki;
 pub mod raw;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
 
 use certmq::admin::auth::AccessKey;
 use certmq::admin::client::AdminClient;
+use certmq::instance::Listening;
 use certmq::{Broker, Settings};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -153,13 +156,47 @@ impl TestBroker {
     }
 }
 
-/// A loopback port free right now (for brokers started as processes).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Polls `condition` until it holds; panics, naming `what`, if it still
+/// does not after `within`. For waiting on the broker's state (a session
+/// registered or gone, a counter moved) instead of sleeping.
+pub async fn wait_until(within: Duration, what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {within:?} for {what}, in vain"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the `certmq serve` process `pid`, whose data directory is
+/// `data_dir`, has bound its listeners (started with port 0, it says where
+/// in `listen.json`). `exited` tells whether the process has exited: if it
+/// does first, that is the `Err`. Panics after 30 s.
+pub fn wait_listening(
+    data_dir: &Path,
+    pid: u32,
+    mut exited: impl FnMut() -> Option<ExitStatus>,
+) -> Result<Listening, ExitStatus> {
+    let started = Instant::now();
+    loop {
+        // A file with another pid was left by a broker killed before this
+        // one started; this one replaces it once it listens.
+        match Listening::read(data_dir) {
+            Ok(listening) if listening.pid == pid => return Ok(listening),
+            _ => {}
+        }
+        if let Some(status) = exited() {
+            return Err(status);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "certmq serve (pid {pid}) wrote no {} within 30 s",
+            data_dir.join(certmq::instance::LISTEN_FILE).display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Logs to the test output when `RUST_LOG` is set.

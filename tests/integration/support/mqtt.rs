@@ -2,11 +2,12 @@
 //! loops driven in a task and turned into a stream of test events.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{TlsConfiguration, Transport};
 use rustls::ClientConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{Device, TestBroker, pki::client_config};
 
@@ -42,6 +43,10 @@ enum Handle {
 pub struct Client {
     handle: Handle,
     events: mpsc::UnboundedReceiver<Ev>,
+    /// QoS 1 and 2 PUBLISH packets sent, and acknowledged by the broker
+    /// (PUBACK, PUBCOMP; counted by the event loop, not shown as events).
+    sent: AtomicU64,
+    acked: watch::Receiver<u64>,
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -66,6 +71,7 @@ pub async fn connect_with(
     edit: impl FnOnce(&mut Options),
 ) -> Result<Client, String> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (acks, acked) = watch::channel(0u64);
     let mut options = Options::default();
     edit(&mut options);
     let transport = Transport::tls_with_config(TlsConfiguration::Rustls(tls));
@@ -90,6 +96,10 @@ pub async fn connect_with(
                     let ev = match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::ConnAck,
                         Ok(Event::Incoming(Packet::SubAck(_))) => Ev::SubAck,
+                        Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                            acks.send_modify(|n| *n += 1);
+                            continue;
+                        }
                         Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish {
                             topic: p.topic,
                             payload: p.payload.to_vec(),
@@ -133,6 +143,10 @@ pub async fn connect_with(
                     let ev = match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::ConnAck,
                         Ok(Event::Incoming(Packet::SubAck(_))) => Ev::SubAck,
+                        Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                            acks.send_modify(|n| *n += 1);
+                            continue;
+                        }
                         Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.to_vec(),
@@ -162,7 +176,12 @@ pub async fn connect_with(
             Handle::V5(client)
         }
     };
-    let mut client = Client { handle, events: rx };
+    let mut client = Client {
+        handle,
+        events: rx,
+        sent: AtomicU64::new(0),
+        acked,
+    };
     match client.next(WAIT).await {
         Some(Ev::ConnAck) => Ok(client),
         Some(Ev::Closed { error, .. }) => Err(error),
@@ -221,6 +240,9 @@ impl Client {
     }
 
     pub async fn publish(&self, topic: &str, payload: &[u8], qos: u8) {
+        if qos > 0 {
+            self.sent.fetch_add(1, Ordering::SeqCst);
+        }
         match &self.handle {
             Handle::V4(c) => {
                 let qos = rumqttc::qos(qos).unwrap();
@@ -244,7 +266,9 @@ impl Client {
         }
     }
 
+    /// Publishes a retained message, QoS 1.
     pub async fn publish_retained(&self, topic: &str, payload: &[u8]) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
         match &self.handle {
             Handle::V4(c) => c
                 .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_vec())
@@ -260,6 +284,18 @@ impl Client {
                 .await
                 .unwrap(),
         }
+    }
+
+    /// Waits until the broker has acknowledged every QoS 1 and 2 PUBLISH
+    /// sent so far. rumqttd acknowledges once its router has taken the
+    /// message: a retained one is stored, offline sessions will get it.
+    pub async fn acknowledged(&self) {
+        let sent = self.sent.load(Ordering::SeqCst);
+        let mut acked = self.acked.clone();
+        tokio::time::timeout(WAIT, acked.wait_for(|n| *n >= sent))
+            .await
+            .unwrap_or_else(|_| panic!("{sent} PUBLISH packets sent, not all acknowledged"))
+            .expect("the connection ended before the acknowledgements");
     }
 
     pub async fn disconnect(&self) {
