@@ -84,7 +84,7 @@ enum Feed {
     /// Client packets, in order; the permit returns when they are sent.
     Packets(LinkId, Vec<Packet>, OwnedSemaphorePermit),
     /// Optionally the will, then DISCONNECT; the link is gone after.
-    Close(LinkId, Option<Packet>),
+    Close(LinkId, Option<Box<Packet>>),
     /// Answered once everything queued before it is with the router.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
@@ -248,7 +248,7 @@ fn feed_loop(queue: mpsc::Receiver<Feed>, _alive: Alive) {
             }
             Feed::Close(id, will) => {
                 if let Some(mut tx) = links.remove(&id) {
-                    let mut packets: Vec<Packet> = will.into_iter().collect();
+                    let mut packets: Vec<Packet> = will.into_iter().map(|w| *w).collect();
                     packets.push(disconnect_packet());
                     let _ = hand_over(&mut tx, packets);
                 }
@@ -262,17 +262,15 @@ fn feed_loop(queue: mpsc::Receiver<Feed>, _alive: Alive) {
 
 /// Queues packets on a link and wakes the router once for all of them
 /// (a blocking send when its channel is full: feeder thread only).
-fn hand_over(tx: &mut LinkTx, mut packets: Vec<Packet>) -> Result<(), LinkError> {
+/// `false` if the router is gone.
+fn hand_over(tx: &mut LinkTx, mut packets: Vec<Packet>) -> bool {
     let Some(last) = packets.pop() else {
-        return Ok(());
+        return true;
     };
     tx.buffer().extend(packets);
     // `LinkTx::send` has no await point inside: it completes on its first
     // poll, blocking in it if the router's channel is full.
-    match poll_once(tx.send(last)) {
-        Some(sent) => sent.map(|_| ()),
-        None => Ok(()),
-    }
+    !matches!(poll_once(tx.send(last)), Some(Err(_)))
 }
 
 /// One connection's link to the router.
@@ -337,7 +335,10 @@ impl Link {
     /// tells the router the connection is gone.
     pub async fn close(mut self, will: Option<Packet>) {
         self.closed = true;
-        let _ = self.router.feed.send(Feed::Close(self.id, will));
+        let _ = self
+            .router
+            .feed
+            .send(Feed::Close(self.id, will.map(Box::new)));
     }
 }
 

@@ -720,3 +720,38 @@ async fn check_config_reports_problems() {
     assert!(stderr.contains("no-ca.pem"), "{stderr}");
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
 }
+
+/// A component the broker cannot run without dies (here the router feeder
+/// thread, by fault injection compiled into the test build only): the
+/// process logs which, and exits non-zero so that systemd restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_non_zero_when_the_router_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _banner, listening) = serve(dir.path()).await;
+    let logs = Logs::follow(&mut child);
+    let pki = dir.path().join("certs/dev");
+    let server_ca = Ca::from_files(&pki.join("ca.pem"), &pki.join("ca.key"));
+    let device = device_from_files(&pki, "device-1", "ca.pem");
+    let tls = crate::support::pki::client_config(&server_ca, Some(&device));
+    let client = connect_with(listening.mqtt.port(), tls, "device-1", Version::V4, |_| {})
+        .await
+        .unwrap();
+    client
+        .publish(certmq::fault::ROUTER_PANIC_TOPIC, b"boom", 0)
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("certmq kept running without its router")
+        .unwrap();
+    let logged = logs.all().await;
+    assert_eq!(status.code(), Some(1), "{logged}");
+    assert!(
+        logged.contains("cannot run without has stopped")
+            && logged.contains("router feeder thread"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("certmq: stopped because the router feeder thread"),
+        "{logged}"
+    );
+}

@@ -5,21 +5,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::time::Instant;
 
 use crate::support::mqtt::{Ev, Version, connect, connect_with};
 use crate::support::pki::client_config;
 use crate::support::raw;
 use crate::support::{self, Ca};
-
-/// Waits until `condition` holds, at most `within`.
-async fn wait_until(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_will_after_an_administrative_drop() {
@@ -117,9 +107,11 @@ async fn losing_access_releases_persistent_client_ids() {
             first.next(Duration::from_secs(5)).await,
             Some(Ev::Closed { .. })
         ));
-        wait_until(Duration::from_secs(5), "the owner is offline", || {
-            !tb.broker.sessions().is_online(&id)
-        })
+        support::wait_until(
+            Duration::from_secs(5),
+            "the owner to be offline",
+            async || !tb.broker.sessions().is_online(&id),
+        )
         .await;
         // Queued for the owner's stored session.
         publisher
@@ -177,7 +169,7 @@ async fn generated_client_ids_leave_nothing_behind() {
         assert_eq!(connack[3], 0x00, "refused: {connack:02x?}");
         assert_eq!(tb.broker.sessions().claimed_client_ids(), 1);
         drop(stream);
-        wait_until(Duration::from_secs(5), "the session is gone", || {
+        support::wait_until(Duration::from_secs(5), "the session to go", async || {
             tb.broker.sessions().is_empty()
         })
         .await;
@@ -330,10 +322,10 @@ async fn a_saturated_router_blocks_no_worker() {
     staller
         .publish(certmq::fault::ROUTER_STALL_TOPIC, b"", 0)
         .await;
-    wait_until(
+    support::wait_until(
         Duration::from_secs(10),
-        "the router feeder stalls",
-        certmq::fault::router_stalled,
+        "the router feeder to stall",
+        async || certmq::fault::router_stalled(),
     )
     .await;
     // More batches than the feed queue takes (QoS 0: no in-flight window
@@ -357,9 +349,11 @@ async fn a_saturated_router_blocks_no_worker() {
         })
         .collect();
     // The feed queue is full: sessions wait for room.
-    wait_until(Duration::from_secs(30), "the feed queue fills", || {
-        tb.broker.router_backlog() == certmq::router::FEED_BATCHES
-    })
+    support::wait_until(
+        Duration::from_secs(30),
+        "the feed queue to fill",
+        async || tb.broker.router_backlog() == certmq::router::FEED_BATCHES,
+    )
     .await;
     // The admin API answers, and an inactivation drops its session.
     let call = tokio::time::timeout(Duration::from_secs(10), tb.inactivate(&victim_device));
