@@ -39,6 +39,7 @@ mod listener;
 mod log_limit;
 pub mod metrics;
 pub mod pki;
+pub mod record;
 pub mod registry;
 pub mod router;
 pub mod serial;

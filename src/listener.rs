@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use crate::admission::{Refused, admit};
 use crate::serial::DeviceSn;
 use crate::session;
-use crate::{Context, metrics, tls::Refusal};
+use crate::{Context, tls::Refusal};
 
 /// Accepts until `shutdown` fires.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -186,8 +186,7 @@ async fn first_byte(ctx: &Context, tcp: &TcpStream, peer: SocketAddr) -> bool {
 /// Counts a refused handshake, and logs it once, unless refusals are
 /// flooding in (then the next logged one says how many were not).
 fn refused(ctx: &Context, peer: SocketAddr, refusal: &Refusal, presented: Option<DeviceSn>) {
-    ctx.metrics
-        .handshake_refused(metrics::refusal_reason(refusal));
+    ctx.metrics.handshake_refused(refusal.label());
     if let Some(suppressed) = ctx.refusal_log.admit() {
         let device_sn = presented
             .map(|sn| sn.to_string())

@@ -10,9 +10,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::session::DropReason;
-use crate::tls::Refusal;
-
 /// The broker's metrics; cheap to share behind the context.
 pub struct Metrics {
     registry: Registry,
@@ -59,34 +56,6 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         .register(Box::new(g.clone()))
         .expect("unique metric");
     g
-}
-
-/// The label of a refused handshake.
-pub fn refusal_reason(refusal: &Refusal) -> &'static str {
-    match refusal {
-        Refusal::NoCertificate => "no_certificate",
-        Refusal::Malformed(_) => "malformed",
-        Refusal::UnknownCa => "unknown_ca",
-        Refusal::CaInactive(_) => "inactive_ca",
-        Refusal::DeviceInactive(_) => "inactive_device",
-        Refusal::Expired => "expired",
-        Refusal::NotValidYet => "not_yet_valid",
-        Refusal::WrongUsage => "wrong_usage",
-        Refusal::CaAsDevice => "ca_as_device",
-        Refusal::UnsupportedAlgorithm => "unsupported_algorithm",
-        Refusal::Invalid(_) => "invalid_chain",
-        Refusal::Unregistered(_) => "unregistered",
-        Refusal::ChainTooLong(_) => "chain_too_long",
-        Refusal::TooLarge(_) => "too_large",
-    }
-}
-
-fn drop_reason(reason: DropReason) -> &'static str {
-    match reason {
-        DropReason::Administrative => "administrative",
-        DropReason::ShuttingDown => "shutting_down",
-        DropReason::TakenOver => "taken_over",
-    }
 }
 
 impl Default for Metrics {
@@ -209,10 +178,9 @@ impl Metrics {
         LiveSession(self.sessions_live.clone())
     }
 
-    pub(crate) fn session_dropped(&self, reason: DropReason) {
-        self.sessions_dropped
-            .with_label_values(&[drop_reason(reason)])
-            .inc();
+    /// `reason`: [`crate::session::DropReason::label`].
+    pub(crate) fn session_dropped(&self, reason: &'static str) {
+        self.sessions_dropped.with_label_values(&[reason]).inc();
     }
 
     pub(crate) fn handshake_refused(&self, reason: &'static str) {

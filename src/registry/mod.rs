@@ -30,28 +30,12 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use rustls_pki_types::TrustAnchor;
 
+pub use crate::record::{CaRecord, CertStatus, DeviceRecord, Page};
 pub use ca::{CaCert, CaCertError};
 
 use crate::identity::{DeviceCert, DeviceIdentity};
 use crate::serial::CaSn;
 use crate::store::{Change, Store, StoreError};
-
-/// The lifecycle status of a CA or device certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CertStatus {
-    Active,
-    Inactive,
-}
-
-impl CertStatus {
-    /// The API's encoding: the string `"1"` for active, `"0"` for inactive.
-    pub fn api_code(self) -> &'static str {
-        match self {
-            CertStatus::Active => "1",
-            CertStatus::Inactive => "0",
-        }
-    }
-}
 
 /// Why a registry change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,20 +48,6 @@ pub enum RegistryError {
     CaAlreadyRegistered(CaSn),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A registered CA as the API reports it.
-#[derive(Debug, Clone)]
-pub struct CaRecord {
-    pub sn: CaSn,
-    pub name: String,
-    pub status: CertStatus,
-    pub valid_begin_ms: i64,
-    pub valid_end_ms: i64,
-    pub pem: Arc<str>,
-    pub verification_pem: Option<Arc<str>>,
-    /// The registration code the verification certificate carried.
-    pub registration_code: Option<Arc<str>>,
 }
 
 /// What registering a CA records.
@@ -101,24 +71,6 @@ impl CaRegistration {
             registration_code: None,
         }
     }
-}
-
-/// A page of a listing: `offset` and `limit` in, the page and the total out.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub total: usize,
-}
-
-/// A device certificate as the API reports it.
-#[derive(Debug, Clone)]
-pub struct DeviceRecord {
-    pub identity: DeviceIdentity,
-    pub name: Arc<str>,
-    pub status: CertStatus,
-    pub valid_begin_ms: i64,
-    pub valid_end_ms: i64,
-    pub pem: Arc<str>,
 }
 
 /// A registered CA that may have issued a presented certificate.

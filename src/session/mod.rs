@@ -178,7 +178,7 @@ pub(crate) async fn run<S>(
     let mut will = None;
     let exit = session.drive(ctx, &mut link, &mut will).await;
     if let (Some(_), Exit::Killed(reason)) = (&session.live, &exit) {
-        ctx.metrics.session_dropped(*reason);
+        ctx.metrics.session_dropped(reason.label());
     }
     session.finish(exit, link, will).await;
 }

@@ -40,6 +40,17 @@ pub enum DropReason {
     TakenOver,
 }
 
+impl DropReason {
+    /// The `reason` label of `certmq_sessions_dropped_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Administrative => "administrative",
+            DropReason::ShuttingDown => "shutting_down",
+            DropReason::TakenOver => "taken_over",
+        }
+    }
+}
+
 /// Sessions did not close within the allowed time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{open} session(s) were still open after {waited:?}")]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::sqlite::{
     CA_COLUMNS, DEVICE_COLUMNS, ca_from_row, device_from_row, now_ms, registration_code,
 };
-use crate::registry::{CaRecord, DeviceRecord};
+use crate::record::{CaRecord, DeviceRecord};
 use crate::serial::{CaSn, DeviceSn};
 
 /// One line of a backup.

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 
 use crate::identity::DeviceIdentity;
-use crate::registry::{CaRecord, CertStatus, DeviceRecord, Page};
+use crate::record::{CaRecord, CertStatus, DeviceRecord, Page};
 use crate::serial::CaSn;
 
 /// A boxed future of a store operation (the trait is used as `dyn Store`).

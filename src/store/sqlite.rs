@@ -19,7 +19,7 @@ use tracing::{error, info};
 use super::schema::{self, MigrateError};
 use super::{Change, Snapshot, Store, StoreError, StoreFuture};
 use crate::identity::DeviceIdentity;
-use crate::registry::{CaRecord, CertStatus, DeviceRecord, Page};
+use crate::record::{CaRecord, CertStatus, DeviceRecord, Page};
 use crate::serial::{CaSn, DeviceSn, SerialError};
 
 /// The database file inside `storage.data_dir`.

@@ -70,6 +70,28 @@ pub enum Refusal {
     TooLarge(usize),
 }
 
+impl Refusal {
+    /// The `reason` label of `certmq_handshakes_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NoCertificate => "no_certificate",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::UnknownCa => "unknown_ca",
+            Refusal::CaInactive(_) => "inactive_ca",
+            Refusal::DeviceInactive(_) => "inactive_device",
+            Refusal::Expired => "expired",
+            Refusal::NotValidYet => "not_yet_valid",
+            Refusal::WrongUsage => "wrong_usage",
+            Refusal::CaAsDevice => "ca_as_device",
+            Refusal::UnsupportedAlgorithm => "unsupported_algorithm",
+            Refusal::Invalid(_) => "invalid_chain",
+            Refusal::Unregistered(_) => "unregistered",
+            Refusal::ChainTooLong(_) => "chain_too_long",
+            Refusal::TooLarge(_) => "too_large",
+        }
+    }
+}
+
 /// Most certificates a client may present (its own and intermediates);
 /// certmq only needs the first, the rest is parsed by nobody.
 pub const MAX_CHAIN: usize = 4;
