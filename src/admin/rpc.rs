@@ -3,7 +3,8 @@
 //!
 //! A call is `GET` or `POST /`, parameters in the query string or an
 //! `application/x-www-form-urlencoded` body, the operation named by the
-//! `Action` parameter or the `x-acs-action` header. Every answer is JSON
+//! signed `x-acs-action` header (V3) or the `Action` parameter (V1): which
+//! one counts is decided with the signature, in `auth`. Every answer is JSON
 //! with a fresh upper-case UUID `RequestId`; errors carry the platform's
 //! `Code`, `Message` and HTTP status.
 
