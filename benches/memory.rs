@@ -38,7 +38,7 @@ fn router_links() -> f64 {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let router = RouterHandle::spawn(N + 64, 1 << 20);
+        let router = RouterHandle::spawn(N + 64, 1 << 20).unwrap();
         // One link first, so the router's own start-up allocations are out
         // of the measurement.
         let warm = router

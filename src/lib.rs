@@ -92,6 +92,8 @@ pub enum StartError {
     AccessKeys(#[from] admin::keys::KeyError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Router(#[from] router::RouterError),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -172,7 +174,7 @@ impl Broker {
         let router = RouterHandle::spawn(
             settings.mqtt.max_connections + 64,
             settings.mqtt.max_packet_size,
-        );
+        )?;
 
         let mqtt_listen = settings.mqtt_listen()?;
         let admin_listen = settings.admin_listen()?;

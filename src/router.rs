@@ -103,7 +103,10 @@ pub struct RouterHandle {
 impl RouterHandle {
     /// Starts the router thread for at most `max_connections` links, and
     /// the feeder thread.
-    pub fn spawn(max_connections: usize, max_packet_size: usize) -> RouterHandle {
+    pub fn spawn(
+        max_connections: usize,
+        max_packet_size: usize,
+    ) -> Result<RouterHandle, RouterError> {
         let config = RouterConfig {
             max_connections,
             max_outgoing_packet_count: 200,
@@ -120,14 +123,13 @@ impl RouterHandle {
         let (feed, queue) = mpsc::channel();
         let feeder_alive = Arc::new(AtomicBool::new(true));
         let alive = Alive(feeder_alive.clone());
-        // Without the feeder nothing reaches the router: failing to start
-        // it is as fatal as failing to start the router, which rumqttd
-        // answers with a panic too.
         std::thread::Builder::new()
             .name("certmq-router-feed".into())
             .spawn(move || feed_loop(queue, alive))
-            .expect("cannot start the router feeder thread");
-        RouterHandle {
+            .map_err(|e| {
+                RouterError::Gone(format!("cannot start the router feeder thread: {e}"))
+            })?;
+        Ok(RouterHandle {
             connect: Arc::new(move |req: LinkRequest| {
                 LinkBuilder::new(&req.client_id, router_tx.clone())
                     .clean_session(req.clean_session)
@@ -145,7 +147,7 @@ impl RouterHandle {
             room: Arc::new(Semaphore::new(FEED_BATCHES)),
             feeder_alive,
             next_link: Arc::new(AtomicU64::new(0)),
-        }
+        })
     }
 
     /// Opens a link for a connection that sent CONNECT. The [`Link`] is
