@@ -85,6 +85,13 @@ pub struct AdminSettings {
     pub access_keys: Vec<crate::admin::auth::AccessKey>,
     /// Calls per second per account, by action name (and `default`).
     pub rate_limits: HashMap<String, u32>,
+    /// HTTPS: the certificate chain and key (PEM); both empty for plain HTTP.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// mTLS: clients must present a certificate chained to this CA (PEM).
+    pub tls_client_ca: String,
+    /// Plain HTTP on an address that is not loopback.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,7 +201,7 @@ impl Settings {
             ));
         }
         self.mqtt_listen()?;
-        self.admin_listen()?;
+        crate::admin::tls::validate(&self.admin, self.admin_listen()?)?;
         if self.mqtt.handshake_timeout_ms == 0 {
             return Err(invalid(
                 "mqtt.handshake_timeout_ms",

@@ -38,8 +38,9 @@ enum Command {
     /// development PKI under `certs/dev` (CA, server and device
     /// certificates) and registers its CA; later starts reuse it.
     ///
-    /// SIGHUP re-reads the server certificate and key (new handshakes use
-    /// them, live sessions stay); SIGINT and SIGTERM stop it gracefully.
+    /// SIGHUP re-reads the server certificate and key, and the admin API's
+    /// (admin.tls_cert, admin.tls_key, admin.tls_client_ca): new handshakes
+    /// use them, live sessions stay. SIGINT and SIGTERM stop it gracefully.
     Serve {
         /// A TOML file overriding the embedded defaults (see config/default.toml).
         #[arg(long, value_name = "PATH")]
@@ -266,6 +267,15 @@ fn admin(args: AdminArgs) -> Result<()> {
     Ok(())
 }
 
+/// The admin API's URL scheme under `settings`.
+fn admin_scheme(settings: &Settings) -> &'static str {
+    if settings.admin.tls_cert.is_empty() {
+        "http"
+    } else {
+        "https"
+    }
+}
+
 fn registry(cmd: RegistryCommand) -> Result<()> {
     use certmq::store::{backup, sqlite};
     match cmd {
@@ -375,6 +385,9 @@ fn serve(config: Option<&Path>, log_format: Option<LogFormatArg>) -> Result<()> 
                     if let Err(e) = broker.reload_server_cert() {
                         tracing::error!(error = %e, "server certificate not reloaded; the previous one stays in use");
                     }
+                    if let Err(e) = broker.reload_admin_tls() {
+                        tracing::error!(error = %e, "admin API certificate not reloaded; the previous configuration stays in use");
+                    }
                 }
             }
         }
@@ -473,6 +486,7 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 fn print_dev_instructions(dev: &DevPki, broker: &Broker) {
     let port = broker.mqtt_addr().port();
     let admin = broker.admin_addr();
+    let scheme = admin_scheme(broker.settings());
     let instance = &broker.settings().instance.id;
     let dir = dev.dir.display();
     let (_, cert1, key1) = &dev.devices[0];
@@ -501,7 +515,7 @@ printed below):
   DEVICE_SN=$(openssl x509 -noout -serial -in {cert1} | cut -d= -f2)
   certmq admin InactivateDeviceCertificate --MqttInstanceId {instance} \
     --CaSn $CA_SN --DeviceSn $DEVICE_SN
-  (admin API: http://{admin}/)
+  (admin API: {scheme}://{admin}/)
 =================================================================
 "#
     ));
