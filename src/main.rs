@@ -65,8 +65,9 @@ enum Command {
     /// mqtt-certmq-local --CaSn 2B22... --DeviceSn 5FC9...
     ///
     /// The endpoint and access key come from the flags, the environment, or
-    /// else the configuration: its admin.listen and access keys, or the key
-    /// that `certmq serve` generated in the data directory.
+    /// else the configuration: its admin.listen (https:// when admin.tls_cert
+    /// is set) and access keys, or the key that `certmq serve` generated in
+    /// the data directory.
     Admin(AdminArgs),
     /// Back up or restore the certificate registry (JSON lines).
     #[command(subcommand)]
@@ -97,9 +98,21 @@ enum RegistryCommand {
 
 #[derive(Args)]
 struct AdminArgs {
-    /// The admin API, e.g. http://127.0.0.1:8080 (default: from admin.listen).
+    /// The admin API, e.g. http://127.0.0.1:8080 or https://admin.example.com:8080
+    /// (default: from admin.listen, https:// when admin.tls_cert is set).
     #[arg(long, env = "CERTMQ_ADMIN_ENDPOINT")]
     endpoint: Option<String>,
+    /// HTTPS: trust the CA certificates in this PEM file for the admin API's
+    /// certificate, instead of the system's trust store.
+    #[arg(long, env = "CERTMQ_ADMIN_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// HTTPS with client certificates (admin.tls_client_ca): present this
+    /// certificate chain (PEM, leaf first). Needs --client-key.
+    #[arg(long, env = "CERTMQ_ADMIN_CLIENT_CERT", value_name = "PATH")]
+    client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, env = "CERTMQ_ADMIN_CLIENT_KEY", value_name = "PATH")]
+    client_key: Option<PathBuf>,
     #[arg(long, env = "CERTMQ_ACCESS_KEY_ID")]
     access_key_id: Option<String>,
     #[arg(long, env = "CERTMQ_ACCESS_KEY_SECRET", hide_env_values = true)]
@@ -231,9 +244,26 @@ fn admin(args: AdminArgs) -> Result<()> {
             } else {
                 listen.ip()
             };
-            format!("http://{}", std::net::SocketAddr::new(host, listen.port()))
+            format!(
+                "{}://{}",
+                admin_scheme(&settings),
+                std::net::SocketAddr::new(host, listen.port())
+            )
         }
     };
+    let mut tls = certmq::admin::client::ClientTls::new();
+    if let Some(path) = &args.ca_file {
+        tls = tls.trust_ca_file(path).context("--ca-file")?;
+    }
+    match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => {
+            tls = tls
+                .identity_files(cert, key)
+                .context("--client-cert / --client-key")?;
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("give both --client-cert and --client-key (or neither)"),
+    }
     let (id, secret) = match (args.access_key_id, args.access_key_secret) {
         (Some(id), Some(secret)) => (id, secret),
         (None, None) => {
@@ -254,7 +284,7 @@ fn admin(args: AdminArgs) -> Result<()> {
         }
         _ => anyhow::bail!("give both --access-key-id and --access-key-secret (or neither)"),
     };
-    let client = certmq::admin::client::AdminClient::new(&endpoint, &id, &secret)?;
+    let client = certmq::admin::client::AdminClient::with_tls(&endpoint, &id, &secret, tls)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
