@@ -52,6 +52,7 @@ pub fn check(settings: &Settings) -> Vec<String> {
             }
         }
     }
+    problems.extend(crate::admin::tls::check(&settings.admin));
     problems.extend(check_data_dir(&settings.storage.data_dir));
     problems
 }

@@ -89,6 +89,13 @@ pub struct AdminSettings {
     pub audit_file_max_mb: u64,
     /// Rotated audit files kept (`audit.jsonl.1` ...).
     pub audit_files_kept: usize,
+    /// HTTPS: the certificate chain and key (PEM); both empty for plain HTTP.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// mTLS: clients must present a certificate chained to this CA (PEM).
+    pub tls_client_ca: String,
+    /// Plain HTTP on an address that is not loopback.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,7 +205,7 @@ impl Settings {
             ));
         }
         self.mqtt_listen()?;
-        self.admin_listen()?;
+        crate::admin::tls::validate(&self.admin, self.admin_listen()?)?;
         let m = &self.mqtt;
         within(
             "mqtt.first_byte_timeout_ms",

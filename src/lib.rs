@@ -94,6 +94,8 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Router(#[from] router::RouterError),
+    #[error(transparent)]
+    AdminTls(#[from] admin::tls::AdminTlsError),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -127,6 +129,9 @@ pub struct Broker {
     /// The server certificate and key files, re-read by
     /// [`Broker::reload_server_cert`].
     server_cert: (PathBuf, PathBuf),
+    /// The admin API's TLS configuration (none: plain HTTP), re-read by
+    /// [`Broker::reload_admin_tls`].
+    admin_tls: Option<Arc<admin::tls::AdminTls>>,
     /// Held for the broker's lifetime: one broker per data directory. Its
     /// `listen.json` goes when it drops.
     _data_dir: DataDir,
@@ -155,6 +160,7 @@ impl Broker {
         let instance = Instance::new(&settings, registration_code);
         let keys = admin::keys::load(&settings)?;
         let admin_api = admin::AdminApi::new(&settings, keys.keys, &settings.storage.data_dir)?;
+        let admin_tls = admin::tls::AdminTls::from_settings(&settings.admin)?.map(Arc::new);
         if let Some(path) = &keys.generated_file {
             info!(file = %path.display(), "admin API access key (generated for instance.owner)");
         }
@@ -213,10 +219,10 @@ impl Broker {
             }),
             tokio::spawn({
                 let vital = health.vital("admin API listener", shutdown.clone());
-                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                let (ctx, shutdown, tls) = (ctx.clone(), shutdown.clone(), admin_tls.clone());
                 async move {
                     let _vital = vital;
-                    if let Err(e) = admin::serve(admin, ctx, admin_api, shutdown).await {
+                    if let Err(e) = admin::serve(admin, ctx, admin_api, tls, shutdown).await {
                         warn!(error = %e, "admin API failed");
                     }
                 }
@@ -228,7 +234,7 @@ impl Broker {
                 shutdown.clone(),
             )),
         ];
-        info!(mqtt = %mqtt_addr, admin = %admin_addr, cas = ctx.registry.ca_count(), "certmq started");
+        info!(mqtt = %mqtt_addr, admin = %admin_addr, admin_tls = admin_tls.is_some(), cas = ctx.registry.ca_count(), "certmq started");
         Ok(Broker {
             ctx,
             mqtt_addr,
@@ -236,6 +242,7 @@ impl Broker {
             dev_pki,
             generated_key_file: keys.generated_file,
             server_cert: (server_cert, server_key),
+            admin_tls,
             _data_dir: data_dir,
             shutdown,
             tasks,
@@ -289,6 +296,22 @@ impl Broker {
         let (cert, key) = &self.server_cert;
         self.ctx.tls.reload_server_cert(cert, key)?;
         info!(cert = %cert.display(), "server certificate reloaded");
+        Ok(())
+    }
+
+    /// Whether the admin API is served over TLS (`admin.tls_cert`).
+    pub fn admin_uses_tls(&self) -> bool {
+        self.admin_tls.is_some()
+    }
+
+    /// Re-reads the admin API's certificate, key and client CA files: new
+    /// connections use them, open ones keep theirs. On error the old ones
+    /// stay. Does nothing when the admin API is plain HTTP.
+    pub fn reload_admin_tls(&self) -> Result<(), admin::tls::AdminTlsError> {
+        if let Some(tls) = &self.admin_tls {
+            tls.reload()?;
+            info!(cert = %tls.cert_file().display(), "admin API certificate reloaded");
+        }
         Ok(())
     }
 

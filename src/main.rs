@@ -38,8 +38,9 @@ enum Command {
     /// development PKI under `certs/dev` (CA, server and device
     /// certificates) and registers its CA; later starts reuse it.
     ///
-    /// SIGHUP re-reads the server certificate and key (new handshakes use
-    /// them, live sessions stay); SIGINT and SIGTERM stop it gracefully.
+    /// SIGHUP re-reads the server certificate and key, and the admin API's
+    /// (admin.tls_cert, admin.tls_key, admin.tls_client_ca): new handshakes
+    /// use them, live sessions stay. SIGINT and SIGTERM stop it gracefully.
     Serve {
         /// A TOML file overriding the embedded defaults (see config/default.toml).
         #[arg(long, value_name = "PATH")]
@@ -64,9 +65,10 @@ enum Command {
     /// mqtt-certmq-local --CaSn 2B22... --DeviceSn 5FC9...
     ///
     /// The endpoint and access key come from the flags, the environment, or
-    /// else the configuration: its admin.listen (with port 0, the address in
-    /// the data directory's listen.json) and access keys, or the key that
-    /// `certmq serve` generated in the data directory.
+    /// else the configuration: its admin.listen (https:// when admin.tls_cert
+    /// is set; with port 0, the address in the data directory's listen.json)
+    /// and access keys, or the key that `certmq serve` generated in the data
+    /// directory.
     Admin(AdminArgs),
     /// Back up or restore the certificate registry (JSON lines).
     #[command(subcommand)]
@@ -97,9 +99,21 @@ enum RegistryCommand {
 
 #[derive(Args)]
 struct AdminArgs {
-    /// The admin API, e.g. http://127.0.0.1:8080 (default: from admin.listen).
+    /// The admin API, e.g. http://127.0.0.1:8080 or https://admin.example.com:8080
+    /// (default: from admin.listen, https:// when admin.tls_cert is set).
     #[arg(long, env = "CERTMQ_ADMIN_ENDPOINT")]
     endpoint: Option<String>,
+    /// HTTPS: trust the CA certificates in this PEM file for the admin API's
+    /// certificate, instead of the system's trust store.
+    #[arg(long, env = "CERTMQ_ADMIN_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// HTTPS with client certificates (admin.tls_client_ca): present this
+    /// certificate chain (PEM, leaf first). Needs --client-key.
+    #[arg(long, env = "CERTMQ_ADMIN_CLIENT_CERT", value_name = "PATH")]
+    client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, env = "CERTMQ_ADMIN_CLIENT_KEY", value_name = "PATH")]
+    client_key: Option<PathBuf>,
     #[arg(long, env = "CERTMQ_ACCESS_KEY_ID")]
     access_key_id: Option<String>,
     #[arg(long, env = "CERTMQ_ACCESS_KEY_SECRET", hide_env_values = true)]
@@ -243,9 +257,26 @@ fn admin(args: AdminArgs) -> Result<()> {
             } else {
                 listen.ip()
             };
-            format!("http://{}", std::net::SocketAddr::new(host, listen.port()))
+            format!(
+                "{}://{}",
+                admin_scheme(&settings),
+                std::net::SocketAddr::new(host, listen.port())
+            )
         }
     };
+    let mut tls = certmq::admin::client::ClientTls::new();
+    if let Some(path) = &args.ca_file {
+        tls = tls.trust_ca_file(path).context("--ca-file")?;
+    }
+    match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => {
+            tls = tls
+                .identity_files(cert, key)
+                .context("--client-cert / --client-key")?;
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("give both --client-cert and --client-key (or neither)"),
+    }
     let (id, secret) = match (args.access_key_id, args.access_key_secret) {
         (Some(id), Some(secret)) => (id, secret),
         (None, None) => {
@@ -266,7 +297,7 @@ fn admin(args: AdminArgs) -> Result<()> {
         }
         _ => anyhow::bail!("give both --access-key-id and --access-key-secret (or neither)"),
     };
-    let client = certmq::admin::client::AdminClient::new(&endpoint, &id, &secret)?;
+    let client = certmq::admin::client::AdminClient::with_tls(&endpoint, &id, &secret, tls)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -277,6 +308,15 @@ fn admin(args: AdminArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The admin API's URL scheme under `settings`.
+fn admin_scheme(settings: &Settings) -> &'static str {
+    if settings.admin.tls_cert.is_empty() {
+        "http"
+    } else {
+        "https"
+    }
 }
 
 fn registry(cmd: RegistryCommand) -> Result<()> {
@@ -389,6 +429,9 @@ fn serve(config: Option<&Path>, log_format: Option<LogFormatArg>) -> Result<()> 
                     if let Err(e) = broker.reload_server_cert() {
                         tracing::error!(error = %e, "server certificate not reloaded; the previous one stays in use");
                     }
+                    if let Err(e) = broker.reload_admin_tls() {
+                        tracing::error!(error = %e, "admin API certificate not reloaded; the previous configuration stays in use");
+                    }
                 }
             }
         };
@@ -491,6 +534,7 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 fn print_dev_instructions(dev: &DevPki, broker: &Broker) {
     let port = broker.mqtt_addr().port();
     let admin = broker.admin_addr();
+    let scheme = admin_scheme(broker.settings());
     let instance = &broker.settings().instance.id;
     let dir = dev.dir.display();
     let (_, cert1, key1) = &dev.devices[0];
@@ -519,7 +563,7 @@ printed below):
   DEVICE_SN=$(openssl x509 -noout -serial -in {cert1} | cut -d= -f2)
   certmq admin InactivateDeviceCertificate --MqttInstanceId {instance} \
     --CaSn $CA_SN --DeviceSn $DEVICE_SN
-  (admin API: http://{admin}/)
+  (admin API: {scheme}://{admin}/)
 =================================================================
 "#
     ));

@@ -6,11 +6,24 @@
 #     docs/examples/acs-curl.sh InactivateDeviceCertificate \
 #       MqttInstanceId=mqtt-certmq-local CaSn=2B22... DeviceSn=5FC9...
 #
+# Over HTTPS (admin.tls_cert), set ENDPOINT=https://... and CA_FILE to the
+# CA that issued the admin API's certificate (else curl trusts the system's
+# CAs); with client certificates (admin.tls_client_ca), CLIENT_CERT and
+# CLIENT_KEY too:
+#
+#   ENDPOINT=https://admin.example.com:8443 CA_FILE=admin-ca.pem \
+#     CLIENT_CERT=operator.pem CLIENT_KEY=operator.key docs/examples/acs-curl.sh ...
+#
 # Prints the JSON answer; exits non-zero when the answer is an error.
 set -euo pipefail
 
 : "${ACCESS_KEY_ID:?set ACCESS_KEY_ID}" "${ACCESS_KEY_SECRET:?set ACCESS_KEY_SECRET}"
 ENDPOINT="${ENDPOINT:-http://127.0.0.1:8080}"
+tls=()
+if [ -n "${CA_FILE:-}" ]; then tls+=(--cacert "$CA_FILE"); fi
+if [ -n "${CLIENT_CERT:-}" ]; then
+    tls+=(--cert "$CLIENT_CERT" --key "${CLIENT_KEY:?set CLIENT_KEY with CLIENT_CERT}")
+fi
 action="${1:?usage: acs-curl.sh Action [Name=value ...]}"
 shift
 
@@ -42,7 +55,7 @@ done | LC_ALL=C sort -t= -k1,1 | paste -sd '&' -)
 signature=$(printf 'GET&%%2F&%s' "$(pct "$query")" |
     openssl dgst -sha1 -hmac "${ACCESS_KEY_SECRET}&" -binary | base64)
 
-answer=$(curl -sS -w '\n%{http_code}' "$ENDPOINT/?$query&Signature=$(pct "$signature")")
+answer=$(curl -sS ${tls[@]+"${tls[@]}"} -w '\n%{http_code}' "$ENDPOINT/?$query&Signature=$(pct "$signature")")
 status="${answer##*$'\n'}"
 printf '%s\n' "${answer%$'\n'*}"
 [ "$status" -lt 400 ]

@@ -7,16 +7,21 @@
 //! [`authz`] (the access key's actions) -> [`ratelimit`] -> [`ops`]
 //! (instance checks, registry change, session drop) -> JSON answer, and an
 //! [`audit`] record for every mutating call.
+//!
+//! The transport: plain HTTP, or HTTPS (and mutual TLS) with [`tls`]
+//! (the configuration, reloadable) and `listener` (the handshakes).
 
 pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod client;
 pub mod keys;
+mod listener;
 pub mod ops;
 pub mod ratelimit;
 pub mod rpc;
 pub mod sign;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -86,17 +91,20 @@ struct AdminState {
     host: String,
 }
 
-/// Serves the admin API until `shutdown` fires.
+/// Serves the admin API until `shutdown` fires: over TLS with `tls`,
+/// else plain HTTP.
 pub(crate) async fn serve(
     listener: TcpListener,
     ctx: Arc<Context>,
     api: AdminApi,
+    tls: Option<Arc<tls::AdminTls>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let host = listener
         .local_addr()
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_default();
+    let refusals_per_second = ctx.settings.log.refusals_per_second;
     let state = AdminState {
         ctx,
         api: Arc::new(api),
@@ -108,9 +116,22 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let stop = shutdown.clone();
+    let stop = async move { stop.cancelled().await };
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+        Some(tls) => {
+            let listener =
+                listener::TlsListener::spawn(listener, tls, refusals_per_second, shutdown)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+    }
     info!("admin API stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod admin_api;
+mod admin_tls;
 mod cli;
 mod crash;
 mod curl;

@@ -3,9 +3,14 @@
 //! (V1) runs `tests/sdk/sdk_flow.py` (the whole lifecycle, every operation,
 //! every documented error code). Needs python3 and PyPI, and the mosquitto
 //! clients for the devices; skipped outside CI when they are missing.
+//!
+//! Twice: over plain HTTP (loopback, the default), and over HTTPS
+//! (`admin.tls_cert`, a certificate made with `certmq pki`), with each SDK
+//! given the CA as its users would.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 use crate::support::wait_listening;
 
@@ -17,8 +22,14 @@ fn available(program: &str, arg: &str) -> bool {
     Command::new(program).arg(arg).output().is_ok()
 }
 
-/// A venv with the pinned SDKs, kept in the target directory between runs.
+/// A venv with the pinned SDKs, kept in the target directory between runs
+/// (made once per test process: the two flows share it).
 fn venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-venv");
     let requirements =
         std::fs::read_to_string(Path::new(SDK_DIR).join("requirements.txt")).unwrap();
@@ -64,8 +75,71 @@ const KEYS: &str = r#"{"admin": ["LTAI5tSdkAdmin0000000001", "sdk-admin-secret-0
  "readonly": ["LTAI5tSdkReadOnly000001", "sdk-readonly-secret-012345"],
  "other": ["LTAI5tSdkOtherAcct00001", "sdk-other-secret-0123456789"]}"#;
 
-fn serve(edition: &str) -> Serve {
+/// The admin API's certificate, made as an operator would (`certmq pki`).
+struct AdminCert {
+    dir: tempfile::TempDir,
+}
+
+impl AdminCert {
+    fn new() -> AdminCert {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = |args: &[&str]| {
+            let output = Command::new(BIN)
+                .arg("pki")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "certmq pki {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        pki(&[
+            "create-ca",
+            "--cn",
+            "SDK admin CA",
+            "--out-cert",
+            "admin-ca.pem",
+            "--out-key",
+            "admin-ca.key",
+        ]);
+        pki(&[
+            "issue-server",
+            "--ca-cert",
+            "admin-ca.pem",
+            "--ca-key",
+            "admin-ca.key",
+            "--name",
+            "127.0.0.1",
+            "--name",
+            "localhost",
+            "--out-cert",
+            "admin.pem",
+            "--out-key",
+            "admin.key",
+        ]);
+        AdminCert { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `[admin]` lines that turn TLS on.
+    fn config(&self) -> String {
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            self.path("admin.pem").display().to_string(),
+            self.path("admin.key").display().to_string()
+        )
+    }
+}
+
+fn serve(edition: &str, tls: Option<&AdminCert>) -> Serve {
     let dir = tempfile::tempdir().unwrap();
+    let admin_tls = tls.map(AdminCert::config).unwrap_or_default();
     let config = format!(
         r#"
 [instance]
@@ -77,6 +151,7 @@ listen = "127.0.0.1:0"
 
 [admin]
 listen = "127.0.0.1:0"
+{admin_tls}
 
 [[admin.access_keys]]
 id = "LTAI5tSdkAdmin0000000001"
@@ -123,6 +198,15 @@ ListCaCertificate = 5
 
 #[test]
 fn official_sdks_drive_the_whole_certificate_api() {
+    sdk_flow(None);
+}
+
+#[test]
+fn official_sdks_drive_the_whole_certificate_api_over_https() {
+    sdk_flow(Some(&AdminCert::new()));
+}
+
+fn sdk_flow(tls: Option<&AdminCert>) {
     let ci = std::env::var_os("CI").is_some();
     for (program, arg, package) in [
         ("python3", "--version", "python3 python3-venv"),
@@ -135,11 +219,20 @@ fn official_sdks_drive_the_whole_certificate_api() {
         }
     }
     let venv = venv();
-    let platinum = serve("platinum");
-    let standard = serve("standard");
+    let platinum = serve("platinum", tls);
+    let standard = serve("standard", tls);
     let clients = tempfile::tempdir().unwrap();
-    let output = Command::new(venv.join("bin/python"))
+    let mut command = Command::new(venv.join("bin/python"));
+    if let Some(tls) = tls {
+        command
+            .env("CERTMQ_ADMIN_PROTOCOL", "https")
+            .env("CERTMQ_ADMIN_CA", tls.path("admin-ca.pem"));
+    }
+    let output = command
         .arg(Path::new(SDK_DIR).join("sdk_flow.py"))
+        // Only what the flow configures decides what the SDKs trust.
+        .env_remove("ALIBABA_CLOUD_CA_BUNDLE")
+        .env_remove("REQUESTS_CA_BUNDLE")
         .env("CERTMQ_BIN", BIN)
         .env("CERTMQ_WORKDIR", clients.path())
         .env("CERTMQ_ENDPOINT", format!("127.0.0.1:{}", platinum.admin))
@@ -164,4 +257,7 @@ fn official_sdks_drive_the_whole_certificate_api() {
         "the SDK flow failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("all SDK checks passed"));
+    if tls.is_some() {
+        assert!(stdout.contains("both SDKs verify"), "{stdout}");
+    }
 }

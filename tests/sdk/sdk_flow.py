@@ -8,7 +8,16 @@ Run by `tests/integration/sdk.rs`, which starts the brokers and passes:
 
   CERTMQ_BIN, CERTMQ_WORKDIR, CERTMQ_ENDPOINT, CERTMQ_STANDARD_ENDPOINT,
   CERTMQ_MQTT_PORT, CERTMQ_SERVER_CA, CERTMQ_INSTANCE,
-  CERTMQ_KEYS (JSON: {"admin": [id, secret], "readonly": [...], "other": [...]})
+  CERTMQ_KEYS (JSON: {"admin": [id, secret], "readonly": [...], "other": [...]}),
+  and for an admin API over HTTPS: CERTMQ_ADMIN_PROTOCOL=https and
+  CERTMQ_ADMIN_CA (the CA file of its certificate).
+
+Over HTTPS each SDK is given the CA the way its users would: the V3 SDK's
+`Config(protocol="https", ca=PATH)`, the V1 core SDK's
+`AcsClient(..., verify=PATH)` with `CommonRequest.set_protocol_type("https")`.
+(Environment variables do not reach the V3 SDK: it calls requests'
+`Session.send`, which ignores REQUESTS_CA_BUNDLE; the V1 SDK reads
+ALIBABA_CLOUD_CA_BUNDLE, when `verify` is not given.)
 """
 
 import json
@@ -21,8 +30,9 @@ from alibabacloud_onsmqtt20200420 import models
 from alibabacloud_onsmqtt20200420.client import Client
 from alibabacloud_tea_openapi.models import Config
 from alibabacloud_tea_openapi.utils import Utils as V3Utils
-from aliyunsdkcore.acs_exception.exceptions import ServerException
+from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.client import AcsClient
+from aliyunsdkcore.http import protocol_type
 from aliyunsdkcore.request import CommonRequest
 from aliyunsdkcore.utils import parameter_helper
 
@@ -34,26 +44,36 @@ MQTT_PORT = os.environ["CERTMQ_MQTT_PORT"]
 SERVER_CA = os.environ["CERTMQ_SERVER_CA"]
 INSTANCE = os.environ["CERTMQ_INSTANCE"]
 KEYS = json.loads(os.environ["CERTMQ_KEYS"])
+PROTOCOL = os.environ.get("CERTMQ_ADMIN_PROTOCOL", "http")
+ADMIN_CA = os.environ.get("CERTMQ_ADMIN_CA") or None
 
 
 def log(message):
     print(f"[sdk] {message}", flush=True)
 
 
+def v3_config(ak, secret, endpoint=ENDPOINT, ca=ADMIN_CA):
+    return Config(access_key_id=ak, access_key_secret=secret, endpoint=endpoint, protocol=PROTOCOL, ca=ca)
+
+
 def v3_client(key="admin", endpoint=ENDPOINT):
     ak, secret = KEYS[key]
-    return Client(Config(access_key_id=ak, access_key_secret=secret, endpoint=endpoint, protocol="http"))
+    return Client(v3_config(ak, secret, endpoint))
+
+
+def v1_acs(ak, secret, ca=ADMIN_CA):
+    # No automatic retries: every call here must be answered once, as is.
+    return AcsClient(ak, secret, "cn-hangzhou", auto_retry=False, verify=ca)
 
 
 def v1_client(key="admin"):
-    ak, secret = KEYS[key]
-    # No automatic retries: every call here must be answered once, as is.
-    return AcsClient(ak, secret, "cn-hangzhou", auto_retry=False)
+    return v1_acs(*KEYS[key])
 
 
 def v1_call(action, params, key="admin", client=None):
     request = CommonRequest(domain=ENDPOINT, version="2020-04-20", action_name=action)
-    request.set_protocol_type("http")
+    # The SDK compares with `is`: pass its own constant, not an equal string.
+    request.set_protocol_type(protocol_type.HTTPS if PROTOCOL == "https" else protocol_type.HTTP)
     request.set_method("POST")
     for name, value in params.items():
         request.add_query_param(name, value)
@@ -285,13 +305,11 @@ def errors(sn):
     expect_v3_error(burst, 400, "Throttling.User")
 
     # Wrong secret, replayed nonce, stale timestamp.
-    wrong = Client(Config(access_key_id=KEYS["admin"][0], access_key_secret="wrong-secret-value",
-                          endpoint=ENDPOINT, protocol="http"))
+    wrong = Client(v3_config(KEYS["admin"][0], "wrong-secret-value"))
     expect_v3_error(lambda: wrong.get_register_code(models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE)),
                     400, "SignatureDoesNotMatch")
     expect_v1_error(lambda: v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE},
-                                    client=AcsClient(KEYS["admin"][0], "wrong-secret-value", "cn-hangzhou",
-                                                     auto_retry=False)),
+                                    client=v1_acs(KEYS["admin"][0], "wrong-secret-value")),
                     400, "SignatureDoesNotMatch")
 
     original_nonce, original_uuid = V3Utils.get_nonce, parameter_helper.get_uuid
@@ -319,7 +337,36 @@ def errors(sn):
         V3Utils.get_timestamp, parameter_helper.get_iso_8061_date = original_ts, original_date
 
 
+def https_checks():
+    """Over HTTPS, the CA given is what makes the calls work: without it
+    (the SDKs' default trust store) both SDKs refuse the certificate."""
+    get_code = models.GetRegisterCodeRequest(mqtt_instance_id=INSTANCE)
+    # First, while no connection is pooled: the V3 SDK shares one session
+    # (and TLS context) per endpoint, to which a CA once given stays added.
+    untrusting = Client(v3_config(*KEYS["admin"], ca=None))
+    try:
+        untrusting.get_register_code(get_code)
+    except Exception as e:  # the SDK wraps requests' SSLError
+        assert "CERTIFICATE_VERIFY_FAILED" in str(e) or "SSL" in str(e), e
+        log(f"V3 without the CA: refused ({type(e).__name__})")
+    else:
+        raise AssertionError("the V3 SDK accepted a certificate it was not told to trust")
+    try:
+        v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE}, client=v1_acs(*KEYS["admin"], ca=None))
+    except ClientException as e:
+        assert "SSL" in str(e) or "CERTIFICATE_VERIFY_FAILED" in str(e), e
+        log(f"V1 without the CA: refused ({e.get_error_code()})")
+    else:
+        raise AssertionError("the V1 SDK accepted a certificate it was not told to trust")
+    assert v3().get_register_code(get_code).body.register_code
+    assert v1_call("GetRegisterCode", {"MqttInstanceId": INSTANCE})["RegisterCode"]
+    log(f"HTTPS: both SDKs verify the admin API's certificate against {ADMIN_CA}")
+
+
 def main():
+    log(f"admin API over {PROTOCOL}")
+    if PROTOCOL == "https":
+        https_checks()
     sn = lifecycle()
     errors(sn)
     log("all SDK checks passed")

@@ -39,6 +39,10 @@ pub async fn start(cas: &[&Ca]) -> TestBroker {
 
 pub async fn start_with(cas: &[&Ca], tweak: impl FnOnce(&mut Settings)) -> TestBroker {
     init_tracing();
+    // reqwest is built without a crypto provider of its own (certmq's
+    // AdminClient hands it one); tests that call reqwest directly get the
+    // broker's.
+    let _ = rustls::crypto::CryptoProvider::install_default((*certmq::tls::provider()).clone());
     let dir = tempfile::tempdir().unwrap();
     let server_ca = Ca::new("certmq test server CA");
     let (server_cert, server_key) = server_ca.server();
