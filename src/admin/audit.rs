@@ -51,6 +51,8 @@ pub enum AuditError {
 
 pub struct AuditRecord<'a> {
     pub req: &'a RpcRequest,
+    /// Where the call came from (the TCP peer of the admin listener).
+    pub peer: std::net::SocketAddr,
     pub action: &'a str,
     pub access_key_id: Option<&'a str>,
     pub account: Option<&'a str>,
@@ -79,6 +81,7 @@ impl AuditRecord<'_> {
         json!({
             "time": time,
             "request_id": self.req.request_id,
+            "peer": self.peer.to_string(),
             "access_key_id": self.access_key_id,
             "account": self.account,
             "action": self.action.chars().take(64).collect::<String>(),
@@ -143,6 +146,7 @@ impl AuditLog {
         tracing::info!(
             target: "certmq::audit",
             request_id = %record.req.request_id,
+            peer = %record.peer,
             access_key_id = record.access_key_id.unwrap_or("-"),
             account = record.account.unwrap_or("-"),
             action = record.action,
@@ -245,6 +249,7 @@ mod tests {
     async fn write(log: &AuditLog, req: &RpcRequest) {
         log.write(AuditRecord {
             req,
+            peer: ([127, 0, 0, 1], 4242).into(),
             action: "InactivateDeviceCertificate",
             access_key_id: Some("LTAI1"),
             account: Some("acct"),
@@ -275,6 +280,7 @@ mod tests {
         assert_eq!(records[0]["request_id"], req.request_id.as_str());
         assert_eq!(records[0]["targets"]["DeviceSn"], "AB01");
         assert_eq!(records[0]["code"], "Success");
+        assert_eq!(records[0]["peer"], "127.0.0.1:4242");
         let mode = fs::metadata(dir.path().join(FILE_NAME)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);

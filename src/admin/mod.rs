@@ -30,12 +30,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{any, get};
+use axum::serve::IncomingStream;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -120,14 +122,14 @@ pub(crate) async fn serve(
     let stop = async move { stop.cancelled().await };
     match tls {
         None => {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                 .with_graceful_shutdown(stop)
                 .await?
         }
         Some(tls) => {
             let listener =
                 listener::TlsListener::spawn(listener, tls, refusals_per_second, shutdown)?;
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                 .with_graceful_shutdown(stop)
                 .await?
         }
@@ -136,8 +138,26 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// The TCP peer of an admin call (for the audit trail), whether the
+/// listener speaks TLS or not.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, listener::TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, listener::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
 async fn handle(
     State(state): State<AdminState>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -174,6 +194,7 @@ async fn handle(
         let claimed = Authenticator::claimed_key_id(&req);
         let written = state.api.audit.write(audit::AuditRecord {
             req: &req,
+            peer,
             action: action.unwrap_or_default(),
             access_key_id: caller
                 .as_ref()

@@ -226,6 +226,12 @@ async fn every_state_changing_call_leaves_one_audit_record_whatever_the_log_leve
     assert_eq!(records[0]["request_id"], ok["RequestId"]);
     assert_eq!(records[0]["action"], "InactivateDeviceCertificate");
     assert_eq!(records[0]["code"], "Success");
+    assert!(
+        records[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert_eq!(
         records[0]["account"],
         tb.broker.settings().instance.owner.as_str()

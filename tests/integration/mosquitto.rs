@@ -75,16 +75,19 @@ async fn finished(child: Child) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-async fn wait_connected(tb: &TestBroker, device: &Device) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tb.broker.sessions().sessions_of(&device.identity) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never connected",
-            device.name
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_connected(tb: &TestBroker, device: &Device, connacks_before: u64) {
+    // In the table right after the TLS handshake, CONNACKed a moment later:
+    // an admin drop in between would end the session before the client
+    // ever saw it open.
+    crate::support::wait_until(
+        Duration::from_secs(10),
+        &format!("{} to connect", device.name),
+        async || {
+            tb.broker.sessions().sessions_of(&device.identity) > 0
+                && tb.broker.metrics().sessions_started() > connacks_before
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +102,7 @@ async fn mosquitto_clients_exchange_a_message() {
 
     for version in ["mqttv311", "mqttv5"] {
         let topic = format!("interop/{version}");
+        let connacks = tb.broker.metrics().sessions_started();
         let mut sub = mosquitto(
             "mosquitto_sub",
             &tb,
@@ -109,7 +113,7 @@ async fn mosquitto_clients_exchange_a_message() {
         )
         .spawn()
         .expect("mosquitto_sub");
-        wait_connected(&tb, &d1).await;
+        wait_connected(&tb, &d1, connacks).await;
         // The subscription lands just after the connection: publish until
         // the subscriber has its one message and exits.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -166,6 +170,7 @@ async fn mosquitto_v5_subscriber_sees_administrative_disconnect() {
     let tb = support::start(&[&ca]).await;
     let device = ca.device("mosq-lost");
     let f = files(&tb, &device);
+    let connacks = tb.broker.metrics().sessions_started();
     let sub = mosquitto(
         "mosquitto_sub",
         &tb,
@@ -174,7 +179,7 @@ async fn mosquitto_v5_subscriber_sees_administrative_disconnect() {
     )
     .spawn()
     .unwrap();
-    wait_connected(&tb, &device).await;
+    wait_connected(&tb, &device, connacks).await;
     tb.inactivate(&device).await;
     let out = finished(sub).await;
     assert!(out.contains("DISCONNECT (152)"), "{out}");
