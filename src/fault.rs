@@ -7,12 +7,32 @@
 //! live-session gauge held. No input reaches a panic on purpose, so the
 //! tests need a way to cause one in the middle of a live session.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Armed by the test suite ([`enable`]) or, for a `certmq serve` process
+/// of a test build, by `CERTMQ_FAULT_INJECTION=1`: a binary that merely
+/// has the feature compiled in (`cargo test --release` writes one to
+/// target/release) does nothing on these topics.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Arms the hooks for this process (in-process test brokers).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    static FROM_ENV: OnceLock<bool> = OnceLock::new();
+    ENABLED.load(Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| std::env::var("CERTMQ_FAULT_INJECTION").as_deref() == Ok("1"))
+}
+
 /// A PUBLISH to this topic makes the connection task that decodes it panic.
 pub const PANIC_TOPIC: &str = "certmq/fault-injection/panic";
 
 /// Called for every PUBLISH a client sends, before it reaches the router.
 pub(crate) fn on_publish(topic: &[u8]) {
-    if topic == PANIC_TOPIC.as_bytes() {
+    if topic == PANIC_TOPIC.as_bytes() && enabled() {
         panic!("fault injection: PUBLISH to {PANIC_TOPIC}");
     }
 }
@@ -24,6 +44,9 @@ pub const ROUTER_PANIC_TOPIC: &str = "certmq/fault-injection/router-panic";
 
 /// Called on the router feeder thread for every batch of client packets.
 pub(crate) fn on_router_feed(packets: &[rumqttd::protocol::Packet]) {
+    if !enabled() {
+        return;
+    }
     let hit = packets.iter().any(|p| {
         matches!(p, rumqttd::protocol::Packet::Publish(publish, _)
             if publish.topic == ROUTER_PANIC_TOPIC.as_bytes())

@@ -144,6 +144,8 @@ impl Broker {
     /// bound and `<storage.data_dir>/listen.json` names their addresses.
     pub async fn start(settings: Settings) -> Result<Broker, StartError> {
         settings.validate()?;
+        #[cfg(feature = "fault-injection")]
+        warn!("this is a TEST BUILD with fault injection compiled in: never deploy it");
         let mut data_dir = DataDir::lock(&settings.storage.data_dir)?;
         let store = SqliteStore::open(
             &data_dir.registry_db(),

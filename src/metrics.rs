@@ -24,6 +24,7 @@ pub struct Metrics {
     messages_in: IntCounter,
     messages_out: IntCounter,
     audit_failures: IntCounter,
+    audit_suppressed: IntCounter,
     registry_cas: IntGauge,
     registry_devices: IntGauge,
 }
@@ -150,6 +151,11 @@ impl Metrics {
                 "certmq_audit_write_failures_total",
                 "Admin calls whose audit record could not be written to audit.jsonl (see the error log).",
             ),
+            audit_suppressed: counter(
+                r,
+                "certmq_audit_records_suppressed_total",
+                "Audit records not written for admin calls refused before their signature checked out, beyond 20 a second.",
+            ),
             registry_cas: gauge(r, "certmq_registry_cas", "Registered CA certificates."),
             registry_devices: gauge(
                 r,
@@ -207,6 +213,10 @@ impl Metrics {
 
     pub(crate) fn audit_failed(&self) {
         self.audit_failures.inc();
+    }
+
+    pub(crate) fn audit_suppressed(&self) {
+        self.audit_suppressed.inc();
     }
 
     /// The PUBLISH counters (received, sent), for a session to bump as it

@@ -27,6 +27,24 @@ use super::rpc::RpcRequest;
 /// The audit file's name in the data directory.
 pub const FILE_NAME: &str = "audit.jsonl";
 
+/// Most records a second of calls refused before their signature checked
+/// out (unknown key, bad signature): whoever can reach the admin port can
+/// send those, and must not be able to rotate the genuine trail away.
+/// Beyond it they are counted (`certmq_audit_records_suppressed_total`).
+pub const UNAUTHENTICATED_PER_SECOND: u32 = 20;
+
+/// Longest error message kept in a record (a refused signature's message
+/// holds the whole string to sign, of the caller's making).
+const MAX_MESSAGE_CHARS: usize = 256;
+
+/// What became of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Recorded,
+    /// An unauthenticated refusal beyond [`UNAUTHENTICATED_PER_SECOND`].
+    Suppressed,
+}
+
 /// The parameters that name what a call acted on.
 const TARGETS: [&str; 6] = [
     "Sn",
@@ -82,12 +100,12 @@ impl AuditRecord<'_> {
             "time": time,
             "request_id": self.req.request_id,
             "peer": self.peer.to_string(),
-            "access_key_id": self.access_key_id,
+            "access_key_id": self.access_key_id.map(|id| id.chars().take(64).collect::<String>()),
             "account": self.account,
             "action": self.action.chars().take(64).collect::<String>(),
             "targets": targets,
             "code": self.code,
-            "message": self.message,
+            "message": self.message.as_ref().map(|m| m.chars().take(MAX_MESSAGE_CHARS).collect::<String>()),
             "duration_ms": self.duration.as_secs_f64() * 1000.0,
         })
     }
@@ -99,6 +117,7 @@ type Job = (String, oneshot::Sender<Result<(), String>>);
 pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    unauthenticated: crate::log_limit::LogLimiter,
 }
 
 impl AuditLog {
@@ -133,16 +152,32 @@ impl AuditLog {
                 path: path.clone(),
                 source,
             })?;
-        Ok(AuditLog { jobs, path })
+        Ok(AuditLog {
+            jobs,
+            path,
+            unauthenticated: crate::log_limit::LogLimiter::new(UNAUTHENTICATED_PER_SECOND),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Writes one record and waits until it is in the file.
-    pub async fn write(&self, record: AuditRecord<'_>) -> Result<(), AuditError> {
-        let json = record.to_json();
+    /// Writes one record and waits until it is in the file. A record of a
+    /// call without a verified caller may be suppressed (see
+    /// [`UNAUTHENTICATED_PER_SECOND`]); the next one written says how many
+    /// were (`suppressed_before`).
+    pub async fn write(&self, record: AuditRecord<'_>) -> Result<Written, AuditError> {
+        let mut json = record.to_json();
+        if record.account.is_none() {
+            match self.unauthenticated.admit() {
+                Some(suppressed) if suppressed > 0 => {
+                    json["suppressed_before"] = suppressed.into();
+                }
+                Some(_) => {}
+                None => return Ok(Written::Suppressed),
+            }
+        }
         tracing::info!(
             target: "certmq::audit",
             request_id = %record.req.request_id,
@@ -160,7 +195,7 @@ impl AuditLog {
             .send((json.to_string(), done))
             .map_err(|_| AuditError::WriterGone)?;
         match written.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(Written::Recorded),
             Ok(Err(reason)) => Err(AuditError::Io {
                 path: self.path.clone(),
                 source: std::io::Error::other(reason),
@@ -195,7 +230,11 @@ impl Rotating {
     fn append(&mut self, line: &str) -> Result<(), AuditError> {
         let len = line.len() as u64 + 1;
         if self.size > 0 && self.size + len > self.max_bytes {
-            self.rotate()?;
+            if let Err(e) = self.rotate() {
+                // The record matters more than the size limit: it goes to
+                // the current file, and the next record tries again.
+                tracing::error!(error = %e, "audit file not rotated");
+            }
         }
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());

@@ -176,6 +176,30 @@ async fn handle(
         Ok(req) => req,
         Err((request_id, error)) => return rpc::error_response(&request_id, &state.host, &error),
     };
+    // The call runs in a task of its own: a caller that hangs up must not
+    // cancel it half way (registry changed, sessions not yet dropped, no
+    // audit record). Dropping this handler only detaches the task.
+    let request_id = req.request_id.clone();
+    match tokio::spawn(run_call(state.clone(), req, peer, started)).await {
+        Ok(response) => response,
+        Err(e) => {
+            error!(%request_id, error = %e, "admin call task failed");
+            rpc::error_response(
+                &request_id,
+                &state.host,
+                &ApiError::Internal("the call failed inside the broker; see its log".into()),
+            )
+        }
+    }
+}
+
+/// Authenticates and runs one call, audits it, and answers.
+async fn run_call(
+    state: AdminState,
+    req: RpcRequest,
+    peer: SocketAddr,
+    started: Instant,
+) -> Response {
     let mut caller = None;
     let outcome = call(&state, &req, &mut caller).await;
 
@@ -205,11 +229,15 @@ async fn handle(
             message: outcome.as_ref().err().map(ToString::to_string),
             duration: started.elapsed(),
         });
-        if let Err(e) = written.await {
-            // The change itself is done (or refused); the answer says so.
-            // A trail that cannot be written is an operator's emergency.
-            state.ctx.metrics.audit_failed();
-            error!(request_id = %req.request_id, error = %e, "audit record not written");
+        match written.await {
+            Ok(audit::Written::Recorded) => {}
+            Ok(audit::Written::Suppressed) => state.ctx.metrics.audit_suppressed(),
+            Err(e) => {
+                // The change itself is done (or refused); the answer says so.
+                // A trail that cannot be written is an operator's emergency.
+                state.ctx.metrics.audit_failed();
+                error!(request_id = %req.request_id, error = %e, "audit record not written");
+            }
         }
     }
     match outcome {

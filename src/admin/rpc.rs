@@ -236,7 +236,9 @@ pub enum ApiError {
     RegistrationRefused(String),
     #[error("The action {0} is not supported by this broker.")]
     UnknownAction(String),
-    #[error("The request names no action: set the Action parameter or the x-acs-action header.")]
+    #[error(
+        "The request names no action: sign the x-acs-action header (ACS3-HMAC-SHA256) or send the Action parameter (HMAC-SHA1)."
+    )]
     MissingAction,
     #[error(
         "The request names its {what} twice, differently: {signed} (signed) and {other}. Send it once: the x-acs-{what} header for ACS3-HMAC-SHA256, the {param} parameter for HMAC-SHA1."

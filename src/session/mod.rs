@@ -237,10 +237,20 @@ where
             clean_session: request.clean_session,
             topic_alias_max: request.topic_alias_max,
         };
+        let build = ctx.router.link(link_request);
+        tokio::pin!(build);
         let link = tokio::select! {
             biased;
-            _ = self.guard.killed() => return self.killed(),
-            built = ctx.router.link(link_request) => built,
+            _ = self.guard.killed() => {
+                // Let a link being made finish (within the drop timeout) and
+                // close it in order, before this session counts as closed:
+                // a successor with the same client id must find it gone.
+                if let Ok(Ok(link)) = tokio::time::timeout(ctx.settings.drop_timeout(), &mut build).await {
+                    *link_slot = Some(link);
+                }
+                return self.killed();
+            }
+            built = &mut build => built,
         };
         let link = match link {
             Ok(link) => link_slot.insert(link),

@@ -16,8 +16,9 @@
 //! table entry will see the new status when it re-reads it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -41,6 +42,23 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    fn code(self) -> u8 {
+        match self {
+            DropReason::Administrative => 1,
+            DropReason::ShuttingDown => 2,
+            DropReason::TakenOver => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<DropReason> {
+        match code {
+            1 => Some(DropReason::Administrative),
+            2 => Some(DropReason::ShuttingDown),
+            3 => Some(DropReason::TakenOver),
+            _ => None,
+        }
+    }
+
     /// The `reason` label of `certmq_sessions_dropped_total`.
     pub fn label(self) -> &'static str {
         match self {
@@ -63,12 +81,22 @@ pub struct DropTimeout {
 struct Handle {
     kill: CancellationToken,
     closed: CancellationToken,
-    reason: Arc<OnceLock<DropReason>>,
+    /// The first reason a kill gave, except that an administrative drop
+    /// wins over any other: a session an operator cut off while it was
+    /// being taken over (or the broker stopping) publishes no will.
+    reason: Arc<AtomicU8>,
 }
 
 impl Handle {
     fn kill(&self, reason: DropReason) -> Closing {
-        let _ = self.reason.set(reason);
+        let code = reason.code();
+        if reason == DropReason::Administrative {
+            self.reason.store(code, Ordering::Release);
+        } else {
+            let _ = self
+                .reason
+                .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        }
         self.kill.cancel();
         Closing {
             closed: self.closed.clone(),
@@ -151,7 +179,7 @@ impl SessionTable {
         let handle = Handle {
             kill: CancellationToken::new(),
             closed: CancellationToken::new(),
-            reason: Arc::new(OnceLock::new()),
+            reason: Arc::new(AtomicU8::new(0)),
         };
         self.shared
             .by_device
@@ -330,7 +358,7 @@ impl SessionGuard {
     }
 
     pub fn drop_reason(&self) -> Option<DropReason> {
-        self.handle.reason.get().copied()
+        DropReason::from_code(self.handle.reason.load(Ordering::Acquire))
     }
 
     /// Makes this session the holder of `client_id`, unless another
@@ -453,6 +481,19 @@ mod tests {
         // A clean session freed the id for anyone.
         let mut other = table.register(identity(2));
         assert!(other.claim_client_id("c", false).is_ok());
+    }
+
+    #[test]
+    fn an_administrative_drop_overrides_an_earlier_reason() {
+        let table = SessionTable::new();
+        let a = table.register(identity(1));
+        table.kill_all(DropReason::ShuttingDown);
+        assert_eq!(a.drop_reason(), Some(DropReason::ShuttingDown));
+        table.kill_device(&identity(1), DropReason::TakenOver);
+        assert_eq!(a.drop_reason(), Some(DropReason::ShuttingDown));
+        // An operator cut it off as well: no will, whatever came first.
+        table.kill_device(&identity(1), DropReason::Administrative);
+        assert_eq!(a.drop_reason(), Some(DropReason::Administrative));
     }
 
     #[test]

@@ -20,6 +20,8 @@ fn certmq(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_remove("RUST_LOG")
+        // The test build's fault-injection hooks are armed for these runs.
+        .env("CERTMQ_FAULT_INJECTION", "1")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

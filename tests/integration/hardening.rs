@@ -255,12 +255,49 @@ async fn every_state_changing_call_leaves_one_audit_record_whatever_the_log_leve
         std::fs::read_to_string(tb.broker.settings().storage.data_dir.join("audit.jsonl")).unwrap();
     assert!(!text.contains(support::TEST_KEY_SECRET));
 
+    // A flood of forged calls, each dragging a huge parameter into its
+    // error message, cannot rotate the genuine trail away: records are
+    // capped in size, and unauthenticated refusals in number.
+    let huge = "x".repeat(5_000);
+    for _ in 0..60 {
+        let (status, _) = forger
+            .call(
+                "DeleteCaCertificate",
+                &[
+                    ("MqttInstanceId".into(), tb.instance()),
+                    ("Sn".into(), huge.clone()),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400);
+    }
+    let records = audit_records(&tb);
+    let forged = records.len() - 2;
+    assert!((1..=40).contains(&forged), "{forged} forged calls recorded");
+    for record in &records {
+        assert!(record.to_string().len() < 2_000, "{record}");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", tb.broker.admin_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let suppressed: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("certmq_audit_records_suppressed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(forged + suppressed, 60, "{metrics}");
+
     // Kept across a restart: appended to.
     let tb = tb.restart().await;
     tb.activate(&device).await;
+    let before = records.len();
     let records = audit_records(&tb);
-    assert_eq!(records.len(), 3, "{records:?}");
-    assert_eq!(records[2]["action"], "ActiveDeviceCertificate");
+    assert_eq!(records.len(), before + 1, "{records:?}");
+    assert_eq!(records[before]["action"], "ActiveDeviceCertificate");
 }
 
 async fn readyz(tb: &support::TestBroker) -> (u16, String) {

@@ -107,24 +107,19 @@ async fn stalled_connections_are_closed_and_keep_no_device_out() {
     }
     assert_eq!(open, 0, "stalled connections still open");
     // The silent ones by mqtt.first_byte_timeout_ms, the ones that stopped
-    // mid-handshake by mqtt.handshake_timeout_ms.
+    // mid-handshake by mqtt.handshake_timeout_ms (a ClientHello delayed past
+    // the first-byte timeout on a loaded machine counts in the first).
     let metrics = scrape(&tb).await;
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"certmq_handshakes_refused_total{reason="first_byte_timeout"}"#
-        ),
-        1000.0,
-        "{metrics}"
+    let first_byte = metric(
+        &metrics,
+        r#"certmq_handshakes_refused_total{reason="first_byte_timeout"}"#,
     );
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"certmq_handshakes_refused_total{reason="timeout"}"#
-        ),
-        200.0,
-        "{metrics}"
+    let handshake = metric(
+        &metrics,
+        r#"certmq_handshakes_refused_total{reason="timeout"}"#,
     );
+    assert!(first_byte >= 1000.0, "{metrics}");
+    assert_eq!(first_byte + handshake, 1200.0, "{metrics}");
     // The legitimate session outlived them all.
     publisher.publish("ok/2", b"still", 1).await;
     assert_eq!(sub.expect_publish("ok/2").await, b"still");

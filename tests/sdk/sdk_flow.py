@@ -14,7 +14,8 @@ Run by `tests/integration/sdk.rs`, which starts the brokers and passes:
 
 Over HTTPS each SDK is given the CA the way its users would: the V3 SDK's
 `Config(protocol="https", ca=PATH)`, the V1 core SDK's
-`AcsClient(..., verify=PATH)` with `CommonRequest.set_protocol_type("https")`.
+`AcsClient(..., verify=PATH)` with `CommonRequest.set_protocol_type(protocol_type.HTTPS)`
+(the SDK's constant: the string "https" is silently taken as plain HTTP).
 (Environment variables do not reach the V3 SDK: it calls requests'
 `Session.send`, which ignores REQUESTS_CA_BUNDLE; the V1 SDK reads
 ALIBABA_CLOUD_CA_BUNDLE, when `verify` is not given.)

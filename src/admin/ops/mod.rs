@@ -188,13 +188,15 @@ pub(crate) async fn run(
 /// router could not (then the id stays claimed by its old owner, so that
 /// nobody else inherits that session).
 async fn forget_session(ctx: &Context, client_id: std::sync::Arc<str>) -> bool {
-    match ctx.router.forget(&client_id).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(%client_id, error = %e, "the router's stored session was not discarded; the client id stays claimed");
-            false
-        }
-    }
+    let forgotten =
+        tokio::time::timeout(ctx.settings.drop_timeout(), ctx.router.forget(&client_id));
+    let error = match forgotten.await {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "the router did not answer within mqtt.drop_timeout_ms".to_owned(),
+    };
+    tracing::warn!(%client_id, %error, "the router's stored session was not discarded; the client id stays claimed");
+    false
 }
 
 /// `PageNo` (from 1, default 1) and `PageSize` (1 to 100, default 10), as

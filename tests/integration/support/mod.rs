@@ -39,6 +39,7 @@ pub async fn start(cas: &[&Ca]) -> TestBroker {
 
 pub async fn start_with(cas: &[&Ca], tweak: impl FnOnce(&mut Settings)) -> TestBroker {
     init_tracing();
+    certmq::fault::enable();
     // reqwest is built without a crypto provider of its own (certmq's
     // AdminClient hands it one); tests that call reqwest directly get the
     // broker's.
