@@ -148,6 +148,17 @@ impl Authenticator {
                 )));
             }
         }
+        // The content type decides whether the (signed) body is read as
+        // parameters: left unsigned, someone on the path could drop it and
+        // with it the body's parameters.
+        if !req.body().is_empty()
+            && req.header("content-type").is_some()
+            && !auth.signed_headers.iter().any(|h| h == "content-type")
+        {
+            return Err(ApiError::IncompleteSignature(
+                "a request with a body must list content-type in SignedHeaders".into(),
+            ));
+        }
         let date = req.header("x-acs-date").ok_or(ApiError::MissingTimestamp)?;
         let timestamp = self.check_timestamp(date)?;
         let nonce = req

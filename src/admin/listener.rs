@@ -45,6 +45,7 @@ impl TlsListener {
         tls: Arc<AdminTls>,
         refusals_per_second: u32,
         shutdown: CancellationToken,
+        vital: crate::health::Vital,
     ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (ready_tx, ready) = mpsc::channel(MAX_HANDSHAKES);
@@ -56,7 +57,11 @@ impl TlsListener {
             refusal_log: Arc::new(LogLimiter::new(refusals_per_second)),
             shutdown,
         };
-        tokio::spawn(accept.run());
+        tokio::spawn(async move {
+            // The admin API is gone if this loop ends before shutdown.
+            let _vital = vital;
+            accept.run().await
+        });
         Ok(TlsListener { ready, local })
     }
 }

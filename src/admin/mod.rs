@@ -107,6 +107,7 @@ pub(crate) async fn serve(
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_default();
     let refusals_per_second = ctx.settings.log.refusals_per_second;
+    let state_health = ctx.health.clone();
     let state = AdminState {
         ctx,
         api: Arc::new(api),
@@ -127,8 +128,9 @@ pub(crate) async fn serve(
                 .await?
         }
         Some(tls) => {
+            let vital = state_health.vital("admin API TLS accept loop", shutdown.clone());
             let listener =
-                listener::TlsListener::spawn(listener, tls, refusals_per_second, shutdown)?;
+                listener::TlsListener::spawn(listener, tls, refusals_per_second, shutdown, vital)?;
             axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                 .with_graceful_shutdown(stop)
                 .await?

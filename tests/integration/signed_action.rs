@@ -51,8 +51,19 @@ async fn v3(
     signed: &[(&str, &str)],
     unsigned: &[(&str, &str)],
 ) -> (u16, Value) {
+    v3_body(tb, query, signed, unsigned, "").await
+}
+
+/// [`v3`] with a (signed, hashed) body.
+async fn v3_body(
+    tb: &TestBroker,
+    query: &[(&str, &str)],
+    signed: &[(&str, &str)],
+    unsigned: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
     let authority = tb.broker.admin_addr().to_string();
-    let payload = sign::sha256_hex(b"");
+    let payload = sign::sha256_hex(body.as_bytes());
     let nonce = uuid::Uuid::new_v4().to_string();
     let date = now_iso8601();
     let mut headers: Vec<(String, String)> = vec![
@@ -91,7 +102,8 @@ async fn v3(
     let url = format!("http://{authority}/?{}", sign::canonical_query(&query));
     let mut request = reqwest::Client::new()
         .post(url)
-        .header("authorization", authorization);
+        .header("authorization", authorization)
+        .body(body.to_owned());
     for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
         request = request.header(k.as_str(), v.as_str());
     }
@@ -268,4 +280,20 @@ async fn v3_runs_only_its_signed_action() {
     );
     let (status, body) = v3(&tb, &query, &[get, ("x-acs-version", "2019-01-01")], &[]).await;
     assert_eq!((status, code(&body)), (400, "InvalidVersion"), "{body}");
+
+    // A form body whose content type is not signed: dropping that header
+    // on the path would drop the body's parameters with it.
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let body = format!("Sn={ca_sn}");
+    let instance_only = [("MqttInstanceId", instance.as_str())];
+    let (status, body_answer) =
+        v3_body(&tb, &instance_only, &[get, V3_VERSION], &[form], &body).await;
+    assert_eq!(
+        (status, code(&body_answer)),
+        (400, "IncompleteSignature"),
+        "{body_answer}"
+    );
+    let (status, body_answer) =
+        v3_body(&tb, &instance_only, &[get, V3_VERSION, form], &[], &body).await;
+    assert_eq!(status, 200, "{body_answer}");
 }
