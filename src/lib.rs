@@ -27,6 +27,7 @@
 
 pub mod admin;
 mod admission;
+pub mod authz;
 pub mod check;
 pub mod config;
 #[cfg(feature = "fault-injection")]
