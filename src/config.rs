@@ -42,6 +42,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub storage: StorageSettings,
     pub log: LogSettings,
+    pub authz: crate::authz::AuthzSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,6 +359,8 @@ impl Settings {
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty (e.g. \"info\")"));
         }
+        crate::authz::PolicySet::from_settings(&self.authz)
+            .map_err(|e| invalid(e.place, e.problem))?;
         Ok(())
     }
 

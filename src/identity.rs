@@ -54,6 +54,10 @@ pub struct DeviceCert {
     pub issuer_raw: Vec<u8>,
     /// The subject common name, the DeviceName of auto-registration.
     pub common_name: String,
+    /// The first subject organization and organizational unit, empty when
+    /// absent (`${Subject.O}`, `${Subject.OU}` in authorization policies).
+    pub subject_o: String,
+    pub subject_ou: String,
     /// notBefore and notAfter, Unix milliseconds.
     pub valid_begin_ms: i64,
     pub valid_end_ms: i64,
@@ -101,6 +105,8 @@ impl DeviceCert {
             device_sn,
             issuer_raw: cert.issuer().as_raw().to_vec(),
             common_name: common_name(&cert),
+            subject_o: first_str(cert.subject().iter_organization()),
+            subject_ou: first_str(cert.subject().iter_organizational_unit()),
             valid_begin_ms: cert.validity().not_before.timestamp().saturating_mul(1000),
             valid_end_ms: cert.validity().not_after.timestamp().saturating_mul(1000),
             der: Arc::from(der.as_ref()),
@@ -111,6 +117,17 @@ impl DeviceCert {
     pub fn pem(&self) -> String {
         crate::pki::der_to_pem("CERTIFICATE", &self.der)
     }
+}
+
+/// The first of some subject attributes as text, or an empty string.
+fn first_str<'a>(
+    mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> String {
+    values
+        .next()
+        .and_then(|v| v.as_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The first subject CN, or an empty string when the subject has none.

@@ -114,10 +114,12 @@ pub(crate) struct Context {
     pub(crate) router: RouterHandle,
     pub(crate) tls: TlsContext,
     pub(crate) metrics: Metrics,
+    /// Topic authorization: the configured policies and attachments.
+    pub(crate) authz: Arc<authz::PolicySet>,
     /// Whether a component the broker cannot run without has stopped.
     pub(crate) health: health::Health,
     /// Refused handshakes are logged at most this often.
-    pub(crate) refusal_log: log_limit::LogLimiter,
+    pub(crate) refusal_log: Arc<log_limit::LogLimiter>,
 }
 
 /// A running broker.
@@ -197,6 +199,8 @@ impl Broker {
             pid: std::process::id(),
         })?;
 
+        let authz = authz::PolicySet::from_settings(&settings.authz)
+            .map_err(|e| config::invalid(e.place, e.problem))?;
         let refusals_per_second = settings.log.refusals_per_second;
         let ctx = Arc::new(Context {
             settings,
@@ -206,8 +210,9 @@ impl Broker {
             router,
             tls,
             metrics: Metrics::new(),
+            authz: Arc::new(authz),
             health: health::Health::default(),
-            refusal_log: log_limit::LogLimiter::new(refusals_per_second),
+            refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
         });
         let shutdown = CancellationToken::new();
         let health = ctx.health.clone();

@@ -142,7 +142,16 @@ async fn connection(
     let admitted = admit(&ctx, stream.get_ref().1, &verifier).await;
     match admitted {
         Ok((verified, guard)) => {
-            session::run(&ctx, stream, guard, peer, verified.cert.common_name).await
+            let identity = guard.identity();
+            let principal = crate::authz::Principal {
+                common_name: verified.cert.common_name,
+                device_sn: identity.device_sn.to_string(),
+                ca_sn: identity.ca_sn.to_string(),
+                client_id: String::new(),
+                subject_o: verified.cert.subject_o,
+                subject_ou: verified.cert.subject_ou,
+            };
+            session::run(&ctx, stream, guard, peer, principal).await
         }
         Err(Refused { refusal, guard }) => {
             match verifier.verdict() {

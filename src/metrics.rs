@@ -23,6 +23,7 @@ pub struct Metrics {
     admin_latency: HistogramVec,
     messages_in: IntCounter,
     messages_out: IntCounter,
+    authz_denied: IntCounterVec,
     audit_failures: IntCounter,
     audit_suppressed: IntCounter,
     registry_cas: IntGauge,
@@ -146,6 +147,12 @@ impl Metrics {
                 "certmq_messages_sent_total",
                 "PUBLISH packets sent to clients.",
             ),
+            authz_denied: counter_vec(
+                r,
+                "certmq_authz_denied_total",
+                "PUBLISH topics, SUBSCRIBE filters and wills refused by topic authorization, by action.",
+                &["action"],
+            ),
             audit_failures: counter(
                 r,
                 "certmq_audit_write_failures_total",
@@ -209,6 +216,11 @@ impl Metrics {
         self.admin_latency
             .with_label_values(&[action])
             .observe(seconds);
+    }
+
+    /// The refusal counter of topic authorization, for a session to bump.
+    pub(crate) fn authz_denied(&self) -> IntCounterVec {
+        self.authz_denied.clone()
     }
 
     pub(crate) fn audit_failed(&self) {

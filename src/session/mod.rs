@@ -11,6 +11,7 @@
 //! admin call stops whatever it is doing, sends MQTT 5 clients DISCONNECT
 //! 0x98 (administrative action), and closes its socket.
 
+mod authorize;
 pub mod codec;
 mod connect;
 pub mod table;
@@ -131,8 +132,14 @@ struct Session<S> {
     stream: S,
     guard: SessionGuard,
     peer: SocketAddr,
-    /// The certificate's subject CN (for `mqtt.client_id_policy`).
-    device_name: String,
+    /// Who this is, as topic authorization sees it (the certificate's
+    /// subject CN also decides `mqtt.client_id_policy`).
+    principal: crate::authz::Principal,
+    /// What the policies let it do; made at CONNECT.
+    grants: crate::authz::Grants,
+    refusals: authorize::Refusals,
+    authz_denied: prometheus::IntCounterVec,
+    denial_log: std::sync::Arc<crate::log_limit::LogLimiter>,
     read_buf: BytesMut,
     write_buf: BytesMut,
     codec: Option<Codec>,
@@ -155,7 +162,7 @@ pub(crate) async fn run<S>(
     stream: S,
     guard: SessionGuard,
     peer: SocketAddr,
-    device_name: String,
+    principal: crate::authz::Principal,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -164,7 +171,11 @@ pub(crate) async fn run<S>(
         stream,
         guard,
         peer,
-        device_name,
+        principal,
+        grants: crate::authz::Grants::default(),
+        refusals: authorize::Refusals::default(),
+        authz_denied: ctx.metrics.authz_denied(),
+        denial_log: ctx.refusal_log.clone(),
         read_buf: BytesMut::new(),
         write_buf: BytesMut::new(),
         codec: None,
@@ -202,15 +213,28 @@ where
             .settings
             .mqtt
             .client_id_policy
-            .allows(&request.client_id, &self.device_name)
+            .allows(&request.client_id, &self.principal.common_name)
         {
             let _ = self
                 .refuse(ConnectReturnCode::ClientIdentifierNotValid)
                 .await;
             return Exit::ConnectRefused(format!(
                 "client id `{}` breaks mqtt.client_id_policy for the certificate CN `{}`",
-                request.client_id, self.device_name
+                request.client_id, self.principal.common_name
             ));
+        }
+        self.principal.client_id = request.client_id.clone();
+        self.grants = ctx.authz.grants(&self.guard.identity(), &self.principal);
+        if let Some(Packet::Publish(will, _)) = &request.will {
+            let topic = String::from_utf8_lossy(&will.topic).into_owned();
+            if !self.grants.publish(&topic).is_allowed() {
+                self.authz_denied.with_label_values(&["will"]).inc();
+                let _ = self.refuse(ConnectReturnCode::NotAuthorized).await;
+                return Exit::ConnectRefused(format!(
+                    "the will topic `{}` is not allowed by the device's policies",
+                    topic.chars().take(256).collect::<String>()
+                ));
+            }
         }
         match self
             .guard
@@ -382,7 +406,18 @@ where
                         Err(e) => return Exit::Router(e.to_string()),
                     };
                     let router_disconnect = out.packets.iter().any(|p| matches!(p, Packet::Disconnect(..)));
-                    if let Err(exit) = self.write_packets(out.packets).await {
+                    let out_packets: Vec<Packet> = match self.version() {
+                        Some(version) => out
+                            .packets
+                            .into_iter()
+                            .map(|p| match p {
+                                p @ Packet::SubAck(..) => self.refusals.complete_suback(version, p),
+                                p => p,
+                            })
+                            .collect(),
+                        None => out.packets,
+                    };
+                    if let Err(exit) = self.write_packets(out_packets).await {
                         return exit;
                     }
                     if router_disconnect {
@@ -410,7 +445,9 @@ where
         };
         let mut batch = Vec::new();
         let mut received = 0u64;
-        let mut pings = 0usize;
+        // Answers certmq gives itself (PINGRESP, refusals), after the batch.
+        let mut replies = Vec::new();
+        let mut denials = Vec::new();
         let mut ending = None;
         loop {
             match codec.decode(&mut self.read_buf) {
@@ -427,7 +464,39 @@ where
                         });
                         break;
                     }
-                    Packet::PingReq(_) => pings += 1,
+                    Packet::PingReq(_) => replies.push(Packet::PingResp(PingResp)),
+                    Packet::Subscribe(subscribe, props) => {
+                        let (forward, answer, denied) = self.refusals.subscribe(
+                            &self.grants,
+                            codec.version(),
+                            subscribe,
+                            props,
+                        );
+                        batch.extend(forward);
+                        replies.extend(answer);
+                        denials.extend(denied);
+                    }
+                    Packet::PubRel(pubrel, props) => match self.refusals.pubrel(pubrel.pkid) {
+                        Some(pubcomp) => replies.push(pubcomp),
+                        None => batch.push(Packet::PubRel(pubrel, props)),
+                    },
+                    Packet::Publish(publish, props) => {
+                        received += 1;
+                        match self
+                            .refusals
+                            .publish(&self.grants, codec.version(), &publish)
+                        {
+                            None => {
+                                #[cfg(feature = "fault-injection")]
+                                crate::fault::on_publish(&publish.topic);
+                                batch.push(Packet::Publish(publish, props));
+                            }
+                            Some((answer, denied)) => {
+                                replies.extend(answer);
+                                denials.push(denied);
+                            }
+                        }
+                    }
                     Packet::Disconnect(d, _) => {
                         let with_will =
                             d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
@@ -438,14 +507,7 @@ where
                         ending = Some(Exit::Protocol(CodecError::ServerOnly("a second CONNECT")));
                         break;
                     }
-                    packet => {
-                        if let Packet::Publish(_publish, _) = &packet {
-                            #[cfg(feature = "fault-injection")]
-                            crate::fault::on_publish(&_publish.topic);
-                            received += 1;
-                        }
-                        batch.push(packet)
-                    }
+                    packet => batch.push(packet),
                 },
                 Err(e) => {
                     ending = Some(Exit::Protocol(e));
@@ -463,8 +525,10 @@ where
                 },
             }
         }
-        if pings > 0 {
-            let replies = (0..pings).map(|_| Packet::PingResp(PingResp)).collect();
+        for denied in denials {
+            self.denied(denied);
+        }
+        if !replies.is_empty() {
             if let Err(exit) = self.write_packets(replies).await {
                 return Some(exit);
             }
@@ -512,6 +576,29 @@ where
                 Ok(done) => done.map_err(Exit::Io),
                 Err(_) => Err(Exit::SendTimeout),
             },
+        }
+    }
+
+    /// Counts a refusal of topic authorization and logs it (rate-limited).
+    fn denied(&self, denied: authorize::Denied) {
+        self.authz_denied
+            .with_label_values(&[denied.action.name()])
+            .inc();
+        if let Some(suppressed) = self.denial_log.admit() {
+            let rule = match &denied.decision {
+                crate::authz::Decision::Deny(Some(rule)) => rule.to_string(),
+                _ => "no allow rule".to_owned(),
+            };
+            info!(
+                peer = %self.peer,
+                device = %self.guard.identity(),
+                client_id = %self.principal.client_id,
+                action = denied.action.name(),
+                topic = %denied.topic,
+                %rule,
+                suppressed,
+                "not authorized"
+            );
         }
     }
 

@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod admin_api;
 mod admin_tls;
+mod authz;
 mod cli;
 mod crash;
 mod curl;
