@@ -199,8 +199,13 @@ impl Broker {
             pid: std::process::id(),
         })?;
 
-        let authz = authz::PolicySet::from_settings(&settings.authz)
+        let mut authz = authz::PolicySet::from_settings(&settings.authz)
             .map_err(|e| config::invalid(e.place, e.problem))?;
+        if let Some(dev) = &dev_pki {
+            authz
+                .attach_dev_pki_app(&settings.authz, &dev.ca_cert, pki::dev::DEV_APP_NAME)
+                .map_err(|e| config::invalid(e.place, e.problem))?;
+        }
         let refusals_per_second = settings.log.refusals_per_second;
         let ctx = Arc::new(Context {
             settings,

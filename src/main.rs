@@ -534,28 +534,28 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 fn print_dev_instructions(dev: &DevPki, broker: &Broker) {
     let port = broker.mqtt_addr().port();
     let admin = broker.admin_addr();
-    let scheme = admin_scheme(broker.settings());
     let instance = &broker.settings().instance.id;
     let dir = dev.dir.display();
     let (_, cert1, key1) = &dev.devices[0];
-    let (_, cert2, key2) = &dev.devices[1];
-    let (cert1, key1, cert2, key2) = (
-        cert1.display(),
-        key1.display(),
-        cert2.display(),
-        key2.display(),
-    );
+    let (cert1, key1) = (cert1.display(), key1.display());
+    let (app_cert, app_key) = (dev.app.0.display(), dev.app.1.display());
     say(format_args!(
         r#"
 ==================== certmq: DEVELOPMENT PKI ====================
 Running on a development PKI in {dir} (not for production).
+Each device may use only its own namespace, devices/<its CN>/...; the
+application certificate (CN app) reaches every device's.
 
-Subscribe as device-1:
+The application watches the fleet's telemetry:
   mosquitto_sub -h localhost -p {port} --cafile {dir}/ca.pem \
-    --cert {cert1} --key {key1} -i device-1 -t 'demo/#' -v
-Publish as device-2:
+    --cert {app_cert} --key {app_key} -i app -t 'devices/+/telemetry' -v
+device-1 publishes its telemetry:
   mosquitto_pub -h localhost -p {port} --cafile {dir}/ca.pem \
-    --cert {cert2} --key {key2} -i device-2 -t demo/hello -m hi
+    --cert {cert1} --key {key1} -i device-1 -t devices/device-1/telemetry -m 21.5
+The application sends device-1 a command (device-1 subscribes to
+devices/device-1/cmd to receive it):
+  mosquitto_pub -h localhost -p {port} --cafile {dir}/ca.pem \
+    --cert {app_cert} --key {app_key} -i app-cmd -t devices/device-1/cmd -m reboot
 
 Inactivate device-1 through the admin API (signed with the access key
 printed below):
@@ -563,7 +563,7 @@ printed below):
   DEVICE_SN=$(openssl x509 -noout -serial -in {cert1} | cut -d= -f2)
   certmq admin InactivateDeviceCertificate --MqttInstanceId {instance} \
     --CaSn $CA_SN --DeviceSn $DEVICE_SN
-  (admin API: {scheme}://{admin}/)
+  (admin API: http://{admin}/)
 =================================================================
 "#
     ));

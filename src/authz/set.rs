@@ -26,6 +26,10 @@ use crate::serial::{CaSn, DeviceSn, Serial};
 #[serde(deny_unknown_fields)]
 pub struct AuthzSettings {
     pub default_policies: Vec<String>,
+    /// What the development PKI's application certificate (CN `app`)
+    /// gets, when the broker runs on the development PKI.
+    #[serde(default)]
+    pub dev_pki_app_policies: Vec<String>,
     pub policies: Vec<PolicySettings>,
     #[serde(default)]
     pub attach: Vec<AttachSettings>,
@@ -107,6 +111,7 @@ impl Attachment {
 /// The compiled `[authz]` section.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
+    by_name: HashMap<Arc<str>, Arc<Policy>>,
     defaults: Vec<Arc<Policy>>,
     attachments: Vec<Attachment>,
     uses_client_id: bool,
@@ -166,58 +171,102 @@ impl PolicySet {
                 .collect()
         };
         let defaults = lookup("authz.default_policies", &settings.default_policies)?;
+        lookup("authz.dev_pki_app_policies", &settings.dev_pki_app_policies)?;
         if settings.attach.len() > MAX_ATTACHMENTS {
             return Err(error(
                 "authz.attach",
                 format!("at most {MAX_ATTACHMENTS} attachments"),
             ));
         }
-        let mut attachments = Vec::with_capacity(settings.attach.len());
-        for (i, a) in settings.attach.iter().enumerate() {
-            let place = format!("authz.attach[{i}]");
-            let policies = lookup(&place, &a.policies)?;
-            let ca_sn = match (&a.ca_sn, &a.ca_file) {
-                (Some(_), Some(_)) => {
-                    return Err(error(place, "give ca_sn or ca_file, not both"));
-                }
-                (Some(sn), None) => {
-                    Some(CaSn::parse(sn).map_err(|e| error(&place, format!("ca_sn: {e}")))?)
-                }
-                (None, Some(path)) => Some(ca_file_sn(path).map_err(|e| error(&place, e))?),
-                (None, None) => None,
-            };
-            let device_sn = match &a.device_sn {
-                Some(_) if ca_sn.is_none() => {
-                    return Err(error(
-                        place,
-                        "device_sn needs ca_sn or ca_file (a serial is unique only under its CA)",
-                    ));
-                }
-                Some(sn) => Some(
-                    DeviceSn::parse(sn).map_err(|e| error(&place, format!("device_sn: {e}")))?,
-                ),
-                None => None,
-            };
-            if ca_sn.is_none() && a.common_name.is_none() {
-                return Err(error(
-                    place,
-                    "select certificates with ca_sn, ca_file, device_sn and/or common_name (to give every certificate a policy, use authz.default_policies)",
-                ));
-            }
-            attachments.push(Attachment {
-                policies,
-                ca_sn,
-                device_sn,
-                common_name: a.common_name.clone(),
-            });
-        }
-        Ok(PolicySet {
+        let by_name: HashMap<Arc<str>, Arc<Policy>> = by_name
+            .into_iter()
+            .map(|(name, policy)| (Arc::from(name), policy))
+            .collect();
+        let mut set = PolicySet {
+            by_name,
             defaults,
-            attachments,
+            attachments: Vec::with_capacity(settings.attach.len()),
             uses_client_id,
-        })
+        };
+        for (i, a) in settings.attach.iter().enumerate() {
+            set.attach(&format!("authz.attach[{i}]"), a)?;
+        }
+        Ok(set)
     }
 
+    /// Adds an attachment (`place` names it in errors).
+    pub fn attach(&mut self, place: &str, a: &AttachSettings) -> Result<(), AuthzError> {
+        let policies = a
+            .policies
+            .iter()
+            .map(|n| {
+                self.by_name.get(n.as_str()).cloned().ok_or_else(|| {
+                    error(
+                        place,
+                        format!("no policy is named `{n}` (define it in [[authz.policies]])"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ca_sn = match (&a.ca_sn, &a.ca_file) {
+            (Some(_), Some(_)) => return Err(error(place, "give ca_sn or ca_file, not both")),
+            (Some(sn), None) => {
+                Some(CaSn::parse(sn).map_err(|e| error(place, format!("ca_sn: {e}")))?)
+            }
+            (None, Some(path)) => Some(ca_file_sn(path).map_err(|e| error(place, e))?),
+            (None, None) => None,
+        };
+        let device_sn = match &a.device_sn {
+            Some(_) if ca_sn.is_none() => {
+                return Err(error(
+                    place,
+                    "device_sn needs ca_sn or ca_file (a serial is unique only under its CA)",
+                ));
+            }
+            Some(sn) => {
+                Some(DeviceSn::parse(sn).map_err(|e| error(place, format!("device_sn: {e}")))?)
+            }
+            None => None,
+        };
+        if ca_sn.is_none() && a.common_name.is_none() {
+            return Err(error(
+                place,
+                "select certificates with ca_sn, ca_file, device_sn and/or common_name (to give every certificate a policy, use authz.default_policies)",
+            ));
+        }
+        self.attachments.push(Attachment {
+            policies,
+            ca_sn,
+            device_sn,
+            common_name: a.common_name.clone(),
+        });
+        Ok(())
+    }
+
+    /// Gives the development PKI's application certificate (CN `app`,
+    /// issued by the CA in `ca_file`) `authz.dev_pki_app_policies`.
+    pub fn attach_dev_pki_app(
+        &mut self,
+        settings: &AuthzSettings,
+        ca_file: &std::path::Path,
+        common_name: &str,
+    ) -> Result<(), AuthzError> {
+        if settings.dev_pki_app_policies.is_empty() {
+            return Ok(());
+        }
+        self.attach(
+            "authz.dev_pki_app_policies",
+            &AttachSettings {
+                policies: settings.dev_pki_app_policies.clone(),
+                ca_file: Some(ca_file.to_path_buf()),
+                common_name: Some(common_name.to_owned()),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+impl PolicySet {
     /// Whether some rule uses `${ClientId}` (chosen by the client: with
     /// `mqtt.client_id_policy = "any"` that lets a device pick its grants).
     pub fn uses_client_id(&self) -> bool {

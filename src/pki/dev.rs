@@ -27,7 +27,13 @@ Files:
   ca.pem, ca.key               the development CA (registered at start-up)
   server.pem, server.key       the broker's certificate for localhost / 127.0.0.1
   device-N.pem, device-N.key   device certificates issued by the CA
+  app.pem, app.key             the application's certificate (CN app): the
+                               default policies let it read and command every
+                               device's namespace, devices/+/...
 ";
+
+/// The subject CN of the development PKI's application certificate.
+pub const DEV_APP_NAME: &str = "app";
 
 /// Paths of the development PKI's files.
 #[derive(Debug, Clone)]
@@ -39,6 +45,8 @@ pub struct DevPki {
     pub server_key: PathBuf,
     /// `(device name, certificate, key)`
     pub devices: Vec<(String, PathBuf, PathBuf)>,
+    /// The application's certificate and key (CN `app`).
+    pub app: (PathBuf, PathBuf),
 }
 
 impl DevPki {
@@ -57,6 +65,7 @@ impl DevPki {
                     (name, cert, key)
                 })
                 .collect(),
+            app: (dir.join("app.pem"), dir.join("app.key")),
         }
     }
 
@@ -80,6 +89,11 @@ impl DevPki {
         let pki = DevPki::at(dir);
         let present: Vec<bool> = pki.files().iter().map(|p| p.exists()).collect();
         if present.iter().all(|p| *p) {
+            // A development PKI from before the application certificate.
+            if !pki.app.0.exists() && !pki.app.1.exists() {
+                let signer = CaSigner::load(&pki.ca_cert, &pki.ca_key)?;
+                pki.issue_app(&signer)?;
+            }
             return Ok((pki, false));
         }
         if present.iter().any(|p| *p) {
@@ -114,6 +128,13 @@ impl DevPki {
                 .issue_device(name, 825, KeyKind::P256)?
                 .write(cert, key)?;
         }
+        self.issue_app(&signer)?;
         write_file(&self.dir.join("README.txt"), README.as_bytes(), 0o644)
+    }
+
+    fn issue_app(&self, signer: &CaSigner) -> Result<(), PkiError> {
+        signer
+            .issue_device(DEV_APP_NAME, 825, KeyKind::P256)?
+            .write(&self.app.0, &self.app.1)
     }
 }

@@ -482,10 +482,13 @@ where
                     },
                     Packet::Publish(publish, props) => {
                         received += 1;
-                        match self
-                            .refusals
-                            .publish(&self.grants, codec.version(), &publish)
-                        {
+                        let refused =
+                            self.refusals
+                                .publish(&self.grants, codec.version(), &publish);
+                        #[cfg(feature = "fault-injection")]
+                        let refused =
+                            refused.filter(|_| !crate::fault::bypasses_authz(&publish.topic));
+                        match refused {
                             None => {
                                 #[cfg(feature = "fault-injection")]
                                 crate::fault::on_publish(&publish.topic);

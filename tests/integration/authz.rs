@@ -30,24 +30,10 @@ fn policy(name: &str, rules: Vec<RuleSettings>) -> PolicySettings {
     }
 }
 
-/// Devices in their own namespace by default; `watcher` (by CN) sees and
-/// commands every device's namespace.
+/// The embedded policies (every device in its own namespace), and
+/// `watcher` (by CN) with the fleet application's policy.
 fn fleet_policies(s: &mut Settings) {
-    s.authz.policies = vec![
-        policy(
-            "own-namespace",
-            vec![rule(
-                "allow",
-                &["publish", "subscribe"],
-                &["devices/${CommonName}/#"],
-            )],
-        ),
-        policy(
-            "fleet-application",
-            vec![rule("allow", &["publish", "subscribe"], &["devices/#"])],
-        ),
-    ];
-    s.authz.default_policies = vec!["own-namespace".into()];
+    s.authz = Settings::embedded_defaults().unwrap().authz;
     s.authz.attach = vec![AttachSettings {
         policies: vec!["fleet-application".into()],
         common_name: Some("watcher".into()),

@@ -583,7 +583,8 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     std::fs::write(d.join("fleet.pem"), &fleet.cert_pem).unwrap();
     std::fs::write(
         d.join("certmq.toml"),
-        "[tls]\nserver_cert = \"server.pem\"\nserver_key = \"server.key\"\nca_files = [\"fleet.pem\"]\n",
+        "[tls]\nserver_cert = \"server.pem\"\nserver_key = \"server.key\"\nca_files = [\"fleet.pem\"]\n\
+         [[authz.attach]]\npolicies = [\"fleet-application\"]\ncommon_name = \"watcher\"\n",
     )
     .unwrap();
     let mut child = certmq(d)
@@ -611,7 +612,7 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     let mut session = connect_with(mqtt, tls, "watcher", Version::V5, |_| {})
         .await
         .unwrap();
-    session.subscribe("ops/#").await;
+    session.subscribe("devices/#").await;
     let serial = |pem: &str| serial_of(pem).to_string();
     assert_eq!(
         server_serial(mqtt, &server_ca, &talker).await,
@@ -634,10 +635,10 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
         .await
         .unwrap();
     publisher
-        .publish("ops/after-reload", b"still connected", 1)
+        .publish("devices/talker/after-reload", b"still connected", 1)
         .await;
     assert_eq!(
-        session.expect_publish("ops/after-reload").await,
+        session.expect_publish("devices/talker/after-reload").await,
         b"still connected"
     );
 
@@ -653,10 +654,10 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
         .await;
     crasher.expect_closed().await;
     publisher
-        .publish("ops/after-panic", b"still serving", 1)
+        .publish("devices/talker/after-panic", b"still serving", 1)
         .await;
     assert_eq!(
-        session.expect_publish("ops/after-panic").await,
+        session.expect_publish("devices/talker/after-panic").await,
         b"still serving"
     );
 
@@ -756,4 +757,123 @@ async fn serve_exits_non_zero_when_the_router_dies() {
         logged.contains("certmq: stopped because the router feeder thread"),
         "{logged}"
     );
+}
+
+/// The README's demo, on the embedded defaults and the development PKI,
+/// with the mosquitto clients: device telemetry reaches the application,
+/// the application's command reaches one device, and a device cannot
+/// command another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_demo_runs_on_the_embedded_policies() {
+    if !crate::mosquitto::mosquitto_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _banner, listening) = serve(dir.path()).await;
+    let port = listening.mqtt.port().to_string();
+    let pki = dir.path().join("certs/dev");
+    let client = |program: &str, who: &str, args: &[&str]| {
+        let mut cmd = Command::new(program);
+        cmd.args(["-h", "localhost", "-p", &port, "--cafile"])
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join(format!("{who}.pem")))
+            .arg("--key")
+            .arg(pki.join(format!("{who}.key")))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let app = client(
+        "mosquitto_sub",
+        "app",
+        &["-i", "app", "-t", "devices/+/telemetry", "-v", "-C", "1"],
+    )
+    .spawn()
+    .unwrap();
+    let device_1 = client(
+        "mosquitto_sub",
+        "device-1",
+        &[
+            "-i",
+            "device-1",
+            "-t",
+            "devices/device-1/cmd",
+            "-v",
+            "-C",
+            "1",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    // mosquitto_sub says nothing when its subscription is in place: publish
+    // until each has its message (it exits after one).
+    let deliver = async |mut sub: Child, publisher: &str, args: &[&str]| -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = sub.try_wait().unwrap() {
+                assert!(status.success(), "mosquitto_sub failed: {status}");
+                let mut out = String::new();
+                tokio::io::AsyncReadExt::read_to_string(sub.stdout.as_mut().unwrap(), &mut out)
+                    .await
+                    .unwrap();
+                return out;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no message arrived");
+            // Also a device trying to command another: refused, so it never
+            // shows up at device-1 ahead of the application's command.
+            let _ = client(
+                "mosquitto_pub",
+                "device-2",
+                &[
+                    "-i",
+                    "device-2",
+                    "-t",
+                    "devices/device-1/cmd",
+                    "-m",
+                    "hijack",
+                ],
+            )
+            .output()
+            .await
+            .unwrap();
+            let output = client("mosquitto_pub", publisher, args)
+                .output()
+                .await
+                .unwrap();
+            assert_succeeded(&output);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let telemetry = deliver(
+        app,
+        "device-2",
+        &[
+            "-i",
+            "device-2",
+            "-t",
+            "devices/device-2/telemetry",
+            "-m",
+            "21.5",
+        ],
+    )
+    .await;
+    assert_eq!(telemetry.trim(), "devices/device-2/telemetry 21.5");
+    let command = deliver(
+        device_1,
+        "app",
+        &[
+            "-i",
+            "app-cmd",
+            "-t",
+            "devices/device-1/cmd",
+            "-m",
+            "reboot",
+        ],
+    )
+    .await;
+    assert_eq!(command.trim(), "devices/device-1/cmd reboot");
+    sigterm_and_wait(child).await;
 }

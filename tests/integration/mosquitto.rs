@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use crate::support::{self, Ca, Device, TestBroker};
 
 /// Whether the mosquitto clients are installed. Under CI they must be.
-fn mosquitto_available() -> bool {
+pub(crate) fn mosquitto_available() -> bool {
     let found = std::process::Command::new("mosquitto_pub")
         .arg("--help")
         .stdout(Stdio::null())

@@ -141,7 +141,7 @@ fn serve(edition: &str, tls: Option<&AdminCert>) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let admin_tls = tls.map(AdminCert::config).unwrap_or_default();
     let config = format!(
-        r#"
+        r##"
 [instance]
 edition = "{edition}"
 owner = "fleet-account"
@@ -173,7 +173,17 @@ actions = ["mq:*"]
 
 [admin.rate_limits]
 ListCaCertificate = 5
-"#
+
+# The flow's devices use topics of their own naming.
+[authz]
+default_policies = ["allow-all"]
+[[authz.policies]]
+name = "allow-all"
+rules = [{{ effect = "allow", actions = ["publish", "subscribe"], topics = ["#"] }}]
+[[authz.policies]]
+name = "fleet-application"
+rules = [{{ effect = "allow", actions = ["publish", "subscribe"], topics = ["devices/#"] }}]
+"##
     );
     std::fs::write(dir.path().join("certmq.toml"), config).unwrap();
     let mut child = Command::new(BIN)

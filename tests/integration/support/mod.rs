@@ -77,6 +77,20 @@ pub async fn start_with(cas: &[&Ca], tweak: impl FnOnce(&mut Settings)) -> TestB
         account: settings.instance.owner.clone(),
         actions: vec!["mq:*".into()],
     }];
+    // Most tests are about other things than topic authorization: they get
+    // every topic (authz.rs tests the embedded policies and others).
+    settings
+        .authz
+        .policies
+        .push(certmq::authz::set::PolicySettings {
+            name: "allow-all".into(),
+            rules: vec![certmq::authz::set::RuleSettings {
+                effect: "allow".into(),
+                actions: vec!["publish".into(), "subscribe".into()],
+                topics: vec!["#".into()],
+            }],
+        });
+    settings.authz.default_policies = vec!["allow-all".into()];
     tweak(&mut settings);
     TestBroker::launch(settings, server_ca, dir).await
 }
