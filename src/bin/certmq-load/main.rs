@@ -111,6 +111,11 @@ enum Mode {
         after_close_secs: u64,
     },
     /// QoS 0 or 1 messages from P publishers to one subscriber: messages/s.
+    /// Each publisher publishes in its own namespace,
+    /// `devices/<its CN>/bench`; the subscriber (pool device 0, CN
+    /// `load-000000`) subscribes to `devices/#`, so under the default
+    /// policies it needs the fleet application's policy (see
+    /// docs/BENCHMARKS.md).
     Publish {
         #[arg(long, default_value_t = 0)]
         qos: u8,
@@ -461,9 +466,15 @@ async fn publish(
     let level = c.mqtt;
     let mut subscriber = open(c, &pool, 0, "bench-sub", 0).await?;
     subscriber
-        .write_all(&mqtt::subscribe(level, "bench/#", qos))
+        .write_all(&mqtt::subscribe(level, "devices/#", qos))
         .await?;
-    let (first, _) = mqtt::read_packet(&mut subscriber).await?;
+    let (first, suback) = mqtt::read_packet(&mut subscriber).await?;
+    if suback.last().is_some_and(|code| *code >= 0x80) {
+        bail!(
+            "the subscription to devices/# was refused: give the subscriber (CN load-000000) a policy \
+             that allows it, e.g. [[authz.attach]] policies = [\"fleet-application\"] common_name = \"load-000000\""
+        );
+    }
     if first != 0x90 {
         bail!("no SUBACK");
     }
@@ -505,12 +516,14 @@ async fn publish(
     };
     let started = Instant::now();
     let body = vec![b'x'; payload];
+    let pool_size = pool.devices.len();
     let mut tasks = Vec::new();
     for p in 0..publishers {
         let mut stream = open(c, &pool, p + 1, &format!("bench-pub{p}"), 0).await?;
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
-            let topic = format!("bench/{p}");
+            // The pool names device i `load-<i>`.
+            let topic = format!("devices/load-{:06}/bench", (p + 1) % pool_size);
             let (mut reader, mut writer) = tokio::io::split(&mut stream);
             if qos == 0 {
                 let mut batch = Vec::with_capacity(64 * (body.len() + 16));
