@@ -23,12 +23,27 @@ fn rule(effect: Effect, publish: bool, subscribe: bool, pattern: &str) -> Rule {
 fn policy() -> Policy {
     let mut rules = Vec::new();
     for i in 0..4 {
-        rules.push(rule(Effect::Deny, true, true, &format!("quarantine/{i}/${{DeviceSn}}/#")));
+        rules.push(rule(
+            Effect::Deny,
+            true,
+            true,
+            &format!("quarantine/{i}/${{DeviceSn}}/#"),
+        ));
     }
     for i in 0..4 {
-        rules.push(rule(Effect::Allow, true, true, &format!("fleet/{i}/${{Subject.O}}/+/status")));
+        rules.push(rule(
+            Effect::Allow,
+            true,
+            true,
+            &format!("fleet/{i}/${{Subject.O}}/+/status"),
+        ));
     }
-    rules.push(rule(Effect::Deny, false, true, "devices/${CommonName}/secrets/#"));
+    rules.push(rule(
+        Effect::Deny,
+        false,
+        true,
+        "devices/${CommonName}/secrets/#",
+    ));
     rules.push(rule(Effect::Allow, true, true, "devices/${CommonName}/#"));
     Policy {
         name: "bench".into(),
@@ -53,9 +68,10 @@ fn bench_authz(c: &mut Criterion) {
     let grants = Grants::new([&policy], &who);
     let topic = "devices/sensor-000042/telemetry/temperature";
     assert!(grants.publish(topic).is_allowed());
-    c.bench_function("authz publish decision (10 rules, allowed by the last)", |b| {
-        b.iter(|| black_box(grants.publish(black_box(topic))))
-    });
+    c.bench_function(
+        "authz publish decision (10 rules, allowed by the last)",
+        |b| b.iter(|| black_box(grants.publish(black_box(topic)))),
+    );
     c.bench_function("authz publish decision (10 rules, no rule matches)", |b| {
         b.iter(|| black_box(grants.publish(black_box("devices/other/cmd"))))
     });

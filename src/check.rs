@@ -79,3 +79,21 @@ fn check_data_dir(dir: &Path) -> Option<String> {
         )),
     }
 }
+
+/// Things that work but are likely not what the operator meant; printed by
+/// `certmq check-config` without failing it.
+pub fn warnings(settings: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Ok(set) = crate::authz::PolicySet::from_settings(&settings.authz) {
+        if set.uses_client_id()
+            && settings.mqtt.client_id_policy == crate::config::ClientIdPolicy::Any
+        {
+            warnings.push(
+                "authz: a policy uses ${ClientId} while mqtt.client_id_policy = \"any\": the client chooses its id, \
+                 and with it what that rule grants; set mqtt.client_id_policy to \"equals_cn\" or \"starts_with_cn\""
+                    .to_owned(),
+            );
+        }
+    }
+    warnings
+}

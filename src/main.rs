@@ -73,6 +73,48 @@ enum Command {
     /// Back up or restore the certificate registry (JSON lines).
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Topic authorization: which policies apply to a certificate, and
+    /// which rule decides.
+    #[command(subcommand)]
+    Authz(AuthzCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthzCommand {
+    /// Says whether a device may publish to a topic or subscribe to a
+    /// filter under the configured policies, and which rule decides.
+    ///
+    /// Example: certmq authz explain --ca-sn 2B22... --device-sn 5FC9...
+    /// --cn device-1 publish devices/device-2/cmd
+    Explain {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        ca_sn: String,
+        #[arg(long)]
+        device_sn: String,
+        /// The certificate's subject CN.
+        #[arg(long)]
+        cn: String,
+        /// The MQTT client id (default: the CN).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// The certificate's subject O and OU.
+        #[arg(long, default_value = "")]
+        subject_o: String,
+        #[arg(long, default_value = "")]
+        subject_ou: String,
+        #[arg(value_enum)]
+        action: ExplainAction,
+        /// A topic name (publish) or topic filter (subscribe).
+        topic: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExplainAction {
+    Publish,
+    Subscribe,
 }
 
 #[derive(Subcommand)]
@@ -225,6 +267,7 @@ fn main() {
         Command::Pki(cmd) => run_pki(cmd),
         Command::Admin(args) => admin(args),
         Command::Registry(cmd) => registry(cmd),
+        Command::Authz(cmd) => authz(cmd),
     };
     if let Err(e) = result {
         // The whole chain of causes, on one line, without a backtrace.
@@ -376,8 +419,66 @@ fn admin_params(raw: &[String]) -> Result<Vec<(String, String)>> {
     Ok(params)
 }
 
+fn authz(cmd: AuthzCommand) -> Result<()> {
+    let AuthzCommand::Explain {
+        config,
+        ca_sn,
+        device_sn,
+        cn,
+        client_id,
+        subject_o,
+        subject_ou,
+        action,
+        topic,
+    } = cmd;
+    let settings = Settings::load(config.as_deref())?;
+    let set = certmq::authz::PolicySet::from_settings(&settings.authz)?;
+    let identity = certmq::DeviceIdentity {
+        ca_sn: certmq::CaSn::parse(&ca_sn).context("--ca-sn")?,
+        device_sn: certmq::DeviceSn::parse(&device_sn).context("--device-sn")?,
+    };
+    let who = certmq::authz::Principal {
+        client_id: client_id.unwrap_or_else(|| cn.clone()),
+        common_name: cn,
+        device_sn: identity.device_sn.to_string(),
+        ca_sn: identity.ca_sn.to_string(),
+        subject_o,
+        subject_ou,
+    };
+    let policies: Vec<String> = set
+        .policies_for(&identity, &who.common_name)
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    println!(
+        "policies: {}",
+        if policies.is_empty() {
+            "(none)".to_owned()
+        } else {
+            policies.join(", ")
+        }
+    );
+    let grants = set.grants(&identity, &who);
+    let decision = match action {
+        ExplainAction::Publish => grants.publish(&topic),
+        ExplainAction::Subscribe => {
+            let filter = certmq::authz::Filter::parse(&topic).context("the topic filter")?;
+            grants.subscribe(&filter)
+        }
+    };
+    match decision {
+        certmq::authz::Decision::Allow(rule) => println!("allowed by {rule}"),
+        certmq::authz::Decision::Deny(Some(rule)) => println!("denied by {rule}"),
+        certmq::authz::Decision::Deny(None) => println!("denied: no allow rule covers it"),
+    }
+    Ok(())
+}
+
 fn check_config(config: Option<&Path>) -> Result<()> {
     let settings = Settings::load(config)?;
+    for warning in certmq::check::warnings(&settings) {
+        eprintln!("warning: {warning}");
+    }
     let problems = certmq::check::check(&settings);
     if problems.is_empty() {
         println!("configuration OK");

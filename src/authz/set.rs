@@ -171,7 +171,6 @@ impl PolicySet {
                 .collect()
         };
         let defaults = lookup("authz.default_policies", &settings.default_policies)?;
-        lookup("authz.dev_pki_app_policies", &settings.dev_pki_app_policies)?;
         if settings.attach.len() > MAX_ATTACHMENTS {
             return Err(error(
                 "authz.attach",

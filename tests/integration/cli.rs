@@ -877,3 +877,66 @@ async fn the_readme_demo_runs_on_the_embedded_policies() {
     assert_eq!(command.trim(), "devices/device-1/cmd reboot");
     sigterm_and_wait(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_explain_names_the_deciding_rule_and_check_config_warns_about_client_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let explain = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .args([
+                "authz",
+                "explain",
+                "--ca-sn",
+                "2B22",
+                "--device-sn",
+                "5FC9",
+                "--cn",
+                "device-1",
+            ])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let output = explain(&["publish", "devices/device-1/telemetry"]);
+    assert_succeeded(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("policies: own-namespace"), "{stdout}");
+    assert!(
+        stdout.contains("allowed by policy `own-namespace` rule 1 (`devices/${CommonName}/#`)"),
+        "{stdout}"
+    );
+    let output = explain(&["subscribe", "devices/+/cmd"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("denied: no allow rule covers it"));
+    let output = explain(&["subscribe", "devices/#/x"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`#` must be"));
+
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[authz]\ndefault_policies = [\"by-id\"]\n[[authz.policies]]\nname = \"by-id\"\n\
+         rules = [{ effect = \"allow\", actions = [\"publish\"], topics = [\"clients/${ClientId}/#\"] }]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[authz]\ndefault_policies = [\"by-id\"]\n[[authz.policies]]\nname = \"by-id\"\n\
+         rules = [{ effect = \"allow\", actions = [\"publish\"], topics = [\"clients/${ClientId}/#\"] }]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["check-config", "--config", "c.toml"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_succeeded(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "warning: authz: a policy uses ${ClientId} while mqtt.client_id_policy = \"any\""
+        ),
+        "{stderr}"
+    );
+}
