@@ -114,8 +114,9 @@ pub(crate) struct Context {
     pub(crate) router: RouterHandle,
     pub(crate) tls: TlsContext,
     pub(crate) metrics: Metrics,
-    /// Topic authorization: the configured policies and attachments.
-    pub(crate) authz: Arc<authz::PolicySet>,
+    /// Topic authorization: the configured policies and attachments; a
+    /// reload sends the new set to every session.
+    pub(crate) authz: tokio::sync::watch::Sender<Arc<authz::PolicySet>>,
     /// Whether a component the broker cannot run without has stopped.
     pub(crate) health: health::Health,
     /// Refused handshakes are logged at most this often.
@@ -215,7 +216,7 @@ impl Broker {
             router,
             tls,
             metrics: Metrics::new(),
-            authz: Arc::new(authz),
+            authz: tokio::sync::watch::Sender::new(Arc::new(authz)),
             health: health::Health::default(),
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
         });
@@ -301,6 +302,21 @@ impl Broker {
     /// non-zero, so that a supervisor restarts it.
     pub async fn failed(&self) -> String {
         self.ctx.health.failed().await
+    }
+
+    /// Replaces the topic authorization policies (SIGHUP): new decisions
+    /// use them at once, and every live session re-judges its
+    /// subscriptions (a session holding one they no longer allow is
+    /// closed, MQTT 5 clients with DISCONNECT 0x87). On error nothing
+    /// changes.
+    pub fn reload_authz(&self, settings: &authz::AuthzSettings) -> Result<(), authz::AuthzError> {
+        let mut set = authz::PolicySet::from_settings(settings)?;
+        if let Some(dev) = &self.dev_pki {
+            set.attach_dev_pki_app(settings, &dev.ca_cert, pki::dev::DEV_APP_NAME)?;
+        }
+        self.ctx.authz.send_replace(Arc::new(set));
+        info!("authorization policies reloaded");
+        Ok(())
     }
 
     /// Re-reads the server certificate and key files: new handshakes use

@@ -533,6 +533,14 @@ fn serve(config: Option<&Path>, log_format: Option<LogFormatArg>) -> Result<()> 
                     if let Err(e) = broker.reload_admin_tls() {
                         tracing::error!(error = %e, "admin API certificate not reloaded; the previous configuration stays in use");
                     }
+                    match Settings::load(config) {
+                        Ok(reloaded) => {
+                            if let Err(e) = broker.reload_authz(&reloaded.authz) {
+                                tracing::error!(error = %e, "authorization policies not reloaded; the previous ones stay in use");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "configuration not re-read; the previous authorization policies stay in use"),
+                    }
                 }
             }
         };

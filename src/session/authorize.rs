@@ -57,7 +57,7 @@ fn qos_and_pkid(publish: &Publish) -> (u8, u16) {
 
 /// The filter a subscription is judged by: a shared subscription
 /// (`$share/<group>/<filter>`) by its filter.
-fn judged_filter(path: &str) -> &str {
+pub(super) fn judged_filter(path: &str) -> &str {
     match path.strip_prefix("$share/") {
         Some(rest) => rest.split_once('/').map_or(rest, |(_, filter)| filter),
         None => path,

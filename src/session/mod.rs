@@ -63,6 +63,8 @@ enum Exit {
     SendTimeout,
     Protocol(CodecError),
     TopicInvalid,
+    /// A policy reload took away a subscription it holds.
+    NotAuthorized,
     ConnectRefused(String),
     Router(String),
 }
@@ -80,6 +82,7 @@ impl Exit {
             Exit::Protocol(CodecError::CodecPanic(_)) => DisconnectReasonCode::UnspecifiedError,
             Exit::Protocol(_) => DisconnectReasonCode::ProtocolError,
             Exit::TopicInvalid => DisconnectReasonCode::TopicNameInvalid,
+            Exit::NotAuthorized => DisconnectReasonCode::NotAuthorized,
             Exit::Router(_) => DisconnectReasonCode::UnspecifiedError,
             _ => return None,
         })
@@ -93,7 +96,9 @@ impl Exit {
     fn publishes_will(&self) -> bool {
         !matches!(
             self,
-            Exit::ClientDisconnect { with_will: false } | Exit::Killed(DropReason::Administrative)
+            Exit::ClientDisconnect { with_will: false }
+                | Exit::Killed(DropReason::Administrative)
+                | Exit::NotAuthorized
         )
     }
 }
@@ -115,6 +120,10 @@ impl std::fmt::Display for Exit {
             ),
             Exit::Protocol(e) => write!(f, "protocol violation: {e}"),
             Exit::TopicInvalid => write!(f, "PUBLISH to an invalid topic name"),
+            Exit::NotAuthorized => write!(
+                f,
+                "the reloaded policies no longer allow a subscription it holds"
+            ),
             Exit::ConnectRefused(why) => write!(f, "CONNECT refused: {why}"),
             Exit::Router(why) => write!(f, "router: {why}"),
         }
@@ -138,6 +147,11 @@ struct Session<S> {
     /// What the policies let it do; made at CONNECT.
     grants: crate::authz::Grants,
     refusals: authorize::Refusals,
+    /// The current policies; a reload is seen here.
+    policies: tokio::sync::watch::Receiver<std::sync::Arc<crate::authz::PolicySet>>,
+    /// The filters this connection subscribed to and was granted (as the
+    /// client wrote them), re-judged on a policy reload.
+    granted: Vec<String>,
     authz_denied: prometheus::IntCounterVec,
     denial_log: std::sync::Arc<crate::log_limit::LogLimiter>,
     read_buf: BytesMut,
@@ -174,6 +188,8 @@ pub(crate) async fn run<S>(
         principal,
         grants: crate::authz::Grants::default(),
         refusals: authorize::Refusals::default(),
+        policies: ctx.authz.subscribe(),
+        granted: Vec::new(),
         authz_denied: ctx.metrics.authz_denied(),
         denial_log: ctx.refusal_log.clone(),
         read_buf: BytesMut::new(),
@@ -224,7 +240,10 @@ where
             ));
         }
         self.principal.client_id = request.client_id.clone();
-        self.grants = ctx.authz.grants(&self.guard.identity(), &self.principal);
+        self.grants = self
+            .policies
+            .borrow_and_update()
+            .grants(&self.guard.identity(), &self.principal);
         if let Some(Packet::Publish(will, _)) = &request.will {
             let topic = String::from_utf8_lossy(&will.topic).into_owned();
             if !self.grants.publish(&topic).is_allowed() {
@@ -434,6 +453,11 @@ where
                     }
                 }
                 _ = sleep_until_opt(deadline) => return Exit::KeepAliveTimeout,
+                changed = self.policies.changed() => {
+                    if changed.is_ok() && !self.regrant() {
+                        return Exit::NotAuthorized;
+                    }
+                }
             }
         }
     }
@@ -472,9 +496,20 @@ where
                             subscribe,
                             props,
                         );
+                        if let Some(Packet::Subscribe(granted, _)) = &forward {
+                            for filter in &granted.filters {
+                                if !self.granted.contains(&filter.path) {
+                                    self.granted.push(filter.path.clone());
+                                }
+                            }
+                        }
                         batch.extend(forward);
                         replies.extend(answer);
                         denials.extend(denied);
+                    }
+                    Packet::Unsubscribe(unsubscribe, props) => {
+                        self.granted.retain(|f| !unsubscribe.filters.contains(f));
+                        batch.push(Packet::Unsubscribe(unsubscribe, props));
                     }
                     Packet::PubRel(pubrel, props) => match self.refusals.pubrel(pubrel.pkid) {
                         Some(pubcomp) => replies.push(pubcomp),
@@ -579,6 +614,34 @@ where
                 Ok(done) => done.map_err(Exit::Io),
                 Err(_) => Err(Exit::SendTimeout),
             },
+        }
+    }
+
+    /// Re-judges this connection under reloaded policies: new grants for
+    /// what it does next, and `false` if a subscription it holds is no
+    /// longer allowed (the session then ends: no connection keeps a grant
+    /// the current policies do not give).
+    fn regrant(&mut self) -> bool {
+        self.grants = self
+            .policies
+            .borrow_and_update()
+            .grants(&self.guard.identity(), &self.principal);
+        let revoked = self.granted.iter().find(|path| {
+            let judged = authorize::judged_filter(path);
+            !crate::authz::Filter::parse(judged)
+                .is_ok_and(|f| self.grants.subscribe(&f).is_allowed())
+        });
+        match revoked {
+            Some(path) => {
+                info!(
+                    peer = %self.peer,
+                    device = %self.guard.identity(),
+                    filter = %path,
+                    "subscription no longer allowed after a policy reload; closing the session"
+                );
+                false
+            }
+            None => true,
         }
     }
 

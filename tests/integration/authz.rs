@@ -343,3 +343,67 @@ async fn hostile_names_and_filters_get_nothing() {
         .unwrap();
     assert_eq!(suback_codes(4, &read_packet(&mut stream).await), [0x01]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_takes_away_live_subscriptions_it_no_longer_allows() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], fleet_policies).await;
+    let watcher_device = ca.device("watcher");
+    let mut watcher = connect(&tb, &watcher_device, "watcher", Version::V5)
+        .await
+        .unwrap();
+    watcher.subscribe("devices/#").await;
+    let device = ca.device("d1");
+    let mut d1 = raw_session(&tb, &device, 5, "d1").await;
+    d1.write_all(&subscribe(5, 1, &["devices/d1/cmd"]))
+        .await
+        .unwrap();
+    assert_eq!(suback_codes(5, &read_packet(&mut d1).await), [0x01]);
+
+    // A reload that does not validate changes nothing.
+    let mut bad = Settings::embedded_defaults().unwrap().authz;
+    bad.policies[0].rules[0].topics = vec!["devices/${Nope}/#".into()];
+    let err = tb.broker.reload_authz(&bad).unwrap_err();
+    assert!(err.to_string().contains("policy `own-namespace`"), "{err}");
+    d1.write_all(&publish_qos1(5, 2, "devices/d1/telemetry", b"1"))
+        .await
+        .unwrap();
+    assert_eq!(puback_reason(&read_packet(&mut d1).await), 0x00);
+    match watcher.next(Duration::from_secs(10)).await {
+        Some(Ev::Publish { topic, .. }) => assert_eq!(topic, "devices/d1/telemetry"),
+        other => panic!("{other:?}"),
+    }
+
+    // Tightened: the application may now read telemetry only. Its
+    // subscription to devices/# goes with its session (DISCONNECT 0x87);
+    // the device keeps its own namespace.
+    let mut tight = Settings::embedded_defaults().unwrap().authz;
+    tight.policies[1].rules[0].topics = vec!["devices/+/telemetry".into()];
+    tight.attach = vec![AttachSettings {
+        policies: vec!["fleet-application".into()],
+        common_name: Some("watcher".into()),
+        ..Default::default()
+    }];
+    tb.broker.reload_authz(&tight).unwrap();
+    assert_eq!(
+        watcher.expect_closed().await.as_deref(),
+        Some("NotAuthorized")
+    );
+    d1.write_all(&publish_qos1(5, 3, "devices/d1/telemetry", b"2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        puback_reason(&read_packet(&mut d1).await),
+        0x00,
+        "d1 keeps its grant"
+    );
+    let mut again = raw_session(&tb, &watcher_device, 5, "watcher").await;
+    again
+        .write_all(&subscribe(5, 4, &["devices/#", "devices/+/telemetry"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        suback_codes(5, &read_packet(&mut again).await),
+        [0x87, 0x01]
+    );
+}

@@ -625,6 +625,8 @@ async fn sighup_reloads_the_server_certificate_and_json_logs() {
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     logs.wait_for("server certificate reloaded").await;
+    // The same SIGHUP re-reads the configuration's authorization policies.
+    logs.wait_for("authorization policies reloaded").await;
     assert_eq!(
         server_serial(mqtt, &server_ca, &talker).await,
         serial(&cert_b)
