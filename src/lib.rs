@@ -17,13 +17,20 @@
 //!   re-checks the registry (the step that makes revocation exact);
 //! - [`session`]: the per-connection MQTT loop, and the [`SessionTable`]
 //!   of live connections with their kill handles;
-//! - [`router`]: rumqttd's router and the links to it.
+//! - [`authz`]: topic authorization, the policies that decide what a
+//!   session's SUBSCRIBE and PUBLISH may reach;
+//! - [`router`]: rumqttd's router and the links to it (every blocking
+//!   send to it on one feeder thread).
 //!
 //! The path of an admin call: [`admin`] (HTTP, RPC dialect) -> [`registry`]
 //! change -> [`SessionTable`] drop -> answer.
 //!
 //! Around them: [`config`] (settings), [`serial`] (serial numbers),
-//! [`pki`] (certificates for operators and the development PKI).
+//! [`record`] (certificate records the registry keeps and the store
+//! persists), [`pki`] (certificates for operators and the development PKI),
+//! [`health`] (the components the broker cannot run without, for
+//! `/readyz` and a non-zero exit), [`instance`] (the data directory and
+//! its `listen.json`).
 
 pub mod admin;
 mod admission;
