@@ -151,7 +151,7 @@ struct Session<S> {
     policies: tokio::sync::watch::Receiver<std::sync::Arc<crate::authz::PolicySet>>,
     /// The filters this connection subscribed to and was granted (as the
     /// client wrote them), re-judged on a policy reload.
-    granted: Vec<String>,
+    granted: std::collections::HashSet<String>,
     authz_denied: prometheus::IntCounterVec,
     denial_log: std::sync::Arc<crate::log_limit::LogLimiter>,
     read_buf: BytesMut,
@@ -189,7 +189,7 @@ pub(crate) async fn run<S>(
         grants: crate::authz::Grants::default(),
         refusals: authorize::Refusals::default(),
         policies: ctx.authz.subscribe(),
-        granted: Vec::new(),
+        granted: std::collections::HashSet::new(),
         authz_denied: ctx.metrics.authz_denied(),
         denial_log: ctx.refusal_log.clone(),
         read_buf: BytesMut::new(),
@@ -498,9 +498,7 @@ where
                         );
                         if let Some(Packet::Subscribe(granted, _)) = &forward {
                             for filter in &granted.filters {
-                                if !self.granted.contains(&filter.path) {
-                                    self.granted.push(filter.path.clone());
-                                }
+                                self.granted.insert(filter.path.clone());
                             }
                         }
                         batch.extend(forward);
@@ -508,7 +506,9 @@ where
                         denials.extend(denied);
                     }
                     Packet::Unsubscribe(unsubscribe, props) => {
-                        self.granted.retain(|f| !unsubscribe.filters.contains(f));
+                        for filter in &unsubscribe.filters {
+                            self.granted.remove(filter);
+                        }
                         batch.push(Packet::Unsubscribe(unsubscribe, props));
                     }
                     Packet::PubRel(pubrel, props) => match self.refusals.pubrel(pubrel.pkid) {
