@@ -159,6 +159,8 @@ struct Session<S> {
     codec: Option<Codec>,
     /// Whether CONNACK went out (DISCONNECT is only valid after it).
     connacked: bool,
+    /// The client asked for a persistent session.
+    persistent: bool,
     /// PUBLISH packets received and sent (`certmq_messages_*_total`).
     published_in: prometheus::IntCounter,
     published_out: prometheus::IntCounter,
@@ -196,6 +198,7 @@ pub(crate) async fn run<S>(
         write_buf: BytesMut::new(),
         codec: None,
         connacked: false,
+        persistent: false,
         published_in,
         published_out,
         send_timeout: ctx.settings.send_timeout(),
@@ -274,6 +277,13 @@ where
                     .await;
                 return Exit::ConnectRefused(format!("client id `{}`: {taken}", request.client_id));
             }
+        }
+        self.persistent = !request.clean_session;
+        if self.persistent
+            && self.guard.prior_persistent()
+            && !self.restore_grants(ctx, &request.client_id).await
+        {
+            return self.killed();
         }
         let link_request = LinkRequest {
             client_id: request.client_id.clone(),
@@ -617,6 +627,39 @@ where
         }
     }
 
+    /// A persistent session's stored subscriptions come back from the
+    /// router without a SUBSCRIBE: they are judged here first. If one is
+    /// no longer allowed (or what was granted is not known), the stored
+    /// session is discarded and the client starts afresh (CONNACK says no
+    /// session is present; it subscribes again, and is judged then).
+    /// `false` if the session was killed meanwhile.
+    async fn restore_grants(&mut self, ctx: &Context, client_id: &str) -> bool {
+        let stored = self.guard.take_stored_grants();
+        let keep = stored.as_ref().is_some_and(|filters| {
+            filters.iter().all(|path| {
+                crate::authz::Filter::parse(authorize::judged_filter(path))
+                    .is_ok_and(|f| self.grants.subscribe(&f).is_allowed())
+            })
+        });
+        if keep {
+            self.granted = stored.unwrap_or_default().into_iter().collect();
+            return true;
+        }
+        info!(
+            peer = %self.peer,
+            device = %self.guard.identity(),
+            %client_id,
+            "stored session discarded: the policies no longer allow all of its subscriptions"
+        );
+        let forgotten =
+            tokio::time::timeout(ctx.settings.drop_timeout(), ctx.router.forget(client_id));
+        tokio::select! {
+            biased;
+            _ = self.guard.killed() => false,
+            _ = forgotten => true,
+        }
+    }
+
     /// Re-judges this connection under reloaded policies: new grants for
     /// what it does next, and `false` if a subscription it holds is no
     /// longer allowed (the session then ends: no connection keeps a grant
@@ -721,6 +764,9 @@ where
         // the router too (see `RouterHandle::link`).
         if let Some(link) = link {
             link.close(will).await;
+        }
+        if self.persistent {
+            guard.keep_grants(std::mem::take(&mut self.granted).into_iter().collect());
         }
         let identity = guard.identity();
         drop(guard);

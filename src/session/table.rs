@@ -158,6 +158,11 @@ struct ClientEntry {
     holder: Option<(SessionId, Handle)>,
     /// The holder asked for a persistent session: the claim outlives it.
     persistent: bool,
+    /// The filters the last persistent session under this id was granted
+    /// (`None`: not known, e.g. it ended in a panic). The router restores
+    /// them on the next connection without a SUBSCRIBE, so that connection
+    /// re-judges them first.
+    grants: Option<Vec<String>>,
 }
 
 /// A client id claimed by another certificate identity.
@@ -192,6 +197,7 @@ impl SessionTable {
             identity,
             handle,
             client_id: None,
+            prior_persistent: false,
         }
     }
 
@@ -337,6 +343,9 @@ pub struct SessionGuard {
     identity: DeviceIdentity,
     handle: Handle,
     client_id: Option<Arc<str>>,
+    /// The client id's previous session was persistent (the router may
+    /// hold its subscriptions).
+    prior_persistent: bool,
 }
 
 impl SessionGuard {
@@ -378,6 +387,7 @@ impl SessionGuard {
                 if entry.owner != self.identity {
                     return Err(ClientIdTaken { owner: entry.owner });
                 }
+                self.prior_persistent = entry.persistent;
                 entry.persistent = persistent;
                 entry.holder.replace(holder)
             }
@@ -386,6 +396,7 @@ impl SessionGuard {
                     owner: self.identity,
                     holder: Some(holder),
                     persistent,
+                    grants: None,
                 });
                 None
             }
@@ -394,6 +405,36 @@ impl SessionGuard {
         Ok(previous
             .filter(|(id, _)| *id != self.id)
             .map(|(_, handle)| handle.kill(DropReason::TakenOver)))
+    }
+}
+
+impl SessionGuard {
+    /// Whether the router may hold a stored session for this client id.
+    pub fn prior_persistent(&self) -> bool {
+        self.prior_persistent
+    }
+
+    /// The grants the previous persistent session under this client id
+    /// left (see [`SessionGuard::keep_grants`]), taken.
+    pub fn take_stored_grants(&self) -> Option<Vec<String>> {
+        let client_id = self.client_id.as_ref()?;
+        self.table
+            .shared
+            .by_client
+            .get_mut(client_id)
+            .and_then(|mut e| e.grants.take())
+    }
+
+    /// Records the filters this persistent session was granted, for the
+    /// next connection under its client id.
+    pub fn keep_grants(&self, grants: Vec<String>) {
+        if let Some(client_id) = &self.client_id {
+            if let Some(mut entry) = self.table.shared.by_client.get_mut(client_id) {
+                if entry.holder.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                    entry.grants = Some(grants);
+                }
+            }
+        }
     }
 }
 

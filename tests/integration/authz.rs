@@ -407,3 +407,65 @@ async fn a_policy_reload_takes_away_live_subscriptions_it_no_longer_allows() {
         [0x87, 0x01]
     );
 }
+
+/// CONNECT, MQTT 5, clean start off; the CONNACK's session-present flag.
+async fn persistent_connect(tb: &TestBroker, device: &Device, id: &str) -> (raw::Stream, bool) {
+    let mut stream = raw::tls_connect(tb.port(), client_config(&tb.server_ca, Some(device)))
+        .await
+        .unwrap();
+    let mut connect = raw::connect_packet(b"MQTT", 5, id, 30);
+    connect[2 + 2 + 4 + 1] = 0x00;
+    stream.write_all(&connect).await.unwrap();
+    let connack = read_packet(&mut stream).await;
+    assert_eq!((connack[0], connack[3]), (0x20, 0), "{connack:02x?}");
+    (stream, connack[2] & 1 == 1)
+}
+
+/// A persistent session's stored subscriptions are judged when it comes
+/// back: one the current policies refuse discards the stored session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_subscriptions_are_judged_when_a_persistent_session_returns() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], fleet_policies).await;
+    let watcher = ca.device("watcher");
+    let disconnect = [0xe0u8, 0x00];
+    // Kept while the policies allow it.
+    let (mut stream, present) = persistent_connect(&tb, &watcher, "watcher").await;
+    assert!(!present);
+    stream
+        .write_all(&subscribe(5, 1, &["devices/#"]))
+        .await
+        .unwrap();
+    assert_eq!(suback_codes(5, &read_packet(&mut stream).await), [0x01]);
+    stream.write_all(&disconnect).await.unwrap();
+    support::wait_until(
+        Duration::from_secs(5),
+        "the watcher to be offline",
+        async || !tb.broker.sessions().is_online("watcher"),
+    )
+    .await;
+    let (mut stream, present) = persistent_connect(&tb, &watcher, "watcher").await;
+    assert!(present, "the stored session was kept");
+    stream.write_all(&disconnect).await.unwrap();
+    support::wait_until(
+        Duration::from_secs(5),
+        "the watcher to be offline",
+        async || !tb.broker.sessions().is_online("watcher"),
+    )
+    .await;
+
+    // Tightened while it is away: it comes back without the stored session.
+    let mut tight = Settings::embedded_defaults().unwrap().authz;
+    tight.policies[1].rules[0].topics = vec!["devices/+/telemetry".into()];
+    tight.attach = vec![AttachSettings {
+        policies: vec!["fleet-application".into()],
+        common_name: Some("watcher".into()),
+        ..Default::default()
+    }];
+    tb.broker.reload_authz(&tight).unwrap();
+    let (_stream, present) = persistent_connect(&tb, &watcher, "watcher").await;
+    assert!(
+        !present,
+        "a stored subscription the policies refuse came back"
+    );
+}
