@@ -426,11 +426,13 @@ impl SessionGuard {
     }
 
     /// Records the filters this persistent session was granted, for the
-    /// next connection under its client id.
+    /// next connection under its client id - also when that connection is
+    /// already here, taking this one over: it reads them once this session
+    /// has closed.
     pub fn keep_grants(&self, grants: Vec<String>) {
         if let Some(client_id) = &self.client_id {
             if let Some(mut entry) = self.table.shared.by_client.get_mut(client_id) {
-                if entry.holder.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                if entry.owner == self.identity {
                     entry.grants = Some(grants);
                 }
             }
@@ -535,6 +537,25 @@ mod tests {
         // An operator cut it off as well: no will, whatever came first.
         table.kill_device(&identity(1), DropReason::Administrative);
         assert_eq!(a.drop_reason(), Some(DropReason::Administrative));
+    }
+
+    #[test]
+    fn grants_pass_to_the_session_that_takes_over() {
+        let table = SessionTable::new();
+        let mut old = table.register(identity(1));
+        old.claim_client_id("p", true).unwrap();
+        assert!(!old.prior_persistent());
+        let mut new = table.register(identity(1));
+        let closing = new.claim_client_id("p", true).unwrap();
+        assert!(closing.is_some() && new.prior_persistent());
+        // The old one ends after the new one claimed the id.
+        old.keep_grants(vec!["devices/a/#".into()]);
+        drop(old);
+        assert_eq!(
+            new.take_stored_grants(),
+            Some(vec!["devices/a/#".to_owned()])
+        );
+        assert_eq!(new.take_stored_grants(), None);
     }
 
     #[test]

@@ -444,8 +444,11 @@ async fn stored_subscriptions_are_judged_when_a_persistent_session_returns() {
         async || !tb.broker.sessions().is_online("watcher"),
     )
     .await;
-    let (mut stream, present) = persistent_connect(&tb, &watcher, "watcher").await;
+    let (_stream, present) = persistent_connect(&tb, &watcher, "watcher").await;
     assert!(present, "the stored session was kept");
+    // Taken over by a new connection while live: the session goes along.
+    let (mut stream, present) = persistent_connect(&tb, &watcher, "watcher").await;
+    assert!(present, "the session did not survive a take-over");
     stream.write_all(&disconnect).await.unwrap();
     support::wait_until(
         Duration::from_secs(5),
