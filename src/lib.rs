@@ -40,6 +40,7 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fuzzing;
+mod glob;
 pub mod health;
 pub mod identity;
 pub mod instance;

@@ -25,27 +25,7 @@ pub fn authorize(caller: &Caller, op: Operation) -> Result<(), ApiError> {
 
 /// Glob matching with `*`, ASCII case-insensitive.
 fn matches(pattern: &str, text: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    let text = text.to_ascii_lowercase();
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first)
-        || !text[first.len()..].ends_with(last)
-        || text.len() < first.len() + last.len()
-    {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
-            None => return false,
-        }
-    }
-    true
+    crate::glob::matches(&pattern.to_ascii_lowercase(), &text.to_ascii_lowercase())
 }
 
 #[cfg(test)]
