@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::UnixTime;
 
 use crate::config::Settings;
 use crate::registry::CaCert;
@@ -36,14 +35,9 @@ pub fn check(settings: &Settings) -> Vec<String> {
         }
     }
     for path in &settings.tls.ca_files {
-        match CertificateDer::pem_file_iter(path).map(|certs| certs.collect::<Result<Vec<_>, _>>())
-        {
-            Err(e) | Ok(Err(e)) => problems.push(format!("tls.ca_files: {}: {e}", path.display())),
-            Ok(Ok(certs)) if certs.is_empty() => problems.push(format!(
-                "tls.ca_files: {}: the file holds no PEM CERTIFICATE block",
-                path.display()
-            )),
-            Ok(Ok(certs)) => {
+        match crate::pki::pem_certificates(path) {
+            Err(e) => problems.push(format!("tls.ca_files: {}: {e}", path.display())),
+            Ok(certs) => {
                 for der in certs {
                     if let Err(e) = CaCert::parse(der, UnixTime::now()) {
                         problems.push(format!("tls.ca_files: {}: {e}", path.display()));

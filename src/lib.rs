@@ -60,8 +60,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::UnixTime;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -419,14 +418,7 @@ async fn register_ca_file(registry: &Registry, path: &Path) -> Result<(), StartE
         path: path.to_path_buf(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("the file holds no PEM CERTIFICATE block".into()));
-    }
-    for der in certs {
+    for der in pki::pem_certificates(path).map_err(fail)? {
         let ca = CaCert::parse(der, UnixTime::now()).map_err(|e| fail(e.to_string()))?;
         if registry.ca(&ca.sn).is_some() {
             info!(ca_sn = %ca.sn, file = %path.display(), "CA already registered");

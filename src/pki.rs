@@ -238,6 +238,22 @@ pub fn der_to_pem(label: &str, der: &[u8]) -> String {
     pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
+/// Every certificate of a PEM file; an error (as text, for the caller to
+/// put after the file's name) when it cannot be read or holds none.
+pub fn pem_certificates(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("the file holds no PEM CERTIFICATE block".into());
+    }
+    Ok(certs)
+}
+
 pub(crate) fn read_file(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|source| PkiError::Read {
         path: path.to_path_buf(),

@@ -20,7 +20,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::SingleCertAndKey;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use crate::config::{AdminSettings, ConfigError, invalid};
 use crate::tls::TlsError;
@@ -194,14 +193,7 @@ fn read_client_cas(path: &Path) -> Result<Vec<CertificateDer<'static>>, AdminTls
         path: path.to_path_buf(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("the file holds no PEM CERTIFICATE block".into()));
-    }
-    Ok(certs)
+    crate::pki::pem_certificates(path).map_err(fail)
 }
 
 fn client_verifier(

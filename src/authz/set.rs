@@ -13,9 +13,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-
 use super::pattern::{Pattern, Principal, Var};
 use super::policy::{Effect, Grants, Policy, Rule};
 use crate::identity::DeviceIdentity;
@@ -333,12 +330,10 @@ fn compile_rule(rule: &RuleSettings) -> Result<Rule, String> {
 }
 
 /// The serial of the (first) certificate in a PEM file.
-fn ca_file_sn(path: &PathBuf) -> Result<CaSn, String> {
-    let der = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("ca_file {}: {e}", path.display()))?
-        .next()
-        .ok_or_else(|| format!("ca_file {}: no PEM CERTIFICATE block", path.display()))?
+fn ca_file_sn(path: &std::path::Path) -> Result<CaSn, String> {
+    let certs = crate::pki::pem_certificates(path)
         .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+    let der = &certs[0];
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
     Serial::from_der_content(cert.raw_serial())

@@ -19,8 +19,8 @@ use rustls::server::{
     StoresServerSessions,
 };
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::registry::Registry;
@@ -152,13 +152,7 @@ pub fn load_certified_key(
         path: cert_path.to_path_buf(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(cert_err("the file holds no PEM CERTIFICATE block".into()));
-    }
+    let chain = crate::pki::pem_certificates(cert_path).map_err(cert_err)?;
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::ServerKey {
         path: key_path.to_path_buf(),
         reason: e.to_string(),
