@@ -64,7 +64,6 @@ const V3_SIGNED_HEADERS: [&str; 4] = [
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub caller: Caller,
-    pub scheme: Scheme,
     /// The operation, read only from the signed part of the request: the
     /// `x-acs-action` header (V3) or the `Action` parameter (V1).
     pub action: String,
@@ -125,11 +124,7 @@ impl Authenticator {
             }
             None => return Err(ApiError::MissingParameter("Version")),
         }
-        Ok(Authenticated {
-            caller,
-            scheme,
-            action,
-        })
+        Ok(Authenticated { caller, action })
     }
 
     fn key(&self, id: &str) -> Result<&AccessKey, ApiError> {

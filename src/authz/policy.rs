@@ -71,7 +71,7 @@ pub struct RuleRef {
     pub policy: Arc<str>,
     /// From 0, in the policy's order.
     pub rule: usize,
-    pub pattern: String,
+    pub pattern: Arc<str>,
 }
 
 impl std::fmt::Display for RuleRef {
@@ -131,7 +131,7 @@ impl Grants {
                     let by = RuleRef {
                         policy: policy.name.clone(),
                         rule: index,
-                        pattern: pattern.text().to_owned(),
+                        pattern: pattern.text().into(),
                     };
                     let filter = match (pattern.instantiate(who), rule.effect) {
                         (Some(filter), _) => filter,

@@ -154,20 +154,6 @@ impl PolicySet {
                 }),
             );
         }
-        let lookup = |place: &str, names: &[String]| -> Result<Vec<Arc<Policy>>, AuthzError> {
-            names
-                .iter()
-                .map(|n| {
-                    by_name.get(n.as_str()).cloned().ok_or_else(|| {
-                        error(
-                            place,
-                            format!("no policy is named `{n}` (define it in [[authz.policies]])"),
-                        )
-                    })
-                })
-                .collect()
-        };
-        let defaults = lookup("authz.default_policies", &settings.default_policies)?;
         if settings.attach.len() > MAX_ATTACHMENTS {
             return Err(error(
                 "authz.attach",
@@ -180,20 +166,20 @@ impl PolicySet {
             .collect();
         let mut set = PolicySet {
             by_name,
-            defaults,
+            defaults: Vec::new(),
             attachments: Vec::with_capacity(settings.attach.len()),
             uses_client_id,
         };
+        set.defaults = set.named("authz.default_policies", &settings.default_policies)?;
         for (i, a) in settings.attach.iter().enumerate() {
             set.attach(&format!("authz.attach[{i}]"), a)?;
         }
         Ok(set)
     }
 
-    /// Adds an attachment (`place` names it in errors).
-    pub fn attach(&mut self, place: &str, a: &AttachSettings) -> Result<(), AuthzError> {
-        let policies = a
-            .policies
+    /// The policies of these names (`place` names the list in errors).
+    fn named(&self, place: &str, names: &[String]) -> Result<Vec<Arc<Policy>>, AuthzError> {
+        names
             .iter()
             .map(|n| {
                 self.by_name.get(n.as_str()).cloned().ok_or_else(|| {
@@ -203,7 +189,12 @@ impl PolicySet {
                     )
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// Adds an attachment (`place` names it in errors).
+    pub fn attach(&mut self, place: &str, a: &AttachSettings) -> Result<(), AuthzError> {
+        let policies = self.named(place, &a.policies)?;
         let ca_sn = match (&a.ca_sn, &a.ca_file) {
             (Some(_), Some(_)) => return Err(error(place, "give ca_sn or ca_file, not both")),
             (Some(sn), None) => {
