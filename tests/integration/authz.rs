@@ -178,12 +178,7 @@ async fn a_device_reaches_only_its_own_namespace() {
             other => panic!("expected {own_topic}, got {other:?}"),
         }
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", tb.broker.admin_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::scrape(&tb).await;
     assert!(
         metrics.contains(r#"certmq_authz_denied_total{action="subscribe"} 10"#)
             && metrics.contains(r#"certmq_authz_denied_total{action="publish"} 2"#),

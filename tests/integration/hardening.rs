@@ -278,17 +278,8 @@ async fn every_state_changing_call_leaves_one_audit_record_whatever_the_log_leve
     for record in &records {
         assert!(record.to_string().len() < 2_000, "{record}");
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", tb.broker.admin_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let suppressed: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("certmq_audit_records_suppressed_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let metrics = support::scrape(&tb).await;
+    let suppressed = support::metric(&metrics, "certmq_audit_records_suppressed_total") as usize;
     assert_eq!(forged + suppressed, 60, "{metrics}");
 
     // Kept across a restart: appended to.

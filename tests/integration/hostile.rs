@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::support::mqtt::{Version, WAIT, connect, connect_with};
 use crate::support::pki::client_config;
 use crate::support::raw;
-use crate::support::{self, Ca, Device, TestBroker};
+use crate::support::{self, Ca, Device, TestBroker, metric, scrape};
 
 /// Waits until the server closes `tcp`; false if it stays open `within`.
 async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> bool {
@@ -27,27 +27,6 @@ async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> bool {
             Ok(Ok(_)) => continue,
         }
     }
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-async fn scrape(tb: &TestBroker) -> String {
-    reqwest::get(format!("http://{}/metrics", tb.broker.admin_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The bytes of a TLS ClientHello.

@@ -22,20 +22,9 @@ async fn scrape(tb: &TestBroker) -> String {
     response.text().await.unwrap()
 }
 
-/// The value of one sample, e.g. `certmq_handshakes_refused_total{reason="unknown_ca"}`
-/// (0 when the series does not exist yet).
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(series)?;
-            rest.strip_prefix(' ')?.trim().parse().ok()
-        })
-        .unwrap_or(0.0)
-}
-
 /// How much each series moved between two scrapes.
 fn moved(before: &str, after: &str, series: &str) -> f64 {
-    value(after, series) - value(before, series)
+    support::metric(after, series) - support::metric(before, series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +68,7 @@ async fn metrics_count_connects_refusals_drops_and_admin_calls() {
         "the refusals and a's end to be counted",
         async || {
             let now = scrape(&tb).await;
-            value(&now, "certmq_sessions_live") == 1.0
+            support::metric(&now, "certmq_sessions_live") == 1.0
                 && ["unknown_ca", "no_certificate", "inactive_device"]
                     .iter()
                     .all(|reason| {
@@ -95,7 +84,7 @@ async fn metrics_count_connects_refusals_drops_and_admin_calls() {
     let m = |series: &str| moved(&before, &after, series);
     assert_eq!(m("certmq_connects_accepted_total"), 2.0);
     assert_eq!(
-        value(&after, "certmq_sessions_live"),
+        support::metric(&after, "certmq_sessions_live"),
         1.0,
         "b stays connected"
     );
@@ -132,8 +121,8 @@ async fn metrics_count_connects_refusals_drops_and_admin_calls() {
     );
     assert_eq!(m("certmq_messages_received_total"), 1.0);
     assert_eq!(m("certmq_messages_sent_total"), 1.0);
-    assert_eq!(value(&after, "certmq_registry_cas"), 1.0);
-    assert_eq!(value(&after, "certmq_registry_devices"), 2.0);
+    assert_eq!(support::metric(&after, "certmq_registry_cas"), 1.0);
+    assert_eq!(support::metric(&after, "certmq_registry_devices"), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

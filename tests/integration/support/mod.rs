@@ -218,6 +218,30 @@ pub fn wait_listening(
     }
 }
 
+/// The broker's `/metrics` text.
+pub async fn scrape(tb: &TestBroker) -> String {
+    reqwest::get(format!("http://{}/metrics", tb.broker.admin_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one sample in a scrape, e.g.
+/// `certmq_handshakes_refused_total{reason="timeout"}` (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     if std::env::var_os("RUST_LOG").is_some() {
