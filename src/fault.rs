@@ -101,6 +101,17 @@ fn stall_router() {
     }
 }
 
+/// A PUBLISH to this topic stalls the connection task that decodes it for
+/// up to a minute, giving way only to its kill handle: what a session
+/// stuck writing to a client that stopped reading looks like to the rest
+/// of the broker (it handles nothing else meanwhile).
+pub const SESSION_STALL_TOPIC: &str = "certmq/fault-injection/session-stall";
+
+/// Whether this PUBLISH is to stall its session.
+pub(crate) fn stalls_session(topic: &[u8]) -> bool {
+    enabled() && topic == SESSION_STALL_TOPIC.as_bytes()
+}
+
 /// Whether a PUBLISH goes past topic authorization: the fault topics do,
 /// once armed, so that a test can reach the hooks from any device.
 pub(crate) fn bypasses_authz(topic: &[u8]) -> bool {

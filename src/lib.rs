@@ -55,6 +55,7 @@ pub mod serial;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod topic;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -121,9 +122,9 @@ pub(crate) struct Context {
     pub(crate) router: RouterHandle,
     pub(crate) tls: TlsContext,
     pub(crate) metrics: Metrics,
-    /// Topic authorization: the configured policies and attachments; a
-    /// reload sends the new set to every session.
-    pub(crate) authz: tokio::sync::watch::Sender<Arc<authz::PolicySet>>,
+    /// Topic authorization: the configured policies and attachments and
+    /// the custom permissions; a change reaches every session.
+    pub(crate) authz: authz::LivePolicies,
     /// Whether a component the broker cannot run without has stopped.
     pub(crate) health: health::Health,
     /// Refused handshakes are logged at most this often.
@@ -163,7 +164,16 @@ impl Broker {
             settings.storage.max_size_mb * 1024 * 1024,
         )
         .map_err(RegistryError::from)?;
-        let (registry, registration_code) = Registry::open(Arc::new(store))?;
+        let store: Arc<dyn store::Store> = Arc::new(store);
+        let (registry, registration_code) = Registry::open(store.clone())?;
+        let custom_permissions = authz::CustomPermissions::from_records(
+            store.permissions().await.map_err(RegistryError::from)?,
+        )
+        .map_err(|e| {
+            RegistryError::from(store::StoreError::Read(format!(
+                "a stored custom permission is unusable: {e}"
+            )))
+        })?;
         info!(
             store = %registry.location(),
             cas = registry.ca_count(),
@@ -223,7 +233,7 @@ impl Broker {
             router,
             tls,
             metrics: Metrics::new(),
-            authz: tokio::sync::watch::Sender::new(Arc::new(authz)),
+            authz: authz::LivePolicies::new(authz, custom_permissions, store),
             health: health::Health::default(),
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
         });
@@ -321,7 +331,7 @@ impl Broker {
         if let Some(dev) = &self.dev_pki {
             set.attach_dev_pki_app(settings, &dev.ca_cert, pki::dev::DEV_APP_NAME)?;
         }
-        self.ctx.authz.send_replace(Arc::new(set));
+        self.ctx.authz.reload(set);
         info!("authorization policies reloaded");
         Ok(())
     }

@@ -388,9 +388,10 @@ fn registry(cmd: RegistryCommand) -> Result<()> {
             let imported =
                 backup::import(&data_dir.registry_db(), &mut std::io::BufReader::new(input))?;
             eprintln!(
-                "imported {} CAs and {} device certificates into {}",
+                "imported {} CAs, {} device certificates and {} custom permissions into {}",
                 imported.cas,
                 imported.devices,
+                imported.permissions,
                 data_dir.registry_db().display()
             );
         }

@@ -46,13 +46,19 @@ pub enum Written {
 }
 
 /// The parameters that name what a call acted on.
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 12] = [
     "Sn",
     "CaSn",
     "DeviceSn",
     "ClientId",
     "CaName",
     "MqttInstanceId",
+    "InstanceId",
+    "IdentityType",
+    "Identity",
+    "Topic",
+    "PermitAction",
+    "Effect",
 ];
 
 /// Why the audit file cannot be used.

@@ -7,7 +7,7 @@
 //! grant the world), so a pattern with such a value matches nothing for
 //! that principal: it is as if the rule were not there.
 
-use super::topic::{Filter, Level, MAX_FILTER_BYTES, MAX_LEVELS};
+use crate::topic::{Filter, Level, MAX_FILTER_BYTES, MAX_LEVELS};
 
 /// The variables a pattern may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,7 +96,7 @@ pub struct Pattern {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     #[error(transparent)]
-    Filter(#[from] super::topic::FilterError),
+    Filter(#[from] crate::topic::FilterError),
     #[error(
         "unknown variable ${{{0}}}; the variables are ${{CommonName}}, ${{DeviceSn}}, ${{CaSn}}, ${{ClientId}}, ${{Subject.O}} and ${{Subject.OU}}"
     )]
@@ -133,6 +133,24 @@ impl Pattern {
             text: text.to_owned(),
             levels,
         })
+    }
+
+    /// A pattern without variables: `filter` as it is (a `${...}` in it
+    /// is text). `text` is how it was written, for messages.
+    pub fn literal(filter: &Filter, text: &str) -> Pattern {
+        let levels = filter
+            .levels()
+            .iter()
+            .map(|level| match level {
+                Level::Plus => PatternLevel::Plus,
+                Level::Hash => PatternLevel::Hash,
+                Level::Literal(l) => PatternLevel::Parts(vec![Part::Text(l.clone())]),
+            })
+            .collect();
+        Pattern {
+            text: text.to_owned(),
+            levels,
+        }
     }
 
     pub fn text(&self) -> &str {

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use super::pattern::{Pattern, Principal};
-use super::topic::Filter;
+use crate::topic::Filter;
 
 /// What a rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::custom::CustomPermissions;
 use super::pattern::{Pattern, Principal, Var};
 use super::policy::{Effect, Grants, Policy, Rule};
 use crate::identity::DeviceIdentity;
@@ -105,13 +106,18 @@ impl Attachment {
     }
 }
 
-/// The compiled `[authz]` section.
+/// The policies in force: the compiled `[authz]` section, and the custom
+/// permissions added through the API.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     by_name: HashMap<Arc<str>, Arc<Policy>>,
     defaults: Vec<Arc<Policy>>,
     attachments: Vec<Attachment>,
     uses_client_id: bool,
+    custom: CustomPermissions,
+    /// Counts the sets put in force (see `authz::live`): a session that
+    /// judged under generation `g` knows whether it is up to date.
+    generation: u64,
 }
 
 impl PolicySet {
@@ -169,6 +175,8 @@ impl PolicySet {
             defaults: Vec::new(),
             attachments: Vec::with_capacity(settings.attach.len()),
             uses_client_id,
+            custom: CustomPermissions::default(),
+            generation: 0,
         };
         set.defaults = set.named("authz.default_policies", &settings.default_policies)?;
         for (i, a) in settings.attach.iter().enumerate() {
@@ -274,9 +282,32 @@ impl PolicySet {
         selected
     }
 
-    /// A connection's grants.
+    /// A connection's grants: its configured policies and its custom
+    /// permissions.
     pub fn grants(&self, identity: &DeviceIdentity, who: &Principal) -> Grants {
-        Grants::new(self.policies_for(identity, &who.common_name), who)
+        let mut policies = self.policies_for(identity, &who.common_name);
+        policies.extend(self.custom.policies_for(identity, &who.client_id));
+        Grants::new(policies, who)
+    }
+
+    pub fn custom(&self) -> &CustomPermissions {
+        &self.custom
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// This set with other custom permissions.
+    pub(super) fn with_custom(&self, custom: CustomPermissions) -> PolicySet {
+        PolicySet {
+            custom,
+            ..self.clone()
+        }
+    }
+
+    pub(super) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 }
 

@@ -243,10 +243,7 @@ where
             ));
         }
         self.principal.client_id = request.client_id.clone();
-        self.grants = self
-            .policies
-            .borrow_and_update()
-            .grants(&self.guard.identity(), &self.principal);
+        self.judge();
         if let Some(Packet::Publish(will, _)) = &request.will {
             let topic = String::from_utf8_lossy(&will.topic).into_owned();
             if !self.grants.publish(&topic).is_allowed() {
@@ -410,6 +407,9 @@ where
             if self.guard.is_killed() {
                 return self.killed();
             }
+            if !self.up_to_date() {
+                return Exit::NotAuthorized;
+            }
             if self.read_buf.is_empty() && self.read_buf.capacity() > READ_BUFFER_KEEP {
                 self.read_buf = BytesMut::new();
             }
@@ -434,6 +434,9 @@ where
                         Ok(out) => out,
                         Err(e) => return Exit::Router(e.to_string()),
                     };
+                    if !self.up_to_date() {
+                        return Exit::NotAuthorized;
+                    }
                     let router_disconnect = out.packets.iter().any(|p| matches!(p, Packet::Disconnect(..)));
                     let out_packets: Vec<Packet> = match self.version() {
                         Some(version) => out
@@ -474,6 +477,9 @@ where
 
     /// Decodes what the client sent and forwards it to the router.
     async fn forward_client_packets(&mut self, link: &mut Link) -> Option<Exit> {
+        if !self.up_to_date() {
+            return Some(Exit::NotAuthorized);
+        }
         let Some(codec) = &self.codec else {
             return Some(Exit::Protocol(CodecError::NotConnect));
         };
@@ -533,6 +539,14 @@ where
                         #[cfg(feature = "fault-injection")]
                         let refused =
                             refused.filter(|_| !crate::fault::bypasses_authz(&publish.topic));
+                        #[cfg(feature = "fault-injection")]
+                        if crate::fault::stalls_session(&publish.topic) {
+                            tokio::select! {
+                                biased;
+                                _ = self.guard.killed() => return Some(self.killed()),
+                                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                            }
+                        }
                         match refused {
                             None => {
                                 #[cfg(feature = "fault-injection")]
@@ -634,6 +648,10 @@ where
     /// session is present; it subscribes again, and is judged then).
     /// `false` if the session was killed meanwhile.
     async fn restore_grants(&mut self, ctx: &Context, client_id: &str) -> bool {
+        if self.policies.has_changed().unwrap_or(false) {
+            // Nothing is granted yet: new grants, nothing to re-judge.
+            self.judge();
+        }
         let stored = self.guard.take_stored_grants();
         let keep = stored.as_ref().is_some_and(|filters| {
             filters.iter().all(|path| {
@@ -665,10 +683,7 @@ where
     /// longer allowed (the session then ends: no connection keeps a grant
     /// the current policies do not give).
     fn regrant(&mut self) -> bool {
-        self.grants = self
-            .policies
-            .borrow_and_update()
-            .grants(&self.guard.identity(), &self.principal);
+        let generation = self.judge_grants();
         let revoked = self.granted.iter().find(|path| {
             let judged = authorize::judged_filter(path);
             !crate::authz::Filter::parse(judged)
@@ -680,12 +695,38 @@ where
                     peer = %self.peer,
                     device = %self.guard.identity(),
                     filter = %path,
-                    "subscription no longer allowed after a policy reload; closing the session"
+                    "subscription no longer allowed after a policy change; closing the session"
                 );
                 false
             }
-            None => true,
+            None => {
+                self.guard.judged(generation);
+                true
+            }
         }
+    }
+
+    /// Makes this connection's grants under the policies in force, and
+    /// records their generation.
+    fn judge(&mut self) {
+        let generation = self.judge_grants();
+        self.guard.judged(generation);
+    }
+
+    /// New grants under the policies in force; returns their generation
+    /// (not yet recorded).
+    fn judge_grants(&mut self) -> u64 {
+        let policies = self.policies.borrow_and_update().clone();
+        self.grants = policies.grants(&self.guard.identity(), &self.principal);
+        policies.generation()
+    }
+
+    /// Re-judges first if the policies changed since this connection last
+    /// judged: called before every decision and every delivery, so none is
+    /// made under policies no longer in force. `false`: a subscription it
+    /// holds is no longer allowed.
+    fn up_to_date(&mut self) -> bool {
+        !self.policies.has_changed().unwrap_or(false) || self.regrant()
     }
 
     /// Counts a refusal of topic authorization and logs it (rate-limited).

@@ -85,6 +85,9 @@ struct Handle {
     /// wins over any other: a session an operator cut off while it was
     /// being taken over (or the broker stopping) publishes no will.
     reason: Arc<AtomicU8>,
+    /// The policy generation the session's grants were made under (0:
+    /// none yet; it will make them under the set in force then).
+    judged: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Handle {
@@ -165,6 +168,23 @@ struct ClientEntry {
     grants: Option<Vec<String>>,
 }
 
+/// Which sessions a change concerns.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Device(&'a DeviceIdentity),
+    Ca(&'a CaSn),
+    Client(&'a str),
+}
+
+/// What [`SessionTable::rejudged`] waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejudged {
+    /// Sessions that had grants from an older generation.
+    pub sessions: usize,
+    /// Of those, closed because they had not re-judged in time.
+    pub cut_off: usize,
+}
+
 /// A client id claimed by another certificate identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the client id belongs to another device certificate ({owner})")]
@@ -185,6 +205,7 @@ impl SessionTable {
             kill: CancellationToken::new(),
             closed: CancellationToken::new(),
             reason: Arc::new(AtomicU8::new(0)),
+            judged: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         self.shared
             .by_device
@@ -218,6 +239,76 @@ impl SessionTable {
             }
         }
         closings
+    }
+
+    /// Waits until every live session in `scope` has re-judged under the
+    /// policy generation `generation` (or closed, if it held what that
+    /// generation no longer allows). A session that has not within
+    /// `timeout` is closed (no session keeps a grant the policies in force
+    /// do not give); closing is waited for as long again.
+    pub async fn rejudged(
+        &self,
+        scope: Scope<'_>,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<Rejudged, DropTimeout> {
+        let handles = self.handles(scope);
+        let behind = |h: &Handle| {
+            let judged = *h.judged.borrow();
+            judged != 0 && judged < generation && !h.closed.is_cancelled()
+        };
+        let waiting: Vec<Handle> = handles.into_iter().filter(|h| behind(h)).collect();
+        let count = waiting.len();
+        let caught_up = async {
+            for handle in &waiting {
+                let mut judged = handle.judged.subscribe();
+                tokio::select! {
+                    _ = judged.wait_for(|g| *g >= generation) => {}
+                    _ = handle.closed.cancelled() => {}
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, caught_up).await.is_ok() {
+            return Ok(Rejudged {
+                sessions: count,
+                cut_off: 0,
+            });
+        }
+        let late: Vec<Closing> = waiting
+            .iter()
+            .filter(|h| behind(h))
+            .map(|h| h.kill(DropReason::Administrative))
+            .collect();
+        let cut_off = wait_all(late, timeout).await?;
+        Ok(Rejudged {
+            sessions: count,
+            cut_off,
+        })
+    }
+
+    fn handles(&self, scope: Scope<'_>) -> Vec<Handle> {
+        match scope {
+            Scope::Device(identity) => self
+                .shared
+                .by_device
+                .get(identity)
+                .map(|s| s.values().cloned().collect())
+                .unwrap_or_default(),
+            Scope::Ca(ca_sn) => self
+                .shared
+                .by_device
+                .iter()
+                .filter(|e| e.key().ca_sn == *ca_sn)
+                .flat_map(|e| e.value().values().cloned().collect::<Vec<_>>())
+                .collect(),
+            Scope::Client(client_id) => self
+                .shared
+                .by_client
+                .get(client_id)
+                .and_then(|e| e.holder.as_ref().map(|(_, h)| h.clone()))
+                .into_iter()
+                .collect(),
+        }
     }
 
     /// Kills every session (shutdown).
@@ -364,6 +455,12 @@ impl SessionGuard {
 
     pub fn is_killed(&self) -> bool {
         self.handle.kill.is_cancelled()
+    }
+
+    /// Records that this session's grants are those of policy generation
+    /// `generation`.
+    pub fn judged(&self, generation: u64) {
+        self.handle.judged.send_replace(generation);
     }
 
     pub fn drop_reason(&self) -> Option<DropReason> {

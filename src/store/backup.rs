@@ -2,7 +2,7 @@
 //!
 //! `certmq registry export` writes one JSON object per line: the instance
 //! (its registration code), then every CA, then every device certificate,
-//! bodies included. `certmq registry import` reads such a file into a
+//! bodies included, then every custom topic permission. `certmq registry import` reads such a file into a
 //! registry database in one transaction, updating records that exist; it
 //! refuses to run while a broker holds the data directory.
 
@@ -13,9 +13,13 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use super::sqlite::{
-    CA_COLUMNS, DEVICE_COLUMNS, ca_from_row, device_from_row, now_ms, registration_code,
+    CA_COLUMNS, DEVICE_COLUMNS, PERMISSION_COLUMNS, ca_from_row, device_from_row, now_ms,
+    permission_from_row, registration_code,
 };
-use crate::record::{CaRecord, DeviceRecord};
+use crate::record::{
+    CaRecord, DeviceRecord, IdentityKind, PermissionKey, PermissionRecord, PermitAction,
+    PermitEffect,
+};
 use crate::serial::{CaSn, DeviceSn};
 
 /// One line of a backup.
@@ -45,6 +49,28 @@ pub enum Line {
         valid_end_ms: i64,
         pem: String,
     },
+    Permission {
+        /// `CLIENT`, `DEVICE` or `CA`, as the API writes them.
+        identity_type: String,
+        identity: String,
+        topic: String,
+        /// `PUB`, `SUB` or `PUB_SUB`.
+        permit_action: String,
+        /// `ALLOW` or `DENY`.
+        effect: String,
+    },
+}
+
+impl From<&PermissionRecord> for Line {
+    fn from(p: &PermissionRecord) -> Line {
+        Line::Permission {
+            identity_type: p.key.kind.api_name().to_owned(),
+            identity: p.key.identity.clone(),
+            topic: p.key.topic.clone(),
+            permit_action: p.action.api_name().to_owned(),
+            effect: p.effect.api_name().to_owned(),
+        }
+    }
 }
 
 impl From<&CaRecord> for Line {
@@ -96,6 +122,7 @@ pub enum BackupError {
 pub struct Imported {
     pub cas: usize,
     pub devices: usize,
+    pub permissions: usize,
 }
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, BackupError> {
@@ -150,6 +177,15 @@ pub fn export(db: &Path, out: &mut dyn Write) -> Result<usize, BackupError> {
     for device in stmt.query_map([], device_from_row).map_err(read)? {
         emit(&Line::from(&device.map_err(read)?), out)?;
     }
+    drop(stmt);
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
+        ))
+        .map_err(read)?;
+    for permission in stmt.query_map([], permission_from_row).map_err(read)? {
+        emit(&Line::from(&permission.map_err(read)?), out)?;
+    }
     out.flush().map_err(BackupError::Output)?;
     Ok(lines)
 }
@@ -174,6 +210,34 @@ fn serial<T>(
     parse(value).map_err(|e| BackupError::Line {
         line,
         reason: format!("{what}: {e}"),
+    })
+}
+
+/// A permission line, checked as the API checks a call.
+fn permission(
+    line: usize,
+    identity_type: &str,
+    identity: &str,
+    topic: &str,
+    permit_action: &str,
+    effect: &str,
+) -> Result<PermissionRecord, BackupError> {
+    let bad = |reason: String| BackupError::Line { line, reason };
+    let kind = IdentityKind::from_api_name(identity_type).ok_or_else(|| {
+        bad(format!(
+            "identity_type must be CLIENT, DEVICE or CA, not {identity_type:?}"
+        ))
+    })?;
+    let key = PermissionKey::new(kind, identity, topic).map_err(|e| bad(e.to_string()))?;
+    Ok(PermissionRecord {
+        key,
+        action: PermitAction::from_api_name(permit_action).ok_or_else(|| {
+            bad(format!(
+                "permit_action must be PUB, SUB or PUB_SUB, not {permit_action:?}"
+            ))
+        })?,
+        effect: PermitEffect::from_api_name(effect)
+            .ok_or_else(|| bad(format!("effect must be ALLOW or DENY, not {effect:?}")))?,
     })
 }
 
@@ -291,6 +355,40 @@ pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupErro
                     reason: format!("{e} (is its CA in the backup, before it?)"),
                 })?;
                 imported.devices += 1;
+            }
+            Line::Permission {
+                identity_type,
+                identity,
+                topic,
+                permit_action,
+                effect,
+            } => {
+                let record = permission(
+                    number,
+                    &identity_type,
+                    &identity,
+                    &topic,
+                    &permit_action,
+                    &effect,
+                )?;
+                tx.execute(
+                    "INSERT INTO custom_permission (identity_type, identity, topic, permit_action, effect,
+                                                    created_at_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                     ON CONFLICT (identity_type, identity, topic) DO UPDATE SET
+                        permit_action = excluded.permit_action, effect = excluded.effect,
+                        updated_at_ms = excluded.updated_at_ms",
+                    params![
+                        record.key.kind.api_name(),
+                        record.key.identity,
+                        record.key.topic,
+                        record.action.api_name(),
+                        record.effect.api_name(),
+                        now
+                    ],
+                )
+                .map_err(|e| import_err(number, e))?;
+                imported.permissions += 1;
             }
         }
     }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 
 use crate::identity::DeviceIdentity;
-use crate::record::{CaRecord, CertStatus, DeviceRecord, Page};
+use crate::record::{CaRecord, CertStatus, DeviceRecord, Page, PermissionKey, PermissionRecord};
 use crate::serial::CaSn;
 
 /// A boxed future of a store operation (the trait is used as `dyn Store`).
@@ -75,6 +75,10 @@ pub enum Change {
     RegisterDevice(DeviceRecord),
     SetDeviceStatus(DeviceIdentity, CertStatus),
     DeleteDevice(DeviceIdentity),
+    /// Stores a custom topic permission, replacing the one with its key.
+    PutPermission(PermissionRecord),
+    /// Removes a custom topic permission.
+    DeletePermission(PermissionKey),
 }
 
 /// A durable home for certificate state.
@@ -97,6 +101,10 @@ pub trait Store: Send + Sync {
         offset: usize,
         limit: usize,
     ) -> StoreFuture<'_, Page<DeviceRecord>>;
+
+    /// Every custom topic permission, in key order (read at start-up;
+    /// the running broker keeps them in its policies).
+    fn permissions(&self) -> StoreFuture<'_, Vec<PermissionRecord>>;
 
     /// Where the store keeps its data, for messages.
     fn location(&self) -> String;

@@ -45,6 +45,19 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (ca_sn, device_sn)
     );
     ",
+    // 2: topic permissions added through the API (AddCustomAuthPermission).
+    "
+    CREATE TABLE custom_permission (
+        identity_type TEXT NOT NULL CHECK (identity_type IN ('CLIENT', 'DEVICE', 'CA')),
+        identity      TEXT NOT NULL,
+        topic         TEXT NOT NULL,
+        permit_action TEXT NOT NULL CHECK (permit_action IN ('PUB', 'SUB', 'PUB_SUB')),
+        effect        TEXT NOT NULL CHECK (effect IN ('ALLOW', 'DENY')),
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (identity_type, identity, topic)
+    );
+    ",
 ];
 
 /// The schema version this certmq writes.

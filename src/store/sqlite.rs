@@ -19,7 +19,10 @@ use tracing::{error, info};
 use super::schema::{self, MigrateError};
 use super::{Change, Snapshot, Store, StoreError, StoreFuture};
 use crate::identity::DeviceIdentity;
-use crate::record::{CaRecord, CertStatus, DeviceRecord, Page};
+use crate::record::{
+    CaRecord, CertStatus, DeviceRecord, IdentityKind, Page, PermissionKey, PermissionRecord,
+    PermitAction, PermitEffect,
+};
 use crate::serial::{CaSn, DeviceSn, SerialError};
 
 /// The database file inside `storage.data_dir`.
@@ -311,6 +314,25 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
             "DELETE FROM device WHERE ca_sn = ?1 AND device_sn = ?2",
             params![id.ca_sn.to_string(), id.device_sn.to_string()],
         ),
+        Change::PutPermission(p) => conn.execute(
+            "INSERT INTO custom_permission (identity_type, identity, topic, permit_action, effect,
+                                            created_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (identity_type, identity, topic)
+             DO UPDATE SET permit_action = ?4, effect = ?5, updated_at_ms = ?6",
+            params![
+                p.key.kind.api_name(),
+                p.key.identity,
+                p.key.topic,
+                p.action.api_name(),
+                p.effect.api_name(),
+                now
+            ],
+        ),
+        Change::DeletePermission(key) => conn.execute(
+            "DELETE FROM custom_permission WHERE identity_type = ?1 AND identity = ?2 AND topic = ?3",
+            params![key.kind.api_name(), key.identity, key.topic],
+        ),
     };
     match result {
         Ok(n) => Ok(n as u64),
@@ -356,6 +378,33 @@ pub(super) fn ca_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord>
         pem: row.get::<_, String>(5)?.into(),
         verification_pem: row.get::<_, Option<String>>(6)?.map(Into::into),
         registration_code: row.get::<_, Option<String>>(7)?.map(Into::into),
+    })
+}
+
+/// The columns [`permission_from_row`] reads, in its order.
+pub(super) const PERMISSION_COLUMNS: &str = "identity_type, identity, topic, permit_action, effect";
+
+pub(super) fn permission_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PermissionRecord> {
+    let text = |column: usize, value: &str, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            format!("unknown {what} `{value}`").into(),
+        )
+    };
+    let kind: String = row.get(0)?;
+    let action: String = row.get(3)?;
+    let effect: String = row.get(4)?;
+    Ok(PermissionRecord {
+        key: PermissionKey {
+            kind: IdentityKind::from_api_name(&kind)
+                .ok_or_else(|| text(0, &kind, "identity type"))?,
+            identity: row.get(1)?,
+            topic: row.get(2)?,
+        },
+        action: PermitAction::from_api_name(&action)
+            .ok_or_else(|| text(3, &action, "permit action"))?,
+        effect: PermitEffect::from_api_name(&effect).ok_or_else(|| text(4, &effect, "effect"))?,
     })
 }
 
@@ -465,6 +514,16 @@ impl Store for SqliteStore {
                 items,
                 total: total as usize,
             })
+        }))
+    }
+
+    fn permissions(&self) -> StoreFuture<'_, Vec<PermissionRecord>> {
+        Box::pin(self.read(|conn| {
+            conn.prepare(&format!(
+                "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
+            ))?
+            .query_map([], permission_from_row)?
+            .collect()
         }))
     }
 

@@ -32,7 +32,7 @@ fn policy(name: &str, rules: Vec<RuleSettings>) -> PolicySettings {
 
 /// The embedded policies (every device in its own namespace), and
 /// `watcher` (by CN) with the fleet application's policy.
-fn fleet_policies(s: &mut Settings) {
+pub(crate) fn fleet_policies(s: &mut Settings) {
     s.authz = Settings::embedded_defaults().unwrap().authz;
     s.authz.attach = vec![AttachSettings {
         policies: vec!["fleet-application".into()],
@@ -55,7 +55,7 @@ fn string(s: &str) -> Vec<u8> {
     v
 }
 
-fn subscribe(level: u8, pkid: u16, filters: &[&str]) -> Vec<u8> {
+pub(crate) fn subscribe(level: u8, pkid: u16, filters: &[&str]) -> Vec<u8> {
     let mut body = pkid.to_be_bytes().to_vec();
     if level == 5 {
         body.push(0);
@@ -67,7 +67,7 @@ fn subscribe(level: u8, pkid: u16, filters: &[&str]) -> Vec<u8> {
     packet(0x82, body)
 }
 
-fn publish_qos1(level: u8, pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn publish_qos1(level: u8, pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
     let mut body = string(topic);
     body.extend(pkid.to_be_bytes());
     if level == 5 {
@@ -78,7 +78,7 @@ fn publish_qos1(level: u8, pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one whole packet (one-byte remaining length).
-async fn read_packet(stream: &mut raw::Stream) -> Vec<u8> {
+pub(crate) async fn read_packet(stream: &mut raw::Stream) -> Vec<u8> {
     let mut head = [0u8; 2];
     tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
         .await
@@ -91,7 +91,12 @@ async fn read_packet(stream: &mut raw::Stream) -> Vec<u8> {
     all
 }
 
-async fn raw_session(tb: &TestBroker, device: &Device, level: u8, id: &str) -> raw::Stream {
+pub(crate) async fn raw_session(
+    tb: &TestBroker,
+    device: &Device,
+    level: u8,
+    id: &str,
+) -> raw::Stream {
     let mut stream = raw::tls_connect(tb.port(), client_config(&tb.server_ca, Some(device)))
         .await
         .unwrap();
@@ -106,13 +111,13 @@ async fn raw_session(tb: &TestBroker, device: &Device, level: u8, id: &str) -> r
 }
 
 /// The reason code of a PUBACK (a success may come without one).
-fn puback_reason(puback: &[u8]) -> u8 {
+pub(crate) fn puback_reason(puback: &[u8]) -> u8 {
     assert_eq!(puback[0], 0x40, "{puback:02x?}");
     puback.get(4).copied().unwrap_or(0)
 }
 
 /// The SUBACK's return codes.
-fn suback_codes(level: u8, suback: &[u8]) -> Vec<u8> {
+pub(crate) fn suback_codes(level: u8, suback: &[u8]) -> Vec<u8> {
     assert_eq!(suback[0], 0x90, "{suback:02x?}");
     let skip = if level == 5 { 5 } else { 4 }; // header, pkid, (properties)
     suback[skip..].to_vec()

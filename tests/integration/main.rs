@@ -11,6 +11,7 @@ mod authz;
 mod cli;
 mod crash;
 mod curl;
+mod custom_permissions;
 mod durability;
 mod fuzz_regressions;
 mod hardening;

@@ -8,6 +8,7 @@
 
 mod ca;
 mod device;
+mod permission;
 mod session;
 
 use serde_json::{Map, Value};
@@ -35,12 +36,16 @@ pub enum Operation {
     CloseConnection,
     QuerySessionByClientId,
     BatchQuerySessionByClientIds,
+    AddCustomAuthPermission,
+    UpdateCustomAuthPermission,
+    DeleteCustomAuthPermission,
+    QueryCustomAuthPermission,
 }
 
 use Operation::*;
 
 impl Operation {
-    pub const ALL: [Operation; 16] = [
+    pub const ALL: [Operation; 20] = [
         GetRegisterCode,
         RegisterCaCertificate,
         GetCaCertificate,
@@ -57,6 +62,10 @@ impl Operation {
         CloseConnection,
         QuerySessionByClientId,
         BatchQuerySessionByClientIds,
+        AddCustomAuthPermission,
+        UpdateCustomAuthPermission,
+        DeleteCustomAuthPermission,
+        QueryCustomAuthPermission,
     ];
 
     /// The action name of the API.
@@ -78,6 +87,10 @@ impl Operation {
             CloseConnection => "CloseConnection",
             QuerySessionByClientId => "QuerySessionByClientId",
             BatchQuerySessionByClientIds => "BatchQuerySessionByClientIds",
+            AddCustomAuthPermission => "AddCustomAuthPermission",
+            UpdateCustomAuthPermission => "UpdateCustomAuthPermission",
+            DeleteCustomAuthPermission => "DeleteCustomAuthPermission",
+            QueryCustomAuthPermission => "QueryCustomAuthPermission",
         }
     }
 
@@ -107,6 +120,9 @@ impl Operation {
                 | InactivateDeviceCertificate
                 | DeleteDeviceCertificate
                 | CloseConnection
+                | AddCustomAuthPermission
+                | UpdateCustomAuthPermission
+                | DeleteCustomAuthPermission
         )
     }
 
@@ -114,12 +130,19 @@ impl Operation {
     pub fn is_certificate_operation(self) -> bool {
         !matches!(
             self,
-            CloseConnection | QuerySessionByClientId | BatchQuerySessionByClientIds
+            CloseConnection
+                | QuerySessionByClientId
+                | BatchQuerySessionByClientIds
+                | AddCustomAuthPermission
+                | UpdateCustomAuthPermission
+                | DeleteCustomAuthPermission
+                | QueryCustomAuthPermission
         )
     }
 
-    /// The parameter naming the instance: session operations use
-    /// `InstanceId`, certificate operations `MqttInstanceId`.
+    /// The parameter naming the instance: session and permission
+    /// operations use `InstanceId`, certificate operations
+    /// `MqttInstanceId`.
     pub fn instance_param(self) -> &'static str {
         if self.is_certificate_operation() {
             "MqttInstanceId"
@@ -181,6 +204,10 @@ pub(crate) async fn run(
         CloseConnection => session::close(ctx, req).await,
         QuerySessionByClientId => session::query(ctx, req),
         BatchQuerySessionByClientIds => session::batch_query(ctx, req),
+        AddCustomAuthPermission => permission::add(ctx, req).await,
+        UpdateCustomAuthPermission => permission::update(ctx, req).await,
+        DeleteCustomAuthPermission => permission::delete(ctx, req).await,
+        QueryCustomAuthPermission => permission::query(ctx, req),
     }
 }
 
