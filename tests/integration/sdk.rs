@@ -58,16 +58,15 @@ fn make_venv() -> PathBuf {
 
 /// A `certmq serve` process, stopped on drop.
 struct Serve {
-    child: Child,
+    child: Option<Child>,
     mqtt: u16,
     admin: u16,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -137,7 +136,25 @@ impl AdminCert {
     }
 }
 
+/// Topic authorization for the lifecycle flow: its devices use topics of
+/// their own naming.
+const ALLOW_ALL: &str = r##"
+[authz]
+default_policies = ["allow-all"]
+[[authz.policies]]
+name = "allow-all"
+rules = [{ effect = "allow", actions = ["publish", "subscribe"], topics = ["#"] }]
+[[authz.policies]]
+name = "fleet-application"
+rules = [{ effect = "allow", actions = ["publish", "subscribe"], topics = ["devices/#"] }]
+"##;
+
 fn serve(edition: &str, tls: Option<&AdminCert>) -> Serve {
+    serve_with(edition, tls, ALLOW_ALL)
+}
+
+/// `authz`: the `[authz]` section (empty: the embedded defaults).
+fn serve_with(edition: &str, tls: Option<&AdminCert>, authz: &str) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let admin_tls = tls.map(AdminCert::config).unwrap_or_default();
     let config = format!(
@@ -173,19 +190,15 @@ actions = ["mq:*"]
 
 [admin.rate_limits]
 ListCaCertificate = 5
-
-# The flow's devices use topics of their own naming.
-[authz]
-default_policies = ["allow-all"]
-[[authz.policies]]
-name = "allow-all"
-rules = [{{ effect = "allow", actions = ["publish", "subscribe"], topics = ["#"] }}]
-[[authz.policies]]
-name = "fleet-application"
-rules = [{{ effect = "allow", actions = ["publish", "subscribe"], topics = ["devices/#"] }}]
+{authz}
 "##
     );
     std::fs::write(dir.path().join("certmq.toml"), config).unwrap();
+    spawn(dir)
+}
+
+/// Runs `certmq serve` in `dir` (its `certmq.toml`, its data).
+fn spawn(dir: tempfile::TempDir) -> Serve {
     let mut child = Command::new(BIN)
         .args(["serve", "--config", "certmq.toml"])
         .current_dir(dir.path())
@@ -199,10 +212,30 @@ rules = [{{ effect = "allow", actions = ["publish", "subscribe"], topics = ["dev
     })
     .unwrap_or_else(|status| panic!("certmq serve exited with {status} (its stderr is above)"));
     Serve {
-        child,
+        child: Some(child),
         mqtt: listening.mqtt.port(),
         admin: listening.admin.port(),
-        dir,
+        dir: Some(dir),
+    }
+}
+
+impl Serve {
+    /// Stops the broker (SIGKILL: nothing is flushed on the way out) and
+    /// starts it again on the same configuration and data.
+    fn restart(mut self) -> Serve {
+        self.stop();
+        spawn(self.dir.take().unwrap())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
     }
 }
 
@@ -216,7 +249,9 @@ fn official_sdks_drive_the_whole_certificate_api_over_https() {
     sdk_flow(Some(&AdminCert::new()));
 }
 
-fn sdk_flow(tls: Option<&AdminCert>) {
+/// Whether python3 and the mosquitto clients are here (under CI they must
+/// be; elsewhere the test is skipped, saying so).
+fn tools_available() -> bool {
     let ci = std::env::var_os("CI").is_some();
     for (program, arg, package) in [
         ("python3", "--version", "python3 python3-venv"),
@@ -225,8 +260,60 @@ fn sdk_flow(tls: Option<&AdminCert>) {
         if !available(program, arg) {
             assert!(!ci, "{program} is missing: apt-get install -y {package}");
             eprintln!("skipping: {program} is not installed");
-            return;
+            return false;
         }
+    }
+    true
+}
+
+/// Runs `script` (in tests/sdk) with the venv's python against `broker`;
+/// its output, asserting it succeeded.
+fn run_script(script: &str, args: &[&str], broker: &Serve, clients: &Path) -> String {
+    let output = Command::new(venv().join("bin/python"))
+        .arg(Path::new(SDK_DIR).join(script))
+        .args(args)
+        .env_remove("ALIBABA_CLOUD_CA_BUNDLE")
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env("CERTMQ_BIN", BIN)
+        .env("CERTMQ_WORKDIR", clients)
+        .env("CERTMQ_ENDPOINT", format!("127.0.0.1:{}", broker.admin))
+        .env("CERTMQ_MQTT_PORT", broker.mqtt.to_string())
+        .env("CERTMQ_SERVER_CA", broker.path().join("certs/dev/ca.pem"))
+        .env("CERTMQ_INSTANCE", "mqtt-certmq-local")
+        .env("CERTMQ_KEYS", KEYS)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// The official V3 SDK manages custom permissions on a broker with the
+/// embedded policies: a DENY SUB for one device takes its live
+/// subscription before the answer and refuses new ones, is listed,
+/// survives a restart, and its deletion restores the default.
+#[test]
+fn official_sdk_manages_custom_permissions() {
+    if !tools_available() {
+        return;
+    }
+    let broker = serve_with("platinum", None, "");
+    let clients = tempfile::tempdir().unwrap();
+    let before = run_script("custom_auth.py", &["before"], &broker, clients.path());
+    assert!(before.contains("before: passed"), "{before}");
+    let broker = broker.restart();
+    let after = run_script("custom_auth.py", &["after"], &broker, clients.path());
+    assert!(after.contains("after: passed"), "{after}");
+}
+
+fn sdk_flow(tls: Option<&AdminCert>) {
+    if !tools_available() {
+        return;
     }
     let venv = venv();
     let platinum = serve("platinum", tls);
@@ -251,10 +338,7 @@ fn sdk_flow(tls: Option<&AdminCert>) {
             format!("127.0.0.1:{}", standard.admin),
         )
         .env("CERTMQ_MQTT_PORT", platinum.mqtt.to_string())
-        .env(
-            "CERTMQ_SERVER_CA",
-            platinum.dir.path().join("certs/dev/ca.pem"),
-        )
+        .env("CERTMQ_SERVER_CA", platinum.path().join("certs/dev/ca.pem"))
         .env("CERTMQ_INSTANCE", "mqtt-certmq-local")
         .env("CERTMQ_KEYS", KEYS)
         .output()
