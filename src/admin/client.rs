@@ -134,6 +134,11 @@ impl ClientTls {
         self.identity_pem(&cert_pem, &key_pem, &source)
     }
 
+    /// Whether a client certificate is given.
+    pub fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+
     /// Whether this asks for anything beyond the defaults.
     pub fn is_default(&self) -> bool {
         self.roots.is_none() && self.identity.is_none()
@@ -200,6 +205,8 @@ pub struct AdminClient {
     key_id: String,
     secret: String,
     http: reqwest::Client,
+    /// Whether it presents a client certificate (for error hints).
+    has_identity: bool,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -253,17 +260,19 @@ impl AdminClient {
                 reason: "is plain http: a CA file or client certificate applies to https:// endpoints only".into(),
             });
         }
+        let has_identity = tls.has_identity();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .use_preconfigured_tls(tls.client_config(https)?)
             .build()
-            .map_err(|e| http_error(&endpoint, &e))?;
+            .map_err(|e| http_error(&endpoint, &e, has_identity))?;
         Ok(AdminClient {
             endpoint,
             authority,
             key_id: key_id.to_owned(),
             secret: secret.to_owned(),
             http,
+            has_identity,
         })
     }
 
@@ -369,12 +378,12 @@ impl AdminClient {
         let response = request
             .send()
             .await
-            .map_err(|e| http_error(&self.endpoint, &e))?;
+            .map_err(|e| http_error(&self.endpoint, &e, self.has_identity))?;
         let status = response.status().as_u16();
         let text = response
             .text()
             .await
-            .map_err(|e| http_error(&self.endpoint, &e))?;
+            .map_err(|e| http_error(&self.endpoint, &e, self.has_identity))?;
         let body = serde_json::from_str(&text)
             .map_err(|_| ClientError::NotJson(text.chars().take(200).collect()))?;
         Ok((status, body))
@@ -393,11 +402,12 @@ fn rustls_error<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
 }
 
 /// The error, its causes on one line, and a hint for the usual TLS
-/// mistakes.
-fn http_error(endpoint: &str, error: &reqwest::Error) -> ClientError {
+/// mistakes. `has_identity`: the client presented a certificate.
+fn http_error(endpoint: &str, error: &reqwest::Error, has_identity: bool) -> ClientError {
     let mut reason = error.to_string();
     let mut cause = error.source();
     let mut tls = None;
+    let mut closed = false;
     while let Some(e) = cause {
         let text = e.to_string();
         if !reason.ends_with(&text) {
@@ -407,6 +417,15 @@ fn http_error(endpoint: &str, error: &reqwest::Error) -> ClientError {
         if tls.is_none() {
             tls = rustls_error(e).cloned();
         }
+        closed |= e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionAborted
+            )
+        }) || text.contains("connection closed before message completed");
         cause = e.source();
     }
     let hint = match tls {
@@ -425,6 +444,12 @@ fn http_error(endpoint: &str, error: &reqwest::Error) -> ClientError {
             | AlertDescription::UnknownCA,
         )) => {
             " (the admin API refused the handshake: it may require a client certificate from its admin.tls_client_ca, `certmq admin --client-cert --client-key`)"
+        }
+        // In TLS 1.3 a refused client certificate is seen after the
+        // handshake: the alert may lose the race with the request, and the
+        // client sees the connection closed instead.
+        None if endpoint.starts_with("https:") && !has_identity && closed => {
+            " (the admin API closed the connection: it may require a client certificate from its admin.tls_client_ca, `certmq admin --client-cert --client-key`)"
         }
         Some(rustls::Error::InvalidMessage(_)) if endpoint.starts_with("https:") => {
             " (is the admin API plain HTTP? then use an http:// endpoint)"

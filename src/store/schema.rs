@@ -90,3 +90,37 @@ impl From<rusqlite::Error> for MigrateError {
         MigrateError::Sql(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of version 1 (certmq before custom permissions) keeps
+    /// its records and gains the permission table.
+    #[test]
+    fn version_1_databases_migrate_and_keep_their_records() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO instance (id, registration_code) VALUES (1, 'CODE')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 1);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let code: String = conn
+            .query_row("SELECT registration_code FROM instance", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(code, "CODE");
+        let permissions: i64 = conn
+            .query_row("SELECT COUNT(*) FROM custom_permission", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(permissions, 0);
+        // Again: nothing to do.
+        assert_eq!(migrate(&mut conn).unwrap(), VERSION);
+    }
+}

@@ -517,6 +517,25 @@ async fn registry_export_and_import_commands() {
         .await
         .unwrap();
 
+    // A custom permission, through `certmq admin`.
+    let identity = format!("{}:{}", device.identity.ca_sn, device.identity.device_sn);
+    let output = certmq(dir.path())
+        .args([
+            "admin",
+            "AddCustomAuthPermission",
+            "--InstanceId=mqtt-certmq-local",
+            "--IdentityType=DEVICE",
+            &format!("--Identity={identity}"),
+            "--Topic=devices/device-3/secret",
+            "--PermitAction=SUB",
+            "--Effect=DENY",
+        ])
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert_succeeded(&output);
+
     // Export works while the broker runs; import does not.
     let output = certmq(dir.path())
         .args(["registry", "export", "--output", "backup.jsonl"])
@@ -527,9 +546,10 @@ async fn registry_export_and_import_commands() {
     let backup = std::fs::read_to_string(dir.path().join("backup.jsonl")).unwrap();
     assert_eq!(
         backup.lines().count(),
-        3,
-        "instance, the dev CA, device-3: {backup}"
+        4,
+        "instance, the dev CA, device-3, the permission: {backup}"
     );
+    assert!(backup.contains(r#""kind":"permission""#) && backup.contains(&identity));
     assert!(backup.contains(&device.identity.device_sn.to_string()));
     let output = certmq(dir.path())
         .args(["registry", "import", "backup.jsonl"])
@@ -550,7 +570,7 @@ async fn registry_export_and_import_commands() {
     assert_succeeded(&output);
     assert!(
         String::from_utf8_lossy(&output.stderr)
-            .contains("imported 1 CAs and 1 device certificates")
+            .contains("imported 1 CAs, 1 device certificates and 1 custom permissions")
     );
     let output = certmq(dir.path())
         .args(["registry", "export"])

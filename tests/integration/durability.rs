@@ -474,4 +474,30 @@ async fn export_and_import_round_trip() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("line 1") || err.contains("line 2"), "{err}");
+
+    // A permission is checked as the API checks it.
+    for (line, needle) in [
+        (
+            r#"{"kind":"permission","identity_type":"USER","identity":"u","topic":"a","permit_action":"PUB","effect":"ALLOW"}"#,
+            "identity_type must be CLIENT, DEVICE or CA",
+        ),
+        (
+            r#"{"kind":"permission","identity_type":"CLIENT","identity":"c","topic":"a/#/b","permit_action":"PUB","effect":"ALLOW"}"#,
+            "Topic:",
+        ),
+        (
+            r#"{"kind":"permission","identity_type":"DEVICE","identity":"01","topic":"a","permit_action":"PUB","effect":"ALLOW"}"#,
+            "<CaSn>:<DeviceSn>",
+        ),
+        (
+            r#"{"kind":"permission","identity_type":"CA","identity":"01","topic":"a","permit_action":"ALL","effect":"ALLOW"}"#,
+            "permit_action must be",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let err = backup::import(&dir.path().join("registry.db"), &mut line.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1") && err.contains(needle), "{err}");
+    }
 }
