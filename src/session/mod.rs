@@ -122,7 +122,7 @@ impl std::fmt::Display for Exit {
             Exit::TopicInvalid => write!(f, "PUBLISH to an invalid topic name"),
             Exit::NotAuthorized => write!(
                 f,
-                "the reloaded policies no longer allow a subscription it holds"
+                "the policies in force (reloaded, or changed through the API) no longer allow a subscription it holds"
             ),
             Exit::ConnectRefused(why) => write!(f, "CONNECT refused: {why}"),
             Exit::Router(why) => write!(f, "router: {why}"),

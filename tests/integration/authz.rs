@@ -97,7 +97,19 @@ pub(crate) async fn raw_session(
     level: u8,
     id: &str,
 ) -> raw::Stream {
-    let mut stream = raw::tls_connect(tb.port(), client_config(&tb.server_ca, Some(device)))
+    raw_session_at(tb.port(), &tb.server_ca, device, level, id).await
+}
+
+/// An MQTT session over TLS to the broker at `port` (whose certificate
+/// `server_ca` issued), CONNACK checked.
+pub(crate) async fn raw_session_at(
+    port: u16,
+    server_ca: &Ca,
+    device: &Device,
+    level: u8,
+    id: &str,
+) -> raw::Stream {
+    let mut stream = raw::tls_connect(port, client_config(server_ca, Some(device)))
         .await
         .unwrap();
     stream

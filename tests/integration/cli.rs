@@ -581,6 +581,131 @@ async fn registry_export_and_import_commands() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), backup);
 }
 
+/// SIGHUP re-reads `[authz]` from the file: a live subscription the
+/// tightened policies refuse goes with its session, the custom
+/// permissions added through the API stay in force, and a file with an
+/// invalid policy changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_re_judges_live_sessions_and_keeps_custom_permissions() {
+    use crate::authz::{
+        puback_reason, publish_qos1, raw_session_at, read_packet, suback_codes, subscribe,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server_ca = Ca::new("reload server CA");
+    let fleet = Ca::new("reload fleet CA");
+    let (cert, key) = server_ca.server();
+    std::fs::write(d.join("server.pem"), &cert).unwrap();
+    std::fs::write(d.join("server.key"), &key).unwrap();
+    std::fs::write(d.join("fleet.pem"), &fleet.cert_pem).unwrap();
+    let config = |app_topic: &str| {
+        format!(
+            r#"[tls]
+server_cert = "server.pem"
+server_key = "server.key"
+ca_files = ["fleet.pem"]
+
+[authz]
+default_policies = ["own-namespace"]
+[[authz.policies]]
+name = "own-namespace"
+rules = [{{ effect = "allow", actions = ["publish", "subscribe"], topics = ["devices/${{CommonName}}/#"] }}]
+[[authz.policies]]
+name = "fleet-application"
+rules = [{{ effect = "allow", actions = ["publish", "subscribe"], topics = ["{app_topic}"] }}]
+[[authz.attach]]
+policies = ["fleet-application"]
+common_name = "watcher"
+"#
+        )
+    };
+    std::fs::write(d.join("certmq.toml"), config("devices/#")).unwrap();
+    let mut child = certmq(d)
+        .args(["serve", "--config", "certmq.toml"])
+        .env("CERTMQ__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
+        .spawn()
+        .unwrap();
+    let mut logs = Logs::follow(&mut child);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    let mqtt = listening(&mut child, &d.join("data")).await.mqtt.port();
+    let (watcher, talker) = (fleet.device("watcher"), fleet.device("talker"));
+
+    let mut app = raw_session_at(mqtt, &server_ca, &watcher, 5, "watcher").await;
+    app.write_all(&subscribe(5, 1, &["devices/#"]))
+        .await
+        .unwrap();
+    assert_eq!(suback_codes(5, &read_packet(&mut app).await), [0x01]);
+    // A custom permission for the talker's client id, through the API.
+    let output = certmq(d)
+        .args([
+            "admin",
+            "--config",
+            "certmq.toml",
+            "AddCustomAuthPermission",
+            "--InstanceId=mqtt-certmq-local",
+            "--IdentityType=CLIENT",
+            "--Identity=talker",
+            "--Topic=fleet/notices",
+            "--PermitAction=SUB",
+            "--Effect=ALLOW",
+        ])
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert_succeeded(&output);
+    let mut dev = raw_session_at(mqtt, &server_ca, &talker, 5, "talker").await;
+    dev.write_all(&subscribe(5, 1, &["devices/talker/#", "fleet/notices"]))
+        .await
+        .unwrap();
+    assert_eq!(suback_codes(5, &read_packet(&mut dev).await), [0x01, 0x01]);
+
+    // Tightened: the application may read telemetry only.
+    std::fs::write(d.join("certmq.toml"), config("devices/+/telemetry")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    logs.wait_for("authorization policies reloaded").await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut rest))
+        .await
+        .expect("the application's session outlived the reload")
+        .ok();
+    assert_eq!(rest.first(), Some(&0xE0), "DISCONNECT: {rest:02x?}");
+    assert_eq!(rest[2], 0x87, "not authorized");
+    // The talker keeps both grants: its own namespace, and the custom
+    // permission (a reload that dropped it would have closed this session).
+    dev.write_all(&publish_qos1(5, 2, "devices/talker/telemetry", b"1"))
+        .await
+        .unwrap();
+    let mut answer = read_packet(&mut dev).await;
+    if answer[0] & 0xF0 == 0x30 {
+        // Its own message, delivered back to it first.
+        answer = read_packet(&mut dev).await;
+    }
+    assert_eq!(puback_reason(&answer), 0x00);
+
+    // An invalid policy: logged, and the tightened policies stay.
+    std::fs::write(
+        d.join("certmq.toml"),
+        config("devices/#").replace("${CommonName}", "${Nope}"),
+    )
+    .unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    logs.wait_for("the previous authorization policies stay in use")
+        .await;
+    let mut app = raw_session_at(mqtt, &server_ca, &watcher, 5, "watcher").await;
+    app.write_all(&subscribe(5, 3, &["devices/#", "devices/+/telemetry"]))
+        .await
+        .unwrap();
+    assert_eq!(suback_codes(5, &read_packet(&mut app).await), [0x87, 0x01]);
+    drop(dev);
+    sigterm_and_wait(child).await;
+}
+
 /// The serial of the certificate the server presents to a new connection.
 async fn server_serial(port: u16, server_ca: &Ca, device: &Device) -> String {
     let tls = crate::support::pki::client_config(server_ca, Some(device));

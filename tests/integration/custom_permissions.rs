@@ -262,6 +262,32 @@ async fn api_permissions_apply_to_live_sessions_before_the_answer_and_last() {
     .await;
     assert!(!online(&tb, "d1").await);
     assert_eq!(closed_with(&mut session).await, Some(0x87));
+
+    // Each change left an audit record naming its permission; queries none.
+    let audit =
+        std::fs::read_to_string(tb.broker.settings().storage.data_dir.join("audit.jsonl")).unwrap();
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |action: &str| records.iter().filter(|r| r["action"] == action).count();
+    assert_eq!(
+        (
+            count("AddCustomAuthPermission"),
+            count("UpdateCustomAuthPermission"),
+            count("DeleteCustomAuthPermission"),
+            count("QueryCustomAuthPermission")
+        ),
+        (3, 1, 2, 0),
+        "{audit}"
+    );
+    let add = records
+        .iter()
+        .find(|r| r["action"] == "AddCustomAuthPermission")
+        .unwrap();
+    assert_eq!(add["targets"]["Identity"], d1_identity.as_str());
+    assert_eq!(add["targets"]["Topic"], "devices/d1/#");
+    assert_eq!(add["targets"]["Effect"], "DENY");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
