@@ -1,5 +1,5 @@
-//! Where an idle connection's memory goes: resident memory per rumqttd
-//! router link (no TLS, no socket), and per rustls server connection after
+//! Where an idle connection's memory goes: resident memory per router
+//! session with one subscription (no TLS, no socket), and per rustls server connection after
 //! a mutual-TLS handshake (no router, no socket). The load generator's
 //! `hold` mode measures the whole broker; the difference is certmq's own
 //! share (tasks, buffers, session table) and the kernel's socket.
@@ -13,7 +13,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::sync::Arc;
 
 use certmq::pki::{self, CaSigner, KeyKind};
-use certmq::router::{LinkRequest, RouterHandle};
+use std::time::{Duration, Instant};
+
+use certmq::router::hub::HubSettings;
+use certmq::router::message::QoS;
+use certmq::router::{Hub, SubOptions};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
@@ -32,41 +36,31 @@ fn rss() -> u64 {
         * 1024
 }
 
-fn router_links() -> f64 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let router = RouterHandle::spawn(N + 64, 1 << 20).unwrap();
-        // One link first, so the router's own start-up allocations are out
-        // of the measurement.
-        let warm = router
-            .link(LinkRequest {
-                client_id: "warm".into(),
-                clean_session: true,
-                topic_alias_max: 0,
-            })
-            .await
-            .unwrap();
-        let before = rss();
-        let mut links = Vec::with_capacity(N);
-        for i in 0..N {
-            let link = router
-                .link(LinkRequest {
-                    client_id: format!("link-{i}"),
-                    clean_session: true,
-                    topic_alias_max: 0,
-                })
-                .await
-                .unwrap();
-            links.push(link);
-        }
-        let per = (rss() - before) as f64 / N as f64;
-        drop(warm);
-        std::mem::forget(links); // measured; tearing down is not
-        per
-    })
+fn router_sessions() -> f64 {
+    let hub = Hub::new(HubSettings {
+        max_queued_messages: 1000,
+        max_session_expiry: Duration::from_secs(3600),
+    });
+    let now = Instant::now();
+    // One session first, so the router's own start-up allocations are out
+    // of the measurement.
+    let warm = hub.attach("warm", true, now);
+    let before = rss();
+    let mut sessions = Vec::with_capacity(N);
+    for i in 0..N {
+        let attached = hub.attach(&format!("device-{i}"), true, now);
+        hub.subscribe(
+            &attached.session,
+            &format!("devices/device-{i}/cmd"),
+            SubOptions::at(QoS::AtLeastOnce),
+            now,
+        );
+        sessions.push(attached);
+    }
+    let per = (rss() - before) as f64 / N as f64;
+    drop(warm);
+    std::mem::forget(sessions); // measured; tearing down is not
+    per
 }
 
 fn rustls_connections() -> f64 {
@@ -152,14 +146,14 @@ fn main() {
     } else {
         "system (glibc)"
     };
-    let router = router_links();
+    let router = router_sessions();
     let tls = rustls_connections();
     println!(
         "{}",
         serde_json::json!({
             "allocator": allocator,
             "connections": N,
-            "router_link_bytes": router,
+            "router_session_bytes": router,
             "rustls_server_connection_bytes": tls,
         })
     );

@@ -66,6 +66,12 @@ pub struct MqttSettings {
     pub max_connections: usize,
     pub max_packet_size: usize,
     pub drop_timeout_ms: u64,
+    pub max_queued_messages: usize,
+    pub max_inflight_messages: u16,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub max_session_expiry_secs: u64,
+    pub max_keep_alive_secs: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,6 +250,48 @@ impl Settings {
             "ms",
         )?;
         within(
+            "mqtt.max_queued_messages",
+            m.max_queued_messages as u64,
+            1,
+            1_000_000,
+            "messages",
+        )?;
+        within(
+            "mqtt.max_inflight_messages",
+            u64::from(m.max_inflight_messages),
+            1,
+            65_535,
+            "messages",
+        )?;
+        within(
+            "mqtt.receive_maximum",
+            u64::from(m.receive_maximum),
+            1,
+            65_535,
+            "messages",
+        )?;
+        within(
+            "mqtt.topic_alias_maximum",
+            u64::from(m.topic_alias_maximum),
+            0,
+            65_535,
+            "aliases",
+        )?;
+        within(
+            "mqtt.max_session_expiry_secs",
+            m.max_session_expiry_secs,
+            0,
+            u64::from(u32::MAX),
+            "s",
+        )?;
+        within(
+            "mqtt.max_keep_alive_secs",
+            u64::from(m.max_keep_alive_secs),
+            1,
+            65_535,
+            "s",
+        )?;
+        within(
             "mqtt.max_connections",
             m.max_connections as u64,
             1,
@@ -390,6 +438,11 @@ impl Settings {
 
     pub fn drop_timeout(&self) -> Duration {
         Duration::from_millis(self.mqtt.drop_timeout_ms)
+    }
+
+    /// `mqtt.max_session_expiry_secs`.
+    pub fn max_session_expiry(&self) -> Duration {
+        Duration::from_secs(self.mqtt.max_session_expiry_secs)
     }
 
     pub fn timestamp_window(&self) -> Duration {

@@ -32,72 +32,28 @@ pub const PANIC_TOPIC: &str = "certmq/fault-injection/panic";
 
 /// Called for every PUBLISH a client sends, before it reaches the router.
 pub(crate) fn on_publish(topic: &[u8]) {
-    if topic == PANIC_TOPIC.as_bytes() && enabled() {
-        panic!("fault injection: PUBLISH to {PANIC_TOPIC}");
-    }
-}
-
-/// A PUBLISH to this topic makes the router feeder thread panic: the
-/// router is then down for good, as if its thread had died, and the
-/// broker must say so (readiness) and stop.
-pub const ROUTER_PANIC_TOPIC: &str = "certmq/fault-injection/router-panic";
-
-/// Called on the router feeder thread for every batch of client packets.
-pub(crate) fn on_router_feed(packets: &[rumqttd::protocol::Packet]) {
     if !enabled() {
         return;
     }
-    let hit = packets.iter().any(|p| {
-        matches!(p, rumqttd::protocol::Packet::Publish(publish, _)
-            if publish.topic == ROUTER_PANIC_TOPIC.as_bytes())
-    });
-    if hit {
+    if topic == PANIC_TOPIC.as_bytes() {
+        panic!("fault injection: PUBLISH to {PANIC_TOPIC}");
+    }
+    if topic == ROUTER_PANIC_TOPIC.as_bytes() {
+        ROUTER_PANIC.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A PUBLISH to this topic makes the router's timer task panic at its
+/// next tick: the router then expires no session and sends no delayed
+/// will, and the broker must say so (readiness) and stop.
+pub const ROUTER_PANIC_TOPIC: &str = "certmq/fault-injection/router-panic";
+
+static ROUTER_PANIC: AtomicBool = AtomicBool::new(false);
+
+/// Called by the router's timer at every tick.
+pub(crate) fn on_router_tick() {
+    if ROUTER_PANIC.swap(false, Ordering::Relaxed) {
         panic!("fault injection: PUBLISH to {ROUTER_PANIC_TOPIC}");
-    }
-    let stall = packets.iter().any(|p| {
-        matches!(p, rumqttd::protocol::Packet::Publish(publish, _)
-            if publish.topic == ROUTER_STALL_TOPIC.as_bytes())
-    });
-    if stall {
-        stall_router();
-    }
-}
-
-/// A PUBLISH to this topic stalls the router feeder thread until
-/// [`release_router`] (at most a minute): what a router that takes no more
-/// input looks like to the rest of the broker.
-pub const ROUTER_STALL_TOPIC: &str = "certmq/fault-injection/router-stall";
-
-static STALL: (std::sync::Mutex<bool>, std::sync::Condvar) =
-    (std::sync::Mutex::new(false), std::sync::Condvar::new());
-
-/// Ends a stall caused by [`ROUTER_STALL_TOPIC`].
-pub fn release_router() {
-    let (stalled, wake) = &STALL;
-    *stalled.lock().unwrap_or_else(|p| p.into_inner()) = false;
-    wake.notify_all();
-}
-
-/// Whether a feeder is stalled now.
-pub fn router_stalled() -> bool {
-    *STALL.0.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn stall_router() {
-    let (stalled, wake) = &STALL;
-    let mut guard = stalled.lock().unwrap_or_else(|p| p.into_inner());
-    *guard = true;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while *guard {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            *guard = false;
-            break;
-        }
-        guard = wake
-            .wait_timeout(guard, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
     }
 }
 

@@ -1,6 +1,6 @@
 //! Whether the broker can still do its job: the components it cannot run
-//! without (the router and its feeder, the registry's store writer, the
-//! MQTT and admin listeners) are watched, and the first one found dead is
+//! without (the router's timer, the registry's store writer, the MQTT and
+//! admin listeners) are watched, and the first one found dead is
 //! recorded here for good.
 //!
 //! `/readyz` answers 503 naming it, and the broker stops with a non-zero
@@ -14,9 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::registry::Registry;
-use crate::router::RouterHandle;
 
-/// How often the watchdog looks at the router and the store.
+/// How often the watchdog looks at the store.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
 /// The broker's health; cheap to clone, all clones share state.
@@ -27,7 +26,7 @@ pub struct Health {
 
 #[derive(Default)]
 struct Shared {
-    /// The first fatal failure, e.g. "the router thread (rumqttd) has stopped".
+    /// The first fatal failure, e.g. "the MQTT listener has stopped".
     failure: OnceLock<String>,
     failed: CancellationToken,
 }
@@ -79,23 +78,14 @@ impl Drop for Vital {
     }
 }
 
-/// Watches the router and the registry's store writer until `shutdown`.
-pub async fn watch(
-    health: Health,
-    router: RouterHandle,
-    registry: Registry,
-    shutdown: CancellationToken,
-) {
+/// Watches the registry's store writer until `shutdown`.
+pub async fn watch(health: Health, registry: Registry, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(WATCH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
-        }
-        if let Err(down) = router.health() {
-            health.fail(down.to_string());
-            return;
         }
         if !registry.store_healthy() {
             health.fail(format!(

@@ -19,8 +19,8 @@
 //!   of live connections with their kill handles;
 //! - [`authz`]: topic authorization, the policies that decide what a
 //!   session's SUBSCRIBE and PUBLISH may reach;
-//! - [`router`]: rumqttd's router and the links to it (every blocking
-//!   send to it on one feeder thread).
+//! - [`router`]: certmq's router: subscriptions, retained messages,
+//!   sessions (with their expiry and delayed wills) and their mailboxes.
 //!
 //! The path of an admin call: [`admin`] (HTTP, RPC dialect) -> [`registry`]
 //! change -> [`SessionTable`] drop -> answer.
@@ -77,7 +77,6 @@ pub use session::SessionTable;
 use instance::{DataDir, Instance};
 use pki::dev::DevPki;
 use registry::{CaCert, CaRegistration, RegistryError};
-use router::RouterHandle;
 use session::DropReason;
 use store::sqlite::SqliteStore;
 use tls::TlsContext;
@@ -102,8 +101,6 @@ pub enum StartError {
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
-    Router(#[from] router::RouterError),
-    #[error(transparent)]
     AdminTls(#[from] admin::tls::AdminTlsError),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
@@ -119,7 +116,9 @@ pub(crate) struct Context {
     pub(crate) instance: Instance,
     pub(crate) registry: Registry,
     pub(crate) sessions: SessionTable,
-    pub(crate) router: RouterHandle,
+    /// The router: sessions by client id, subscriptions, retained
+    /// messages, mailboxes.
+    pub(crate) hub: router::Hub,
     pub(crate) tls: TlsContext,
     pub(crate) metrics: Metrics,
     /// Topic authorization: the configured policies and attachments and
@@ -198,12 +197,18 @@ impl Broker {
             &server_key,
             settings.tls.session_cache_size,
         )?;
-        // A little headroom: a refused connection may hold a router slot
-        // for a moment while it closes.
-        let router = RouterHandle::spawn(
-            settings.mqtt.max_connections + 64,
-            settings.mqtt.max_packet_size,
-        )?;
+        let metrics = Metrics::new();
+        let hub = router::Hub::with_drop_counter(
+            router::hub::HubSettings {
+                max_queued_messages: settings.mqtt.max_queued_messages,
+                max_session_expiry: settings.max_session_expiry(),
+            },
+            Some(
+                metrics
+                    .messages_dropped()
+                    .with_label_values(&["queue_full"]),
+            ),
+        );
 
         let mqtt_listen = settings.mqtt_listen()?;
         let admin_listen = settings.admin_listen()?;
@@ -230,9 +235,9 @@ impl Broker {
             instance,
             registry,
             sessions: SessionTable::new(),
-            router,
+            hub,
             tls,
-            metrics: Metrics::new(),
+            metrics,
             authz: authz::LivePolicies::new(authz, custom_permissions, store),
             health: health::Health::default(),
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
@@ -258,9 +263,19 @@ impl Broker {
                     }
                 }
             }),
+            tokio::spawn({
+                let vital = health.vital(
+                    "router's timer (session expiry, will delay)",
+                    shutdown.clone(),
+                );
+                let (hub, shutdown) = (ctx.hub.clone(), shutdown.clone());
+                async move {
+                    let _vital = vital;
+                    router::hub::run_timer(hub, shutdown).await
+                }
+            }),
             tokio::spawn(health::watch(
                 health,
-                ctx.router.clone(),
                 ctx.registry.clone(),
                 shutdown.clone(),
             )),
@@ -307,10 +322,10 @@ impl Broker {
         &self.ctx.settings
     }
 
-    /// Batches of client packets waiting for the router (see
-    /// [`router::FEED_BATCHES`]).
-    pub fn router_backlog(&self) -> usize {
-        self.ctx.router.backlog()
+    /// What the router holds now (sessions, subscriptions, retained
+    /// messages), for tests and operators.
+    pub fn router_footprint(&self) -> router::hub::Footprint {
+        self.ctx.hub.footprint()
     }
 
     /// Resolves when a component the broker cannot run without (the

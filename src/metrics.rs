@@ -23,6 +23,7 @@ pub struct Metrics {
     admin_latency: HistogramVec,
     messages_in: IntCounter,
     messages_out: IntCounter,
+    messages_dropped: IntCounterVec,
     authz_denied: IntCounterVec,
     audit_failures: IntCounter,
     audit_suppressed: IntCounter,
@@ -147,6 +148,13 @@ impl Metrics {
                 "certmq_messages_sent_total",
                 "PUBLISH packets sent to clients.",
             ),
+            messages_dropped: counter_vec(
+                r,
+                "certmq_messages_dropped_total",
+                "Messages not delivered to a session, by reason: queue_full (its mailbox held mqtt.max_queued_messages), \
+                 too_large (above the client's maximum packet size), expired (message expiry interval).",
+                &["reason"],
+            ),
             authz_denied: counter_vec(
                 r,
                 "certmq_authz_denied_total",
@@ -235,6 +243,11 @@ impl Metrics {
     /// goes.
     pub(crate) fn message_counters(&self) -> (IntCounter, IntCounter) {
         (self.messages_in.clone(), self.messages_out.clone())
+    }
+
+    /// The dropped-message counter, for a session to bump.
+    pub(crate) fn messages_dropped(&self) -> IntCounterVec {
+        self.messages_dropped.clone()
     }
 
     /// Sessions that got CONNACK.

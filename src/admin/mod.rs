@@ -286,9 +286,6 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if let Some(failure) = state.ctx.health.failure() {
         return not_ready(failure.to_owned());
     }
-    if let Err(down) = state.ctx.router.health() {
-        return not_ready(down.to_string());
-    }
     if !state.ctx.registry.store_healthy() {
         return not_ready("the registry store is not available".into());
     }

@@ -163,6 +163,8 @@ struct Shared {
     next_key: AtomicU64,
     next_attachment: AtomicU64,
     dropped: AtomicU64,
+    /// The same count, for `certmq_messages_dropped_total{reason="queue_full"}`.
+    dropped_metric: Option<prometheus::IntCounter>,
     expired_sessions: AtomicU64,
 }
 
@@ -182,6 +184,14 @@ pub struct Routed {
 
 impl Hub {
     pub fn new(settings: HubSettings) -> Hub {
+        Hub::with_drop_counter(settings, None)
+    }
+
+    /// A hub that also counts mailbox drops in `dropped`.
+    pub fn with_drop_counter(
+        settings: HubSettings,
+        dropped: Option<prometheus::IntCounter>,
+    ) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 settings,
@@ -193,6 +203,7 @@ impl Hub {
                 next_key: AtomicU64::new(1),
                 next_attachment: AtomicU64::new(1),
                 dropped: AtomicU64::new(0),
+                dropped_metric: dropped,
                 expired_sessions: AtomicU64::new(0),
             }),
         }
@@ -381,7 +392,7 @@ impl Hub {
             index.unsubscribe(session.key, plain, group);
         }
         drop(index);
-        session.mailbox.take(usize::MAX, Instant::now());
+        session.mailbox.clear();
         *session.life() = Life::default();
     }
 
@@ -508,6 +519,9 @@ impl Hub {
             Pushed::Dropped => {
                 routed.dropped += 1;
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(counter) = &self.shared.dropped_metric {
+                    counter.inc();
+                }
             }
         }
     }
@@ -584,6 +598,24 @@ impl Hub {
             retained: lock(&self.shared.retained).len(),
             timers: timers.expiries.len() + timers.wills.len(),
         }
+    }
+}
+
+/// How often the timer ends expired sessions and sends delayed wills.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs [`Hub::tick`] until `shutdown`.
+pub async fn run_timer(hub: Hub, shutdown: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        #[cfg(feature = "fault-injection")]
+        crate::fault::on_router_tick();
+        hub.tick(Instant::now());
     }
 }
 

@@ -8,16 +8,15 @@
 //!
 //! At the bound (`mqtt.max_queued_messages`) a new delivery is dropped,
 //! whatever its QoS, and counted: the messages already queued keep their
-//! order and none is lost silently. Expired messages (message expiry
-//! interval) are dropped when they would be taken, and counted apart.
+//! order and none is lost silently. (Expired messages are left to the
+//! connection, which drops them when it would send them.)
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::message::Delivery;
+use super::message::{Delivery, QoS};
 
 /// Whether a delivery went into the mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +30,6 @@ pub enum Pushed {
 struct Queue {
     items: VecDeque<Delivery>,
     dropped: u64,
-    expired: u64,
 }
 
 /// One session's bounded queue of deliveries.
@@ -84,25 +82,36 @@ impl Mailbox {
         self.ready.notify_one();
     }
 
-    /// Takes up to `max` live deliveries, oldest first.
-    pub fn take(&self, max: usize, now: Instant) -> Vec<Delivery> {
+    /// Takes up to `max` deliveries, oldest first, of which at most
+    /// `max_acknowledged` of QoS 1 or 2 (the connection's in-flight room):
+    /// it stops before the first that would exceed it, so order holds.
+    pub fn take(&self, max: usize, max_acknowledged: usize) -> Vec<Delivery> {
         let mut queue = self.lock();
         let mut taken = Vec::with_capacity(max.min(queue.items.len()));
+        let mut acknowledged = 0;
         while taken.len() < max {
-            let Some(d) = queue.items.pop_front() else {
+            let Some(front) = queue.items.front() else {
                 break;
             };
-            if d.message.is_expired(now) {
-                queue.expired += 1;
-            } else {
-                taken.push(d);
+            if front.qos != QoS::AtMostOnce {
+                if acknowledged == max_acknowledged {
+                    break;
+                }
+                acknowledged += 1;
             }
+            taken.extend(queue.items.pop_front());
         }
         if queue.items.capacity() > 64 && queue.items.len() < queue.items.capacity() / 4 {
             let keep = queue.items.len().max(16);
             queue.items.shrink_to(keep);
         }
         taken
+    }
+
+    /// Empties the mailbox (its session ended).
+    pub fn clear(&self) {
+        let mut queue = self.lock();
+        queue.items = VecDeque::new();
     }
 
     /// Resolves once something was pushed since the last take found the
@@ -119,11 +128,9 @@ impl Mailbox {
         self.len() == 0
     }
 
-    /// Deliveries dropped because the mailbox was full, and because they
-    /// expired before they could be sent.
-    pub fn losses(&self) -> (u64, u64) {
-        let queue = self.lock();
-        (queue.dropped, queue.expired)
+    /// Deliveries dropped because the mailbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
     }
 }
 
@@ -135,43 +142,44 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::router::message::{Message, Passthrough, QoS};
+    use crate::router::message::{Message, Passthrough};
 
-    fn delivery(n: u8, expires_at: Option<Instant>) -> Delivery {
+    fn delivery(n: u8, qos: QoS) -> Delivery {
         Delivery {
             message: Arc::new(Message {
                 topic: "t".into(),
                 payload: Bytes::from(vec![n]),
-                qos: QoS::AtLeastOnce,
+                qos,
                 retain: false,
                 properties: Passthrough::default(),
-                expires_at,
+                expires_at: None,
                 origin: None,
             }),
-            qos: QoS::AtLeastOnce,
+            qos,
             retain: false,
             subscription_ids: Vec::new(),
         }
     }
 
     #[tokio::test]
-    async fn bounded_in_order_expired_skipped_and_counted() {
-        let mailbox = Mailbox::new(3);
-        let now = Instant::now();
-        assert_eq!(mailbox.push(delivery(1, None)), Pushed::Queued);
-        assert_eq!(mailbox.push(delivery(2, Some(now))), Pushed::Queued);
-        assert_eq!(mailbox.push(delivery(3, None)), Pushed::Queued);
-        assert_eq!(mailbox.push(delivery(4, None)), Pushed::Dropped);
+    async fn bounded_in_order_and_the_window_respected() {
+        let mailbox = Mailbox::new(4);
+        assert_eq!(mailbox.push(delivery(1, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(mailbox.push(delivery(2, QoS::AtMostOnce)), Pushed::Queued);
+        assert_eq!(mailbox.push(delivery(3, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(mailbox.push(delivery(4, QoS::AtMostOnce)), Pushed::Queued);
+        assert_eq!(mailbox.push(delivery(5, QoS::AtMostOnce)), Pushed::Dropped);
+        assert_eq!(mailbox.dropped(), 1);
         // A push is remembered for the next waiter.
         tokio::time::timeout(Duration::from_secs(1), mailbox.ready())
             .await
             .unwrap();
-        let taken = mailbox.take(10, now);
-        let payloads: Vec<u8> = taken.iter().map(|d| d.message.payload[0]).collect();
-        assert_eq!(payloads, [1, 3]);
-        assert_eq!(mailbox.losses(), (1, 1));
+        let payloads = |d: &[Delivery]| d.iter().map(|d| d.message.payload[0]).collect::<Vec<u8>>();
+        let taken = mailbox.take(10, 1);
+        assert_eq!(payloads(&taken), [1, 2], "stops before the second QoS 1");
         mailbox.unshift(taken);
-        assert_eq!(mailbox.len(), 2);
-        assert_eq!(mailbox.take(1, now)[0].message.payload[0], 1);
+        assert_eq!(mailbox.len(), 4);
+        assert_eq!(payloads(&mailbox.take(10, 2)), [1, 2, 3, 4]);
+        assert!(mailbox.is_empty());
     }
 }

@@ -1,10 +1,5 @@
-//! Routing: who receives a PUBLISH.
-//!
-//! Two things live here while certmq moves off rumqttd's router:
-//! - [`rumqttd`]: the adapter to rumqttd 0.20's router thread, which the
-//!   session loop still uses ([`RouterHandle`], [`Link`]);
-//! - certmq's own router, built to replace it ([`Hub`]), in pieces that
-//!   each own one thing:
+//! Routing: who receives a PUBLISH. certmq's own router ([`Hub`]), in
+//! pieces that each own one thing:
 //!   - [`message`]: a message as it travels (shared, never copied per
 //!     subscriber) and a [`Delivery`] of it to one session;
 //!   - [`index`]: the subscription index (exact filters in a hash map,
@@ -32,8 +27,6 @@ pub mod index;
 pub mod mailbox;
 pub mod message;
 pub mod retained;
-mod rumqttd;
 
 pub use hub::Hub;
 pub use message::{Delivery, Message, SubOptions};
-pub use rumqttd::*;

@@ -1,11 +1,17 @@
 //! A session: one admitted device connection, from CONNECT to close.
 //!
-//! certmq runs its own per-connection loop over the TLS stream and hands
-//! MQTT packets to rumqttd's router through an in-process link (the seam in
-//! `rumqttd-embedding.md`). What rumqttd's own network link did, this loop
-//! does: the CONNECT timeout, keepalive (1.5 x the client's value), the
-//! maximum packet size, client id assignment, the will on abnormal close,
-//! and closing the router link on every exit path.
+//! certmq runs its own per-connection loop over the TLS stream, attached to
+//! its client id's session in the router ([`crate::router::Hub`]):
+//! - this file: CONNECT (timeout, client id, will, authorization of the
+//!   will), the claim of the client id (`table`), attachment (a resumed
+//!   session's subscriptions judged again), CONNACK, and the end: the
+//!   goodbye, the will (or not), detachment with the session expiry;
+//! - `pump`: the loop itself - client packets in, deliveries out, keep
+//!   alive, policy changes;
+//! - `inbound` / `outbound`: the MQTT state of each direction (QoS 2
+//!   receipts, topic aliases, packet ids, the in-flight window);
+//! - `wire`: PUBLISH encoding; `codec`: every other packet (rumqttd's
+//!   codecs, guarded); `authorize`: topic authorization's answers.
 //!
 //! The loop always listens to its kill handle first: a session dropped by an
 //! admin call stops whatever it is doing, sends MQTT 5 clients DISCONNECT
@@ -14,15 +20,21 @@
 mod authorize;
 pub mod codec;
 mod connect;
+mod inbound;
+mod outbound;
+mod pump;
 pub mod table;
+pub mod wire;
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::{HashSet, VecDeque};
+
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -32,9 +44,12 @@ pub use table::{DropReason, SessionGuard, SessionTable};
 
 use crate::Context;
 use crate::metrics::LiveSession;
-use crate::router::{Link, LinkRequest};
+use crate::router::hub::{Attached, Parked};
+use crate::router::{Delivery, Hub};
 use codec::{Codec, CodecError, Version};
-use connect::{ConnectRequest, TopicProblem, accept_connect, check_publish_topic, refusal_connack};
+use connect::{ConnectRequest, Will, accept_connect, refusal_connack};
+use inbound::{Inbound, InboundError};
+use outbound::Outbound;
 
 /// Time allowed for the goodbye (DISCONNECT and TLS close_notify) before the
 /// socket is closed regardless.
@@ -62,6 +77,9 @@ enum Exit {
     KeepAliveTimeout,
     SendTimeout,
     Protocol(CodecError),
+    /// A PUBLISH broke an MQTT 5 rule of this connection (aliases,
+    /// receive maximum).
+    Inbound(InboundError),
     TopicInvalid,
     /// A policy reload took away a subscription it holds.
     NotAuthorized,
@@ -81,6 +99,11 @@ impl Exit {
             Exit::Protocol(CodecError::Malformed(_)) => DisconnectReasonCode::MalformedPacket,
             Exit::Protocol(CodecError::CodecPanic(_)) => DisconnectReasonCode::UnspecifiedError,
             Exit::Protocol(_) => DisconnectReasonCode::ProtocolError,
+            Exit::Inbound(InboundError::AliasInvalid(_)) => DisconnectReasonCode::TopicAliasInvalid,
+            Exit::Inbound(InboundError::AliasUnknown(_)) => DisconnectReasonCode::ProtocolError,
+            Exit::Inbound(InboundError::ReceiveMaximumExceeded) => {
+                DisconnectReasonCode::ReceiveMaximumExceeded
+            }
             Exit::TopicInvalid => DisconnectReasonCode::TopicNameInvalid,
             Exit::NotAuthorized => DisconnectReasonCode::NotAuthorized,
             Exit::Router(_) => DisconnectReasonCode::UnspecifiedError,
@@ -119,6 +142,7 @@ impl std::fmt::Display for Exit {
                 "a write to the client took longer than mqtt.send_timeout_ms (it stopped reading)"
             ),
             Exit::Protocol(e) => write!(f, "protocol violation: {e}"),
+            Exit::Inbound(e) => write!(f, "protocol violation: {e}"),
             Exit::TopicInvalid => write!(f, "PUBLISH to an invalid topic name"),
             Exit::NotAuthorized => write!(
                 f,
@@ -141,26 +165,38 @@ struct Session<S> {
     stream: S,
     guard: SessionGuard,
     peer: SocketAddr,
+    hub: Hub,
     /// Who this is, as topic authorization sees it (the certificate's
     /// subject CN also decides `mqtt.client_id_policy`).
     principal: crate::authz::Principal,
     /// What the policies let it do; made at CONNECT.
     grants: crate::authz::Grants,
-    refusals: authorize::Refusals,
-    /// The current policies; a reload is seen here.
+    /// The current policies; a change is seen here.
     policies: tokio::sync::watch::Receiver<std::sync::Arc<crate::authz::PolicySet>>,
-    /// The filters this connection subscribed to and was granted (as the
-    /// client wrote them), re-judged on a policy reload.
-    granted: std::collections::HashSet<String>,
+    /// The filters this connection's session holds (as the client wrote
+    /// them), re-judged when the policies change.
+    granted: HashSet<String>,
     authz_denied: prometheus::IntCounterVec,
+    messages_dropped: prometheus::IntCounterVec,
     denial_log: std::sync::Arc<crate::log_limit::LogLimiter>,
     read_buf: BytesMut,
     write_buf: BytesMut,
     codec: Option<Codec>,
     /// Whether CONNACK went out (DISCONNECT is only valid after it).
     connacked: bool,
-    /// The client asked for a persistent session.
-    persistent: bool,
+    /// Its session in the router, once attached.
+    attached: Option<Attached>,
+    inbound: Inbound,
+    outbound: Outbound,
+    /// Retained messages a SUBSCRIBE asked for, sent before the mailbox.
+    retained_out: VecDeque<Delivery>,
+    /// How long the session outlives this connection.
+    session_expiry: Duration,
+    /// The session expiry interval was 0 at CONNECT (MQTT 5 forbids a
+    /// DISCONNECT to raise it then).
+    expiry_was_zero: bool,
+    /// `mqtt.max_session_expiry_secs`.
+    max_session_expiry: Duration,
     /// PUBLISH packets received and sent (`certmq_messages_*_total`).
     published_in: prometheus::IntCounter,
     published_out: prometheus::IntCounter,
@@ -172,7 +208,7 @@ struct Session<S> {
 
 /// Runs an admitted connection until it ends. `guard` is its entry in the
 /// session table; it is dropped (and the session counts as closed) only once
-/// the socket is closed.
+/// the socket is closed and the session detached from the router.
 pub(crate) async fn run<S>(
     ctx: &Context,
     stream: S,
@@ -187,47 +223,47 @@ pub(crate) async fn run<S>(
         stream,
         guard,
         peer,
+        hub: ctx.hub.clone(),
         principal,
         grants: crate::authz::Grants::default(),
-        refusals: authorize::Refusals::default(),
         policies: ctx.authz.subscribe(),
-        granted: std::collections::HashSet::new(),
+        granted: HashSet::new(),
         authz_denied: ctx.metrics.authz_denied(),
+        messages_dropped: ctx.metrics.messages_dropped(),
         denial_log: ctx.refusal_log.clone(),
         read_buf: BytesMut::new(),
         write_buf: BytesMut::new(),
         codec: None,
         connacked: false,
-        persistent: false,
+        attached: None,
+        inbound: Inbound::new(0, 1, Vec::new()),
+        outbound: Outbound::new(false, 1, 1, 0, None),
+        retained_out: VecDeque::new(),
+        session_expiry: Duration::ZERO,
+        expiry_was_zero: true,
+        max_session_expiry: ctx.settings.max_session_expiry(),
         published_in,
         published_out,
         send_timeout: ctx.settings.send_timeout(),
         live: None,
     };
-    let mut link = None;
     let mut will = None;
-    let exit = session.drive(ctx, &mut link, &mut will).await;
+    let exit = session.drive(ctx, &mut will).await;
     if let (Some(_), Exit::Killed(reason)) = (&session.live, &exit) {
         ctx.metrics.session_dropped(reason.label());
     }
-    session.finish(exit, link, will).await;
+    session.finish(exit, will).await;
 }
 
 impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn drive(
-        &mut self,
-        ctx: &Context,
-        link_slot: &mut Option<Link>,
-        will: &mut Option<Packet>,
-    ) -> Exit {
+    async fn drive(&mut self, ctx: &Context, will: &mut Option<Will>) -> Exit {
         let request = match self.read_connect(ctx).await {
             Ok(r) => r,
             Err(exit) => return exit,
         };
-        *will = request.will.clone();
         if !ctx
             .settings
             .mqtt
@@ -244,21 +280,22 @@ where
         }
         self.principal.client_id = request.client_id.clone();
         self.judge();
-        if let Some(Packet::Publish(will, _)) = &request.will {
-            let topic = String::from_utf8_lossy(&will.topic).into_owned();
-            if !self.grants.publish(&topic).is_allowed() {
+        if let Some(w) = &request.will {
+            if !self.grants.publish(&w.message.topic).is_allowed() {
                 self.authz_denied.with_label_values(&["will"]).inc();
                 let _ = self.refuse(ConnectReturnCode::NotAuthorized).await;
                 return Exit::ConnectRefused(format!(
                     "the will topic `{}` is not allowed by the device's policies",
-                    topic.chars().take(256).collect::<String>()
+                    w.message.topic.chars().take(256).collect::<String>()
                 ));
             }
         }
-        match self
-            .guard
-            .claim_client_id(&request.client_id, !request.clean_session)
-        {
+        *will = request.will.clone();
+        let persistent = match request.session_expiry_secs {
+            Some(secs) => secs > 0,
+            None => !request.clean_session,
+        };
+        match self.guard.claim_client_id(&request.client_id, persistent) {
             Ok(Some(previous)) => {
                 // MQTT take-over: the older connection with this id goes first.
                 tokio::select! {
@@ -275,41 +312,37 @@ where
                 return Exit::ConnectRefused(format!("client id `{}`: {taken}", request.client_id));
             }
         }
-        self.persistent = !request.clean_session;
-        if self.persistent
-            && self.guard.prior_persistent()
-            && !self.restore_grants(ctx, &request.client_id).await
+        let max_expiry = ctx.settings.max_session_expiry();
+        self.session_expiry = match request.session_expiry_secs {
+            Some(secs) => Duration::from_secs(u64::from(secs)).min(max_expiry),
+            None if request.clean_session => Duration::ZERO,
+            None => max_expiry,
+        };
+        self.expiry_was_zero = request.session_expiry_secs == Some(0);
+        let parked = self.attach(&request);
+        let version = self.version().unwrap_or(Version::V4);
+        let v5 = version == Version::V5;
+        let m = &ctx.settings.mqtt;
+        self.inbound = Inbound::new(
+            if v5 { m.topic_alias_maximum } else { 0 },
+            m.receive_maximum,
+            parked.incoming_qos2,
+        );
+        self.outbound = Outbound::new(
+            v5,
+            request.receive_maximum,
+            m.max_inflight_messages,
+            request.topic_alias_max,
+            request.max_packet_size,
+        );
+        let keep_alive = if v5
+            && (request.keep_alive_secs == 0 || request.keep_alive_secs > m.max_keep_alive_secs)
         {
-            return self.killed();
-        }
-        let link_request = LinkRequest {
-            client_id: request.client_id.clone(),
-            clean_session: request.clean_session,
-            topic_alias_max: request.topic_alias_max,
+            m.max_keep_alive_secs
+        } else {
+            request.keep_alive_secs
         };
-        let build = ctx.router.link(link_request);
-        tokio::pin!(build);
-        let link = tokio::select! {
-            biased;
-            _ = self.guard.killed() => {
-                // Let a link being made finish (within the drop timeout) and
-                // close it in order, before this session counts as closed:
-                // a successor with the same client id must find it gone.
-                if let Ok(Ok(link)) = tokio::time::timeout(ctx.settings.drop_timeout(), &mut build).await {
-                    *link_slot = Some(link);
-                }
-                return self.killed();
-            }
-            built = &mut build => built,
-        };
-        let link = match link {
-            Ok(link) => link_slot.insert(link),
-            Err(e) => {
-                let _ = self.refuse(ConnectReturnCode::ServiceUnavailable).await;
-                return Exit::Router(e.to_string());
-            }
-        };
-        if let Err(exit) = self.send_connack(ctx, link, &request).await {
+        if let Err(exit) = self.send_connack(ctx, &request, keep_alive).await {
             return exit;
         }
         self.live = Some(ctx.metrics.session_started());
@@ -318,9 +351,63 @@ where
             device = %self.guard.identity(),
             client_id = %request.client_id,
             version = ?self.version(),
+            resumed = self.attached.as_ref().is_some_and(|a| a.present),
             "session started"
         );
-        self.pump(link, request.keep_alive_secs).await
+        // What the previous connection left unacknowledged goes first.
+        let now = std::time::Instant::now();
+        let mut out = BytesMut::new();
+        let pubrels = self.outbound.resume(parked.unacked, now, &mut out);
+        let mut packets = Vec::new();
+        for pkid in pubrels {
+            packets.push(Packet::PubRel(
+                rumqttd::protocol::PubRel {
+                    pkid,
+                    reason: rumqttd::protocol::PubRelReason::Success,
+                },
+                None,
+            ));
+        }
+        if !out.is_empty() || !packets.is_empty() {
+            self.write_buf.unsplit(out);
+            if let Err(exit) = self.write_packets(packets).await {
+                return exit;
+            }
+        }
+        self.pump(keep_alive).await
+    }
+
+    /// Attaches to the client id's session in the router. A resumed
+    /// session's subscriptions come back without a SUBSCRIBE: they are
+    /// judged here first. If one is no longer allowed, the stored session
+    /// is discarded and the client starts afresh (CONNACK says no session
+    /// is present; it subscribes again, and is judged then).
+    fn attach(&mut self, request: &ConnectRequest) -> Parked {
+        let now = std::time::Instant::now();
+        let mut attached = self
+            .hub
+            .attach(&request.client_id, request.clean_session, now);
+        if attached.present {
+            let filters = attached.session.filters();
+            let allowed = filters
+                .iter()
+                .all(|path| authorize::subscribe(&self.grants, path).is_ok());
+            if allowed {
+                self.granted = filters.into_iter().collect();
+            } else {
+                info!(
+                    peer = %self.peer,
+                    device = %self.guard.identity(),
+                    client_id = %request.client_id,
+                    "stored session discarded: the policies no longer allow all of its subscriptions"
+                );
+                drop(attached);
+                attached = self.hub.attach(&request.client_id, true, now);
+            }
+        }
+        let parked = std::mem::take(&mut attached.parked);
+        self.attached = Some(attached);
+        parked
     }
 
     /// Waits for CONNECT (within `mqtt.connect_timeout_ms`) and checks it.
@@ -375,227 +462,43 @@ where
     async fn send_connack(
         &mut self,
         ctx: &Context,
-        link: &mut Link,
         request: &ConnectRequest,
+        keep_alive: u16,
     ) -> Result<(), Exit> {
-        let Some(Packet::ConnAck(ack, props)) = link.take_connack() else {
-            return Err(Exit::Router(
-                "the router did not acknowledge the connection".into(),
-            ));
-        };
+        let present = self.attached.as_ref().is_some_and(|a| a.present);
+        let m = &ctx.settings.mqtt;
         let props = (self.version() == Some(Version::V5)).then(|| ConnAckProperties {
+            session_expiry_interval: request
+                .session_expiry_secs
+                .filter(|asked| u64::from(*asked) > self.session_expiry.as_secs())
+                .map(|_| self.session_expiry.as_secs() as u32),
+            receive_max: Some(m.receive_maximum),
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: u32::try_from(m.max_packet_size).ok(),
             assigned_client_identifier: request
                 .assigned_client_id
                 .then(|| request.client_id.clone()),
-            max_packet_size: u32::try_from(ctx.settings.mqtt.max_packet_size).ok(),
-            ..props.unwrap_or_default()
+            topic_alias_max: Some(m.topic_alias_maximum),
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: (keep_alive != request.keep_alive_secs).then_some(keep_alive),
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
         });
+        let ack = ConnAck {
+            session_present: present,
+            code: ConnectReturnCode::Success,
+        };
         self.write_packets(vec![Packet::ConnAck(ack, props)])
             .await?;
         self.connacked = true;
         Ok(())
-    }
-
-    /// The main loop: client -> router, router -> client, keepalive.
-    async fn pump(&mut self, link: &mut Link, keep_alive_secs: u16) -> Exit {
-        let keep_alive =
-            (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
-        let mut deadline = keep_alive.map(|k| Instant::now() + k);
-        loop {
-            // The kill handle comes first; between the socket and the
-            // router, no side may starve the other.
-            if self.guard.is_killed() {
-                return self.killed();
-            }
-            if !self.up_to_date() {
-                return Exit::NotAuthorized;
-            }
-            if self.read_buf.is_empty() && self.read_buf.capacity() > READ_BUFFER_KEEP {
-                self.read_buf = BytesMut::new();
-            }
-            self.read_buf.reserve(READ_CHUNK);
-            tokio::select! {
-                _ = self.guard.killed() => return self.killed(),
-                read = self.stream.read_buf(&mut self.read_buf) => {
-                    match read {
-                        Ok(0) => return Exit::PeerClosed,
-                        Ok(_) => {}
-                        Err(e) => return Exit::Io(e),
-                    }
-                    if let Some(k) = keep_alive {
-                        deadline = Some(Instant::now() + k);
-                    }
-                    if let Some(exit) = self.forward_client_packets(link).await {
-                        return exit;
-                    }
-                }
-                out = link.recv() => {
-                    let out = match out {
-                        Ok(out) => out,
-                        Err(e) => return Exit::Router(e.to_string()),
-                    };
-                    if !self.up_to_date() {
-                        return Exit::NotAuthorized;
-                    }
-                    let router_disconnect = out.packets.iter().any(|p| matches!(p, Packet::Disconnect(..)));
-                    let out_packets: Vec<Packet> = match self.version() {
-                        Some(version) => out
-                            .packets
-                            .into_iter()
-                            .map(|p| match p {
-                                p @ Packet::SubAck(..) => self.refusals.complete_suback(version, p),
-                                p => p,
-                            })
-                            .collect(),
-                        None => out.packets,
-                    };
-                    if let Err(exit) = self.write_packets(out_packets).await {
-                        return exit;
-                    }
-                    if router_disconnect {
-                        return Exit::Router("the router closed the session".into());
-                    }
-                    if out.reschedule {
-                        tokio::select! {
-                            biased;
-                            _ = self.guard.killed() => return self.killed(),
-                            ready = link.ready() => if let Err(e) = ready {
-                                return Exit::Router(e.to_string());
-                            },
-                        }
-                    }
-                }
-                _ = sleep_until_opt(deadline) => return Exit::KeepAliveTimeout,
-                changed = self.policies.changed() => {
-                    if changed.is_ok() && !self.regrant() {
-                        return Exit::NotAuthorized;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Decodes what the client sent and forwards it to the router.
-    async fn forward_client_packets(&mut self, link: &mut Link) -> Option<Exit> {
-        if !self.up_to_date() {
-            return Some(Exit::NotAuthorized);
-        }
-        let Some(codec) = &self.codec else {
-            return Some(Exit::Protocol(CodecError::NotConnect));
-        };
-        let mut batch = Vec::new();
-        let mut received = 0u64;
-        // Answers certmq gives itself (PINGRESP, refusals), after the batch.
-        let mut replies = Vec::new();
-        let mut denials = Vec::new();
-        let mut ending = None;
-        loop {
-            match codec.decode(&mut self.read_buf) {
-                Ok(None) => break,
-                Ok(Some(packet)) => match packet {
-                    Packet::Publish(ref publish, _)
-                        if check_publish_topic(&publish.topic).is_err() =>
-                    {
-                        ending = Some(match check_publish_topic(&publish.topic) {
-                            Err(TopicProblem::NotUtf8) => Exit::Protocol(CodecError::Malformed(
-                                "the topic name is not UTF-8".into(),
-                            )),
-                            _ => Exit::TopicInvalid,
-                        });
-                        break;
-                    }
-                    Packet::PingReq(_) => replies.push(Packet::PingResp(PingResp)),
-                    Packet::Subscribe(subscribe, props) => {
-                        let (forward, answer, denied) = self.refusals.subscribe(
-                            &self.grants,
-                            codec.version(),
-                            subscribe,
-                            props,
-                        );
-                        if let Some(Packet::Subscribe(granted, _)) = &forward {
-                            for filter in &granted.filters {
-                                self.granted.insert(filter.path.clone());
-                            }
-                        }
-                        batch.extend(forward);
-                        replies.extend(answer);
-                        denials.extend(denied);
-                    }
-                    Packet::Unsubscribe(unsubscribe, props) => {
-                        for filter in &unsubscribe.filters {
-                            self.granted.remove(filter);
-                        }
-                        batch.push(Packet::Unsubscribe(unsubscribe, props));
-                    }
-                    Packet::PubRel(pubrel, props) => match self.refusals.pubrel(pubrel.pkid) {
-                        Some(pubcomp) => replies.push(pubcomp),
-                        None => batch.push(Packet::PubRel(pubrel, props)),
-                    },
-                    Packet::Publish(publish, props) => {
-                        received += 1;
-                        let refused =
-                            self.refusals
-                                .publish(&self.grants, codec.version(), &publish);
-                        #[cfg(feature = "fault-injection")]
-                        let refused =
-                            refused.filter(|_| !crate::fault::bypasses_authz(&publish.topic));
-                        #[cfg(feature = "fault-injection")]
-                        if crate::fault::stalls_session(&publish.topic) {
-                            tokio::select! {
-                                biased;
-                                _ = self.guard.killed() => return Some(self.killed()),
-                                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                            }
-                        }
-                        match refused {
-                            None => {
-                                #[cfg(feature = "fault-injection")]
-                                crate::fault::on_publish(&publish.topic);
-                                batch.push(Packet::Publish(publish, props));
-                            }
-                            Some((answer, denied)) => {
-                                replies.extend(answer);
-                                denials.push(denied);
-                            }
-                        }
-                    }
-                    Packet::Disconnect(d, _) => {
-                        let with_will =
-                            d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
-                        ending = Some(Exit::ClientDisconnect { with_will });
-                        break;
-                    }
-                    Packet::Connect(..) => {
-                        ending = Some(Exit::Protocol(CodecError::ServerOnly("a second CONNECT")));
-                        break;
-                    }
-                    packet => batch.push(packet),
-                },
-                Err(e) => {
-                    ending = Some(Exit::Protocol(e));
-                    break;
-                }
-            }
-        }
-        self.published_in.inc_by(received);
-        if !batch.is_empty() {
-            tokio::select! {
-                biased;
-                _ = self.guard.killed() => return Some(self.killed()),
-                sent = link.send(batch) => if let Err(e) = sent {
-                    return Some(Exit::Router(e.to_string()));
-                },
-            }
-        }
-        for denied in denials {
-            self.denied(denied);
-        }
-        if !replies.is_empty() {
-            if let Err(exit) = self.write_packets(replies).await {
-                return Some(exit);
-            }
-        }
-        ending
     }
 
     async fn write_packets(&mut self, packets: Vec<Packet>) -> Result<(), Exit> {
@@ -603,9 +506,6 @@ where
             return Ok(());
         };
         for packet in packets {
-            if matches!(packet, Packet::Publish(..)) {
-                self.published_out.inc();
-            }
             if codec.version() == Version::V4 && matches!(packet, Packet::Disconnect(..)) {
                 // MQTT 3.1.1 has no server-sent DISCONNECT; closing says it.
                 continue;
@@ -621,6 +521,9 @@ where
     /// Writes bytes, giving way to the kill handle, within
     /// `mqtt.send_timeout_ms` (a client that stops reading stalls writes).
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Exit> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let Session {
             stream,
             guard,
@@ -641,54 +544,31 @@ where
         }
     }
 
-    /// A persistent session's stored subscriptions come back from the
-    /// router without a SUBSCRIBE: they are judged here first. If one is
-    /// no longer allowed (or what was granted is not known), the stored
-    /// session is discarded and the client starts afresh (CONNACK says no
-    /// session is present; it subscribes again, and is judged then).
-    /// `false` if the session was killed meanwhile.
-    async fn restore_grants(&mut self, ctx: &Context, client_id: &str) -> bool {
-        if self.policies.has_changed().unwrap_or(false) {
-            // Nothing is granted yet: new grants, nothing to re-judge.
-            self.judge();
-        }
-        let stored = self.guard.take_stored_grants();
-        let keep = stored.as_ref().is_some_and(|filters| {
-            filters.iter().all(|path| {
-                crate::authz::Filter::parse(authorize::judged_filter(path))
-                    .is_ok_and(|f| self.grants.subscribe(&f).is_allowed())
-            })
-        });
-        if keep {
-            self.granted = stored.unwrap_or_default().into_iter().collect();
-            return true;
-        }
-        info!(
-            peer = %self.peer,
-            device = %self.guard.identity(),
-            %client_id,
-            "stored session discarded: the policies no longer allow all of its subscriptions"
-        );
-        let forgotten =
-            tokio::time::timeout(ctx.settings.drop_timeout(), ctx.router.forget(client_id));
-        tokio::select! {
-            biased;
-            _ = self.guard.killed() => false,
-            _ = forgotten => true,
-        }
+    /// Makes this connection's grants under the policies in force, and
+    /// records their generation.
+    fn judge(&mut self) {
+        let generation = self.judge_grants();
+        self.guard.judged(generation);
     }
 
-    /// Re-judges this connection under reloaded policies: new grants for
+    /// New grants under the policies in force; returns their generation
+    /// (not yet recorded).
+    fn judge_grants(&mut self) -> u64 {
+        let policies = self.policies.borrow_and_update().clone();
+        self.grants = policies.grants(&self.guard.identity(), &self.principal);
+        policies.generation()
+    }
+
+    /// Re-judges this connection under changed policies: new grants for
     /// what it does next, and `false` if a subscription it holds is no
     /// longer allowed (the session then ends: no connection keeps a grant
     /// the current policies do not give).
     fn regrant(&mut self) -> bool {
         let generation = self.judge_grants();
-        let revoked = self.granted.iter().find(|path| {
-            let judged = authorize::judged_filter(path);
-            !crate::authz::Filter::parse(judged)
-                .is_ok_and(|f| self.grants.subscribe(&f).is_allowed())
-        });
+        let revoked = self
+            .granted
+            .iter()
+            .find(|path| authorize::subscribe(&self.grants, path).is_err());
         match revoked {
             Some(path) => {
                 info!(
@@ -704,21 +584,6 @@ where
                 true
             }
         }
-    }
-
-    /// Makes this connection's grants under the policies in force, and
-    /// records their generation.
-    fn judge(&mut self) {
-        let generation = self.judge_grants();
-        self.guard.judged(generation);
-    }
-
-    /// New grants under the policies in force; returns their generation
-    /// (not yet recorded).
-    fn judge_grants(&mut self) -> u64 {
-        let policies = self.policies.borrow_and_update().clone();
-        self.grants = policies.grants(&self.guard.identity(), &self.principal);
-        policies.generation()
     }
 
     /// Re-judges first if the policies changed since this connection last
@@ -753,6 +618,20 @@ where
     }
 
     async fn refuse(&mut self, code: ConnectReturnCode) -> Result<(), Exit> {
+        // 3.1.1 has six return codes; the rest say "not authorized" there.
+        let code = match (self.version(), code) {
+            (
+                Some(Version::V4),
+                ConnectReturnCode::Success
+                | ConnectReturnCode::RefusedProtocolVersion
+                | ConnectReturnCode::ClientIdentifierNotValid
+                | ConnectReturnCode::ServiceUnavailable
+                | ConnectReturnCode::BadUserNamePassword
+                | ConnectReturnCode::NotAuthorized,
+            ) => code,
+            (Some(Version::V4), _) => ConnectReturnCode::NotAuthorized,
+            _ => code,
+        };
         self.write_packets(vec![refusal_connack(code)]).await
     }
 
@@ -768,9 +647,10 @@ where
         self.codec.as_ref().map(Codec::version)
     }
 
-    /// Says goodbye, closes the socket, closes the router link (publishing
-    /// the will if due), and leaves the session table.
-    async fn finish(mut self, exit: Exit, link: Option<Link>, will: Option<Packet>) {
+    /// Says goodbye, closes the socket, detaches from the router (the will
+    /// published or scheduled if due, the in-flight state kept for the next
+    /// connection), and leaves the session table.
+    async fn finish(mut self, exit: Exit, will: Option<Will>) {
         if self.connacked && self.version() == Some(Version::V5) {
             if let Some(reason_code) = exit.reason_code() {
                 let goodbye = Packet::Disconnect(Disconnect { reason_code }, None);
@@ -792,6 +672,28 @@ where
         let will = will.filter(|_| {
             exit.publishes_will() && self.guard.drop_reason() != Some(DropReason::Administrative)
         });
+        // The router hears of the end before the table entry goes: whoever
+        // waits for this session to close and then reuses its client id
+        // finds it detached.
+        if let Some(attached) = self.attached.take() {
+            let now = std::time::Instant::now();
+            let unacked = self.outbound.park();
+            // Deliveries taken but not sent go back to the mailbox.
+            let pending: Vec<Delivery> = self.retained_out.drain(..).collect();
+            attached.session.mailbox.unshift(pending);
+            let parked = Parked {
+                unacked,
+                incoming_qos2: self.inbound.park(),
+            };
+            let will = will.map(|w| {
+                let mut message = w.message;
+                message.expires_at =
+                    crate::router::Message::expiry_from(now + w.delay, w.expiry_secs);
+                (message, w.delay)
+            });
+            self.hub
+                .detach(attached, self.session_expiry, will, parked, now);
+        }
         let Session {
             stream,
             guard,
@@ -799,16 +701,6 @@ where
             ..
         } = self;
         drop(stream);
-        // The router hears of the close (a non-blocking hand-over to its
-        // feeder) before the table entry goes: whoever waits for this
-        // session to close and then reuses its client id finds it gone from
-        // the router too (see `RouterHandle::link`).
-        if let Some(link) = link {
-            link.close(will).await;
-        }
-        if self.persistent {
-            guard.keep_grants(std::mem::take(&mut self.granted).into_iter().collect());
-        }
         let identity = guard.identity();
         drop(guard);
         match &exit {

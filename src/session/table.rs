@@ -161,11 +161,6 @@ struct ClientEntry {
     holder: Option<(SessionId, Handle)>,
     /// The holder asked for a persistent session: the claim outlives it.
     persistent: bool,
-    /// The filters the last persistent session under this id was granted
-    /// (`None`: not known, e.g. it ended in a panic). The router restores
-    /// them on the next connection without a SUBSCRIBE, so that connection
-    /// re-judges them first.
-    grants: Option<Vec<String>>,
 }
 
 /// Which sessions a change concerns.
@@ -218,7 +213,6 @@ impl SessionTable {
             identity,
             handle,
             client_id: None,
-            prior_persistent: false,
         }
     }
 
@@ -434,9 +428,6 @@ pub struct SessionGuard {
     identity: DeviceIdentity,
     handle: Handle,
     client_id: Option<Arc<str>>,
-    /// The client id's previous session was persistent (the router may
-    /// hold its subscriptions).
-    prior_persistent: bool,
 }
 
 impl SessionGuard {
@@ -484,7 +475,6 @@ impl SessionGuard {
                 if entry.owner != self.identity {
                     return Err(ClientIdTaken { owner: entry.owner });
                 }
-                self.prior_persistent = entry.persistent;
                 entry.persistent = persistent;
                 entry.holder.replace(holder)
             }
@@ -493,7 +483,6 @@ impl SessionGuard {
                     owner: self.identity,
                     holder: Some(holder),
                     persistent,
-                    grants: None,
                 });
                 None
             }
@@ -502,38 +491,6 @@ impl SessionGuard {
         Ok(previous
             .filter(|(id, _)| *id != self.id)
             .map(|(_, handle)| handle.kill(DropReason::TakenOver)))
-    }
-}
-
-impl SessionGuard {
-    /// Whether the router may hold a stored session for this client id.
-    pub fn prior_persistent(&self) -> bool {
-        self.prior_persistent
-    }
-
-    /// The grants the previous persistent session under this client id
-    /// left (see [`SessionGuard::keep_grants`]), taken.
-    pub fn take_stored_grants(&self) -> Option<Vec<String>> {
-        let client_id = self.client_id.as_ref()?;
-        self.table
-            .shared
-            .by_client
-            .get_mut(client_id)
-            .and_then(|mut e| e.grants.take())
-    }
-
-    /// Records the filters this persistent session was granted, for the
-    /// next connection under its client id - also when that connection is
-    /// already here, taking this one over: it reads them once this session
-    /// has closed.
-    pub fn keep_grants(&self, grants: Vec<String>) {
-        if let Some(client_id) = &self.client_id {
-            if let Some(mut entry) = self.table.shared.by_client.get_mut(client_id) {
-                if entry.owner == self.identity {
-                    entry.grants = Some(grants);
-                }
-            }
-        }
     }
 }
 
@@ -634,25 +591,6 @@ mod tests {
         // An operator cut it off as well: no will, whatever came first.
         table.kill_device(&identity(1), DropReason::Administrative);
         assert_eq!(a.drop_reason(), Some(DropReason::Administrative));
-    }
-
-    #[test]
-    fn grants_pass_to_the_session_that_takes_over() {
-        let table = SessionTable::new();
-        let mut old = table.register(identity(1));
-        old.claim_client_id("p", true).unwrap();
-        assert!(!old.prior_persistent());
-        let mut new = table.register(identity(1));
-        let closing = new.claim_client_id("p", true).unwrap();
-        assert!(closing.is_some() && new.prior_persistent());
-        // The old one ends after the new one claimed the id.
-        old.keep_grants(vec!["devices/a/#".into()]);
-        drop(old);
-        assert_eq!(
-            new.take_stored_grants(),
-            Some(vec!["devices/a/#".to_owned()])
-        );
-        assert_eq!(new.take_stored_grants(), None);
     }
 
     #[test]

@@ -420,13 +420,13 @@ async fn a_policy_reload_takes_away_live_subscriptions_it_no_longer_allows() {
     );
 }
 
-/// CONNECT, MQTT 5, clean start off; the CONNACK's session-present flag.
+/// CONNECT, MQTT 5, clean start off, a session expiry of an hour; the
+/// CONNACK's session-present flag.
 async fn persistent_connect(tb: &TestBroker, device: &Device, id: &str) -> (raw::Stream, bool) {
     let mut stream = raw::tls_connect(tb.port(), client_config(&tb.server_ca, Some(device)))
         .await
         .unwrap();
-    let mut connect = raw::connect_packet(b"MQTT", 5, id, 30);
-    connect[2 + 2 + 4 + 1] = 0x00;
+    let connect = raw::persistent_connect_packet(id, 30, 3600);
     stream.write_all(&connect).await.unwrap();
     let connack = read_packet(&mut stream).await;
     assert_eq!((connack[0], connack[3]), (0x20, 0), "{connack:02x?}");

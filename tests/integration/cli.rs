@@ -871,8 +871,8 @@ async fn check_config_reports_problems() {
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
 }
 
-/// A component the broker cannot run without dies (here the router feeder
-/// thread, by fault injection compiled into the test build only): the
+/// A component the broker cannot run without dies (here the router's
+/// timer, by fault injection compiled into the test build only): the
 /// process logs which, and exits non-zero so that systemd restarts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exits_non_zero_when_the_router_dies() {
@@ -896,12 +896,11 @@ async fn serve_exits_non_zero_when_the_router_dies() {
     let logged = logs.all().await;
     assert_eq!(status.code(), Some(1), "{logged}");
     assert!(
-        logged.contains("cannot run without has stopped")
-            && logged.contains("router feeder thread"),
+        logged.contains("cannot run without has stopped") && logged.contains("router's timer"),
         "{logged}"
     );
     assert!(
-        logged.contains("certmq: stopped because the router feeder thread"),
+        logged.contains("certmq: stopped because the router's timer"),
         "{logged}"
     );
 }

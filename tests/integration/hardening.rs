@@ -298,8 +298,9 @@ async fn readyz(tb: &support::TestBroker) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// The router dying (here: its feeder thread, by fault injection) is seen:
-/// readiness says so, and the broker reports itself failed.
+/// The router's timer dying (here by fault injection: it would expire no
+/// session and send no delayed will again) is seen: readiness says so,
+/// and the broker reports itself failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_router_makes_the_broker_unready_and_failed() {
     let ca = Ca::new("fleet CA");
@@ -318,32 +319,41 @@ async fn a_dead_router_makes_the_broker_unready_and_failed() {
     let failed = tokio::time::timeout(Duration::from_secs(10), tb.broker.failed())
         .await
         .expect("the broker never noticed its router died");
-    assert!(failed.contains("router feeder"), "{failed}");
+    assert!(failed.contains("router's timer"), "{failed}");
     let (status, body) = readyz(&tb).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("router feeder thread"), "{body}");
+    assert!(body.contains("router's timer"), "{body}");
 }
 
-/// With the router taking no input (its feeder stalled, as in a blocking
-/// send to a full router), sessions that flood it only wait: no async
-/// worker blocks, so the admin API answers, inactivation drops sessions,
-/// and once the router moves again every message is delivered.
+/// A subscriber that stops reading holds up nobody: publishers go on at
+/// full speed (its mailbox is bounded: what does not fit is dropped for it
+/// alone, and counted), another subscriber of the same topics gets every
+/// message, the admin API answers and an inactivation drops its session
+/// meanwhile, and no async worker blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saturated_router_blocks_no_worker() {
+async fn a_subscriber_that_stops_reading_blocks_no_one() {
     let ca = Ca::new("fleet CA");
     let tb = support::start(&[&ca]).await;
+    // The stuck one: subscribes, then never reads its socket again.
+    let stuck_device = ca.device("stuck");
+    let mut stuck = crate::authz::raw_session(&tb, &stuck_device, 4, "stuck").await;
+    use tokio::io::AsyncWriteExt;
+    stuck
+        .write_all(&crate::authz::subscribe(4, 1, &["flood/#"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::authz::suback_codes(4, &crate::authz::read_packet(&mut stuck).await),
+        [0x01]
+    );
     let mut sink = connect(&tb, &ca.device("sink"), "sink", Version::V4)
         .await
         .unwrap();
-    sink.subscribe("flood/#").await;
-    let staller = connect(&tb, &ca.device("staller"), "staller", Version::V4)
-        .await
-        .unwrap();
+    sink.subscribe_qos("flood/#", 0).await;
     let victim_device = ca.device("victim");
     let mut victim = connect(&tb, &victim_device, "victim", Version::V5)
         .await
         .unwrap();
-    // Flooders connect first: a new link waits for the feeder.
     let mut flooders = Vec::new();
     for i in 0..FLOODERS {
         let device = ca.device(&format!("flooder-{i}"));
@@ -353,68 +363,58 @@ async fn a_saturated_router_blocks_no_worker() {
                 .unwrap(),
         );
     }
-    staller
-        .publish(certmq::fault::ROUTER_STALL_TOPIC, b"", 0)
-        .await;
-    support::wait_until(
-        Duration::from_secs(10),
-        "the router feeder to stall",
-        async || certmq::fault::router_stalled(),
-    )
-    .await;
-    // More batches than the feed queue takes (QoS 0: no in-flight window
-    // stops the flooders; TCP back-pressure does, once certmq stops reading).
-    let flooding: Vec<_> = flooders
-        .into_iter()
-        .enumerate()
-        .map(|(i, flooder)| {
-            tokio::spawn(async move {
-                for n in 0..PER_FLOODER {
-                    flooder
-                        .publish(
-                            &format!("flood/{i}"),
-                            format!("message {n:05}").as_bytes(),
-                            0,
-                        )
-                        .await;
-                }
-                flooder
-            })
-        })
-        .collect();
-    // The feed queue is full: sessions wait for room.
-    support::wait_until(
-        Duration::from_secs(30),
-        "the feed queue to fill",
-        async || tb.broker.router_backlog() == certmq::router::FEED_BATCHES,
-    )
-    .await;
-    // The admin API answers, and an inactivation drops its session.
-    let call = tokio::time::timeout(Duration::from_secs(10), tb.inactivate(&victim_device));
-    call.await.expect("the admin API stalled behind the router");
-    assert_eq!(
-        victim.expect_closed().await.as_deref(),
-        Some("AdministrativeAction")
-    );
-    let (status, _) = tokio::time::timeout(Duration::from_secs(10), readyz(&tb))
-        .await
-        .expect("readyz stalled");
-    assert_eq!(status, 200);
-
-    certmq::fault::release_router();
-    // Every flooded message arrives once the router moves again.
+    // In rounds: every flooder sends 100 messages of 1 KiB (together far
+    // more than the stuck one's socket buffers and mailbox hold), every
+    // PUBACK comes back, and the sink has them all, before the next round.
+    let payload = vec![b'x'; 1024];
     let mut got = 0;
-    while got < FLOODERS * PER_FLOODER {
-        match sink.next(Duration::from_secs(30)).await {
-            Some(Ev::Publish { topic, .. }) if topic.starts_with("flood/") => got += 1,
-            Some(Ev::Publish { .. }) => {}
-            other => panic!("after {got} messages: {other:?}"),
+    for round in 0..ROUNDS {
+        for (i, flooder) in flooders.iter().enumerate() {
+            for _ in 0..PER_ROUND {
+                flooder.publish(&format!("flood/{i}"), &payload, 1).await;
+            }
+        }
+        for flooder in &flooders {
+            tokio::time::timeout(Duration::from_secs(30), flooder.acknowledged())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a publisher was held up"));
+        }
+        while got < (round + 1) * FLOODERS * PER_ROUND {
+            match sink.next(Duration::from_secs(30)).await {
+                Some(Ev::Publish { topic, .. }) if topic.starts_with("flood/") => got += 1,
+                Some(Ev::Publish { .. }) => {}
+                other => panic!("round {round}, after {got} messages: {other:?}"),
+            }
+        }
+        if round == 0 {
+            // The admin API answers, and an inactivation drops its session.
+            let call = tokio::time::timeout(Duration::from_secs(10), tb.inactivate(&victim_device));
+            call.await.expect("the admin API stalled behind the flood");
+            assert_eq!(
+                victim.expect_closed().await.as_deref(),
+                Some("AdministrativeAction")
+            );
+            let (status, _) = tokio::time::timeout(Duration::from_secs(10), readyz(&tb))
+                .await
+                .expect("readyz stalled");
+            assert_eq!(status, 200);
         }
     }
-    for flooder in flooding {
-        flooder.await.unwrap().disconnect().await;
+    for flooder in flooders {
+        flooder.disconnect().await;
     }
+    let metrics = support::scrape(&tb).await;
+    let dropped = support::metric(
+        &metrics,
+        "certmq_messages_dropped_total{reason=\"queue_full\"}",
+    );
+    assert!(
+        dropped > 0.0,
+        "the stuck subscriber's overflow is counted: {dropped}"
+    );
+    drop(stuck);
 }
 
 const FLOODERS: usize = 4;
-const PER_FLOODER: usize = 5000;
+const ROUNDS: usize = 25;
+const PER_ROUND: usize = 100;

@@ -211,19 +211,12 @@ pub(crate) async fn run(
     }
 }
 
-/// Discards the router's stored session of a client id; `false` if the
-/// router could not (then the id stays claimed by its old owner, so that
-/// nobody else inherits that session).
+/// Discards the router's stored session of a client id (its
+/// subscriptions, queued messages and pending will); always done: the
+/// router is in memory.
 async fn forget_session(ctx: &Context, client_id: std::sync::Arc<str>) -> bool {
-    let forgotten =
-        tokio::time::timeout(ctx.settings.drop_timeout(), ctx.router.forget(&client_id));
-    let error = match forgotten.await {
-        Ok(Ok(())) => return true,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "the router did not answer within mqtt.drop_timeout_ms".to_owned(),
-    };
-    tracing::warn!(%client_id, %error, "the router's stored session was not discarded; the client id stays claimed");
-    false
+    ctx.hub.forget(&client_id);
+    true
 }
 
 /// `PageNo` (from 1, default 1) and `PageSize` (1 to 100, default 10), as

@@ -126,6 +126,11 @@ pub async fn connect_with(
             opts.set_transport(transport)
                 .set_keep_alive(options.keep_alive)
                 .set_clean_start(options.clean);
+            if !options.clean {
+                // MQTT 5 section 3.1.2.11.2: without a session expiry
+                // interval the session ends with the connection.
+                opts.set_session_expiry_interval(Some(3600));
+            }
             if let Some((topic, payload)) = &options.will {
                 opts.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
                     topic,

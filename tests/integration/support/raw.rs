@@ -38,6 +38,26 @@ pub fn connect_packet(name: &[u8], level: u8, client_id: &str, keep_alive: u16) 
     packet
 }
 
+/// An MQTT 5 CONNECT with clean start 0 and a session expiry interval of
+/// `expiry_secs` (MQTT 5 section 3.1.2.11.2: without one, the session ends
+/// with the connection).
+pub fn persistent_connect_packet(client_id: &str, keep_alive: u16, expiry_secs: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend(4u16.to_be_bytes());
+    body.extend(b"MQTT");
+    body.push(5);
+    body.push(0x00);
+    body.extend(keep_alive.to_be_bytes());
+    body.push(5);
+    body.push(0x11);
+    body.extend(expiry_secs.to_be_bytes());
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
 /// Sends `packet`, returns the first `n` bytes the server answers with.
 pub async fn exchange(stream: &mut Stream, packet: &[u8], n: usize) -> std::io::Result<Vec<u8>> {
     stream.write_all(packet).await?;
