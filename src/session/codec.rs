@@ -124,6 +124,9 @@ impl Codec {
             }
             _ => {}
         }
+        if let Some(packet) = self.short_disconnect(buf) {
+            return Ok(Some(packet));
+        }
         let max = self.max_packet_size;
         let result = catch_unwind(AssertUnwindSafe(|| match self.version {
             Version::V4 => V4.read_mut(buf, max),
@@ -136,6 +139,25 @@ impl Codec {
             Err(ProtocolError::PayloadSizeLimitExceeded(n)) => Err(CodecError::TooLarge(n)),
             Err(e) => Err(CodecError::Malformed(e.to_string())),
         }
+    }
+
+    /// An MQTT 5 DISCONNECT of a reason code and no properties (`E0 01
+    /// rc`, section 3.14.2.2.1: the property length may be left out):
+    /// rumqttd's decoder waits for the property length forever. Read here.
+    fn short_disconnect(&self, buf: &mut BytesMut) -> Option<Packet> {
+        if self.version != Version::V5 || buf.len() < 3 || buf[0] != 0xE0 || buf[1] != 0x01 {
+            return None;
+        }
+        let reason_code = match buf[2] {
+            0x00 => DisconnectReasonCode::NormalDisconnection,
+            0x04 => DisconnectReasonCode::DisconnectWithWillMessage,
+            _ => DisconnectReasonCode::UnspecifiedError,
+        };
+        let _ = buf.split_to(3);
+        Some(Packet::Disconnect(
+            rumqttd::protocol::Disconnect { reason_code },
+            None,
+        ))
     }
 
     /// Appends `packet` to `out`. Properties are stripped for 3.1.1, which
@@ -251,6 +273,25 @@ mod tests {
         // The rest is the property block: its length, then a Reason String.
         assert_eq!(usize::from(out[3]), out.len() - 4);
         assert_eq!(out[4], 0x1f);
+    }
+
+    /// MQTT 5 section 3.14.2.2.1: a DISCONNECT whose remaining length is
+    /// 1 has a reason code and no property length.
+    #[test]
+    fn a_disconnect_without_a_property_length_is_read() {
+        let codec = Codec::new(Version::V5, 1024);
+        for (rc, expected) in [
+            (0x00, DisconnectReasonCode::NormalDisconnection),
+            (0x04, DisconnectReasonCode::DisconnectWithWillMessage),
+            (0x80, DisconnectReasonCode::UnspecifiedError),
+        ] {
+            let mut buf = BytesMut::from(&[0xE0, 0x01, rc, 0xC0, 0x00][..]);
+            match codec.decode(&mut buf) {
+                Ok(Some(Packet::Disconnect(d, None))) => assert_eq!(d.reason_code, expected),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(&buf[..], [0xC0, 0x00], "the next packet is left");
+        }
     }
 
     #[test]

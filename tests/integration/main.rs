@@ -20,6 +20,7 @@ mod inactivation;
 mod mosquitto;
 mod mqtt;
 mod operations;
+mod paho;
 mod pubsub;
 mod race;
 mod resumption;

@@ -10,50 +10,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 
-use crate::support::wait_listening;
+use crate::support::{python, wait_listening};
 
 const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
 
-/// Whether `program` can be run at all.
-fn available(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).output().is_ok()
-}
-
-/// A venv with the pinned SDKs, kept in the target directory between runs
-/// (made once per test process: the two flows share it).
+/// The venv with the pinned SDKs (shared by the flows).
 fn venv() -> PathBuf {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(make_venv).clone()
-}
-
-fn make_venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-venv");
-    let requirements =
-        std::fs::read_to_string(Path::new(SDK_DIR).join("requirements.txt")).unwrap();
-    let marker = dir.join("certmq-requirements.txt");
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(requirements.as_str()) {
-        return dir;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "python3 -m venv failed (Debian: apt-get install python3-venv)"
-    );
-    let status = Command::new(dir.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(Path::new(SDK_DIR).join("requirements.txt"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "pip could not install the SDKs from PyPI");
-    std::fs::write(&marker, requirements).unwrap();
-    dir
+    python::venv("sdk-venv", &Path::new(SDK_DIR).join("requirements.txt"))
 }
 
 /// A `certmq serve` process, stopped on drop.
@@ -249,23 +214,6 @@ fn official_sdks_drive_the_whole_certificate_api_over_https() {
     sdk_flow(Some(&AdminCert::new()));
 }
 
-/// Whether python3 and the mosquitto clients are here (under CI they must
-/// be; elsewhere the test is skipped, saying so).
-fn tools_available() -> bool {
-    let ci = std::env::var_os("CI").is_some();
-    for (program, arg, package) in [
-        ("python3", "--version", "python3 python3-venv"),
-        ("mosquitto_pub", "--help", "mosquitto-clients"),
-    ] {
-        if !available(program, arg) {
-            assert!(!ci, "{program} is missing: apt-get install -y {package}");
-            eprintln!("skipping: {program} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
 /// Runs `script` (in tests/sdk) with the venv's python against `broker`;
 /// its output, asserting it succeeded.
 fn run_script(script: &str, args: &[&str], broker: &Serve, clients: &Path) -> String {
@@ -299,7 +247,7 @@ fn run_script(script: &str, args: &[&str], broker: &Serve, clients: &Path) -> St
 /// survives a restart, and its deletion restores the default.
 #[test]
 fn official_sdk_manages_custom_permissions() {
-    if !tools_available() {
+    if !python::tools_available() {
         return;
     }
     let broker = serve_with("platinum", None, "");
@@ -312,7 +260,7 @@ fn official_sdk_manages_custom_permissions() {
 }
 
 fn sdk_flow(tls: Option<&AdminCert>) {
-    if !tools_available() {
+    if !python::tools_available() {
         return;
     }
     let venv = venv();

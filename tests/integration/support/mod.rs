@@ -3,6 +3,7 @@
 
 pub mod mqtt;
 pub mod pki;
+pub mod python;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
