@@ -268,10 +268,17 @@ impl Broker {
                     "router's timer (session expiry, will delay)",
                     shutdown.clone(),
                 );
-                let (hub, shutdown) = (ctx.hub.clone(), shutdown.clone());
+                let (hub, sessions, shutdown) =
+                    (ctx.hub.clone(), ctx.sessions.clone(), shutdown.clone());
                 async move {
                     let _vital = vital;
-                    router::hub::run_timer(hub, shutdown).await
+                    let after_tick = |ended: &[Arc<str>]| {
+                        for client_id in ended {
+                            sessions.release_expired(client_id);
+                        }
+                        sessions.shrink_if_sparse();
+                    };
+                    router::hub::run_timer(hub, after_tick, shutdown).await
                 }
             }),
             tokio::spawn(health::watch(

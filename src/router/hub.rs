@@ -527,8 +527,9 @@ impl Hub {
     }
 
     /// Publishes the wills whose delay has passed, ends the sessions that
-    /// expired, drops expired retained messages. Run about once a second.
-    pub fn tick(&self, now: Instant) -> usize {
+    /// expired, drops expired retained messages; returns the client ids
+    /// of the sessions that ended. Run about once a second.
+    pub fn tick(&self, now: Instant) -> Vec<Arc<str>> {
         let (wills, expired) = {
             let mut timers = lock(&self.shared.timers);
             let mut wills = Vec::new();
@@ -555,20 +556,37 @@ impl Hub {
             }
             self.route(will, now);
         }
-        let count = expired.len();
+        let mut ended = Vec::with_capacity(expired.len());
         for key in expired {
-            let still_expired = self
-                .shared
-                .sessions
-                .get(&key)
-                .is_some_and(|s| s.life().expires_at.is_some_and(|at| at <= now));
-            if still_expired {
+            let session = self.shared.sessions.get(&key).map(|s| s.clone());
+            let Some(session) = session else { continue };
+            if session.life().expires_at.is_some_and(|at| at <= now) {
                 self.forget_key(key, now);
                 self.shared.expired_sessions.fetch_add(1, Ordering::Relaxed);
+                ended.push(session.client_id.clone());
             }
         }
         lock(&self.shared.retained).sweep(now);
-        count
+        self.shrink_if_sparse();
+        ended
+    }
+
+    /// Gives back the room of maps that emptied (after a burst of
+    /// sessions, or of subscriptions, that has gone): memory follows what
+    /// is live, not what was.
+    fn shrink_if_sparse(&self) {
+        let sparse = |len: usize, capacity: usize| capacity > 1024 && len * 4 < capacity;
+        if sparse(self.shared.sessions.len(), self.shared.sessions.capacity()) {
+            self.shared.sessions.shrink_to_fit();
+        }
+        {
+            let mut by_client = lock(&self.shared.by_client);
+            if sparse(by_client.len(), by_client.capacity()) {
+                by_client.shrink_to_fit();
+            }
+        }
+        let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+        index.shrink_if_sparse();
     }
 
     /// The session of `client_id`, if the hub holds one.
@@ -604,8 +622,13 @@ impl Hub {
 /// How often the timer ends expired sessions and sends delayed wills.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Runs [`Hub::tick`] until `shutdown`.
-pub async fn run_timer(hub: Hub, shutdown: tokio_util::sync::CancellationToken) {
+/// Runs [`Hub::tick`] until `shutdown`; `after_tick` hears, every tick,
+/// of the client ids whose sessions expired (their claims can go).
+pub async fn run_timer(
+    hub: Hub,
+    after_tick: impl Fn(&[Arc<str>]),
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -615,7 +638,7 @@ pub async fn run_timer(hub: Hub, shutdown: tokio_util::sync::CancellationToken) 
         }
         #[cfg(feature = "fault-injection")]
         crate::fault::on_router_tick();
-        hub.tick(Instant::now());
+        after_tick(&hub.tick(Instant::now()));
     }
 }
 

@@ -301,6 +301,18 @@ impl Index {
         self.wildcards.matches(&levels, true, &mut visit);
     }
 
+    /// Gives back the room of the exact-filter map once mostly empty.
+    pub fn shrink_if_sparse(&mut self) {
+        if self.exact.capacity() > 1024 && self.exact.len() * 4 < self.exact.capacity() {
+            self.exact.shrink_to_fit();
+        }
+        if self.wildcards.children.capacity() > 1024
+            && self.wildcards.children.len() * 4 < self.wildcards.children.capacity()
+        {
+            self.wildcards.children.shrink_to_fit();
+        }
+    }
+
     /// Subscriptions held.
     pub fn len(&self) -> usize {
         self.subscriptions

@@ -393,6 +393,32 @@ impl SessionTable {
         released
     }
 
+    /// Frees the claim on `client_id` of a persistent session that
+    /// expired in the router, unless a connection holds the id now.
+    pub fn release_expired(&self, client_id: &str) {
+        self.shared
+            .by_client
+            .remove_if(client_id, |_, e| e.holder.is_none());
+    }
+
+    /// Gives back the room of maps that emptied (after a burst of
+    /// connections or of persistent sessions that has gone).
+    pub fn shrink_if_sparse(&self) {
+        let sparse = |len: usize, capacity: usize| capacity > 1024 && len * 4 < capacity;
+        if sparse(
+            self.shared.by_client.len(),
+            self.shared.by_client.capacity(),
+        ) {
+            self.shared.by_client.shrink_to_fit();
+        }
+        if sparse(
+            self.shared.by_device.len(),
+            self.shared.by_device.capacity(),
+        ) {
+            self.shared.by_device.shrink_to_fit();
+        }
+    }
+
     /// Client ids claimed now, live or by a persistent session.
     pub fn claimed_client_ids(&self) -> usize {
         self.shared.by_client.len()

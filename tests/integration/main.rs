@@ -24,6 +24,7 @@ mod paho;
 mod pubsub;
 mod race;
 mod resumption;
+mod routing;
 mod sdk;
 mod signatures;
 mod signed_action;

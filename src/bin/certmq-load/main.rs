@@ -139,6 +139,27 @@ enum Mode {
         #[arg(long, default_value_t = 50)]
         count: usize,
     },
+    /// N distinct devices (N = --pool), each connecting once, subscribing
+    /// to its own `devices/<CN>/cmd` and disconnecting: the broker's
+    /// memory before, after all have left, and (persistent sessions) after
+    /// their expiry.
+    Churn {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Session expiry interval (MQTT 5) of persistent sessions, in
+        /// seconds; 0: clean sessions. Over 3.1.1, non-zero means clean
+        /// session 0 (the broker's mqtt.max_session_expiry_secs applies).
+        #[arg(long, default_value_t = 0)]
+        expiry_secs: u32,
+        /// Seconds to wait after the last device left before measuring
+        /// (with persistent sessions: longer than their expiry).
+        #[arg(long, default_value_t = 3)]
+        settle_secs: u64,
+        /// Devices churned before the first measurement (not counted): the
+        /// broker's first connections page in code and fill bounded caches.
+        #[arg(long, default_value_t = 0)]
+        warm_up: usize,
+    },
     /// N live sessions under one CA, then InactivateCaCertificate: time
     /// until every socket is closed.
     MassDrop {
@@ -229,6 +250,12 @@ async fn run(cli: Cli) -> Result<Value> {
             count,
         } => revoke(c, pool, &admin, others, count).await?,
         Mode::MassDrop { admin, count } => mass_drop(c, pool, &admin, count).await?,
+        Mode::Churn {
+            concurrency,
+            expiry_secs,
+            settle_secs,
+            warm_up,
+        } => churn(c, pool, concurrency, expiry_secs, settle_secs, warm_up).await?,
     };
     result["label"] = json!(c.label);
     result["mqtt"] = json!(c.mqtt);
@@ -449,6 +476,128 @@ async fn hold(
         "broker_bytes_per_connection": per(rss_before, rss_holding),
         "broker_bytes_kept_per_connection_after_close": per(rss_before, rss_after),
     }))
+}
+
+async fn churn(
+    c: &Common,
+    pool: Arc<Pool>,
+    concurrency: usize,
+    expiry_secs: u32,
+    settle_secs: u64,
+    warm_up: usize,
+) -> Result<Value> {
+    let warm_up = warm_up.min(pool.devices.len());
+    if warm_up > 0 {
+        churn_range(c, &pool, concurrency, expiry_secs, 0, warm_up).await?;
+        tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    }
+    let count = pool.devices.len() - warm_up;
+    let memory = |pid: Option<u32>| -> Result<Option<(u64, u64, u64)>> {
+        pid.map(|p| {
+            Ok((
+                procstat::rss_bytes(p)?,
+                procstat::vmdata_bytes(p)?,
+                procstat::rss_anon_bytes(p)?,
+            ))
+        })
+        .transpose()
+    };
+    let before = memory(c.broker_pid)?;
+    let started = Instant::now();
+    churn_range(
+        c,
+        &pool,
+        concurrency,
+        expiry_secs,
+        warm_up,
+        pool.devices.len(),
+    )
+    .await?;
+    let churned = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    let after = memory(c.broker_pid)?;
+    let delta = |pick: fn((u64, u64, u64)) -> u64| match (before, after) {
+        (Some(b), Some(a)) => json!(pick(a) as i64 - pick(b) as i64),
+        _ => json!(null),
+    };
+    Ok(json!({
+        "mode": "churn",
+        "devices": count,
+        "warm_up": warm_up,
+        "expiry_secs": expiry_secs,
+        "settle_secs": settle_secs,
+        "seconds": churned.as_secs_f64(),
+        "broker_rss_before": before.map(|m| m.0),
+        "broker_rss_after": after.map(|m| m.0),
+        "broker_vmdata_before": before.map(|m| m.1),
+        "broker_vmdata_after": after.map(|m| m.1),
+        "broker_rss_growth": delta(|m| m.0),
+        "broker_rss_anon_growth": delta(|m| m.2),
+        "broker_vmdata_growth": delta(|m| m.1),
+    }))
+}
+
+/// Devices `from..to` of the pool connect once each, subscribe to their
+/// own `devices/<CN>/cmd`, and disconnect.
+async fn churn_range(
+    c: &Common,
+    pool: &Arc<Pool>,
+    concurrency: usize,
+    expiry_secs: u32,
+    from: usize,
+    to: usize,
+) -> Result<()> {
+    let bar = progress(c, (to - from) as u64, "churn");
+    let next = Arc::new(AtomicUsize::new(from));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (pool, next, bar) = (pool.clone(), next.clone(), bar.clone());
+        let common = clone_common(c);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= to {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let device = &pool.devices[i];
+                let mut stream = mqtt::tls_connect(
+                    common.target,
+                    mqtt::source(i, common.spread),
+                    device.tls.clone(),
+                )
+                .await?;
+                let client_id = format!("churn-{i}");
+                stream
+                    .write_all(&mqtt::connect_session(
+                        common.mqtt,
+                        &client_id,
+                        60,
+                        expiry_secs,
+                    ))
+                    .await?;
+                let (first, body) = mqtt::read_packet(&mut stream).await?;
+                if first != 0x20 || body.len() < 2 || body[1] != 0 {
+                    bail!("CONNACK refused: {first:#04x} {body:02x?}");
+                }
+                let filter = format!("devices/{}/cmd", device.common_name);
+                stream
+                    .write_all(&mqtt::subscribe(common.mqtt, &filter, 1))
+                    .await?;
+                let (first, suback) = mqtt::read_packet(&mut stream).await?;
+                if first != 0x90 || suback.last().is_some_and(|code| *code >= 0x80) {
+                    bail!("the subscription to {filter} was refused: {first:#04x} {suback:02x?}");
+                }
+                stream.write_all(&[0xE0, 0x00]).await?;
+                let _ = stream.shutdown().await;
+                bar.inc(1);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 async fn publish(

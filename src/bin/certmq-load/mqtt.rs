@@ -53,6 +53,27 @@ pub fn connect(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
     packet(0x10, &body)
 }
 
+/// CONNECT for a session that outlives the connection when `expiry_secs`
+/// is not 0 (MQTT 5: clean start 0 and that session expiry interval;
+/// 3.1.1: clean session 0).
+pub fn connect_session(level: u8, client_id: &str, keep_alive: u16, expiry_secs: u32) -> Vec<u8> {
+    if expiry_secs == 0 {
+        return connect(level, client_id, keep_alive);
+    }
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(level);
+    body.push(0x00);
+    body.extend(keep_alive.to_be_bytes());
+    if level == 5 {
+        body.push(5);
+        body.push(0x11);
+        body.extend(expiry_secs.to_be_bytes());
+    }
+    string(client_id.as_bytes(), &mut body);
+    packet(0x10, &body)
+}
+
 pub fn subscribe(level: u8, filter: &str, qos: u8) -> Vec<u8> {
     let mut body = vec![0x00, 0x01];
     if level == 5 {

@@ -13,6 +13,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// One device: its TLS client configuration and identity.
 pub struct Device {
+    /// Its subject CN, `load-NNNNNN`.
+    pub common_name: String,
     pub ca_sn: String,
     pub device_sn: String,
     pub tls: Arc<ClientConfig>,
@@ -88,6 +90,7 @@ impl Pool {
             let cert_pem = std::fs::read_to_string(&cert_path)?;
             let key_pem = std::fs::read_to_string(&key_path)?;
             devices.push(Device {
+                common_name: name,
                 device_sn: serial_of(&cert_pem)?,
                 ca_sn: ca_sn.clone(),
                 tls: client_config(server_ca, &cert_pem, &key_pem)?,

@@ -21,13 +21,28 @@ pub fn cpu_times(pid: u32) -> Result<(Duration, Duration)> {
 
 /// Resident memory of `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Anonymous resident memory of `pid` (heap, stacks; not the binary's
+/// pages), in bytes.
+pub fn rss_anon_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// Data segment size (heap and anonymous mappings) of `pid`, in bytes.
+pub fn vmdata_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmData:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("no process {pid}"))?;
     let kb = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
-        .context("no VmRSS")?;
+        .with_context(|| format!("no {field}"))?;
     Ok(kb * 1024)
 }

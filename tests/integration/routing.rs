@@ -1,0 +1,323 @@
+//! certmq's router with real clients over mutual TLS: rumqttc's 3.1.1 and
+//! 5 clients and the mosquitto clients, for what exists in 3.1.1 as well
+//! as 5 (the MQTT 5-only features are in `paho.rs`). Each test names the
+//! sections it checks (MQTT 3.1.1 / MQTT 5).
+
+use std::time::Duration;
+
+use crate::support::mqtt::{Ev, Version, connect, connect_with};
+use crate::support::pki::client_config;
+use crate::support::{self, Ca};
+
+/// Waits for `want` PUBLISHes on topics starting with `prefix`, then a
+/// sentinel on `sentinel` (published after them by the same publisher:
+/// nothing else can still be on its way); returns (topic, payload, qos).
+async fn collect(
+    client: &mut crate::support::mqtt::Client,
+    sentinel: &str,
+) -> Vec<(String, Vec<u8>, u8)> {
+    let mut got = Vec::new();
+    loop {
+        match client.next(Duration::from_secs(10)).await {
+            Some(Ev::Publish { topic, .. }) if topic == sentinel => return got,
+            Some(Ev::Publish {
+                topic,
+                payload,
+                qos,
+            }) => got.push((topic, payload, qos)),
+            other => panic!("expected PUBLISH, got {other:?} after {got:?}"),
+        }
+    }
+}
+
+/// 3.1.1 4.3 / 5 4.3: QoS 0, 1 and 2 end to end, each downgraded to the
+/// subscription's QoS (3.1.1 3.8.4 / 5 3.8.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_end_to_end_with_downgrade() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    for version in [Version::V4, Version::V5] {
+        let mut subs = Vec::new();
+        for granted in 0..=2u8 {
+            let mut s = connect(
+                &tb,
+                &ca.device(&format!("s{granted}")),
+                &format!("s{granted}-{version:?}"),
+                version,
+            )
+            .await
+            .unwrap();
+            s.subscribe_qos(&format!("q/{version:?}/#"), granted).await;
+            subs.push((granted, s));
+        }
+        let publisher = connect(&tb, &ca.device("p"), &format!("p-{version:?}"), version)
+            .await
+            .unwrap();
+        for qos in 0..=2u8 {
+            publisher
+                .publish(&format!("q/{version:?}/{qos}"), &[qos], qos)
+                .await;
+        }
+        publisher
+            .publish(&format!("q/{version:?}/end"), b"", 2)
+            .await;
+        publisher.acknowledged().await;
+        for (granted, s) in &mut subs {
+            let got = collect(s, &format!("q/{version:?}/end")).await;
+            let qos: Vec<u8> = got.iter().map(|(_, _, q)| *q).collect();
+            let expected: Vec<u8> = (0..=2u8).map(|q| q.min(*granted)).collect();
+            assert_eq!(qos, expected, "{version:?}, granted {granted}");
+        }
+    }
+}
+
+/// 5 3.3.4 (and the same for 3.1.1): overlapping subscriptions of one
+/// client give one copy, at the highest QoS granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_subscriptions_give_one_copy() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    for version in [Version::V4, Version::V5] {
+        let mut s = connect(
+            &tb,
+            &ca.device("watcher"),
+            &format!("w-{version:?}"),
+            version,
+        )
+        .await
+        .unwrap();
+        s.subscribe_qos("#", 0).await;
+        s.subscribe_qos("devices/device-1/#", 1).await;
+        let p = connect(
+            &tb,
+            &ca.device("device-1"),
+            &format!("d-{version:?}"),
+            version,
+        )
+        .await
+        .unwrap();
+        p.publish("devices/device-1/t", b"once", 1).await;
+        p.publish("devices/device-1/end", b"", 1).await;
+        let got = collect(&mut s, "devices/device-1/end").await;
+        assert_eq!(
+            got,
+            [("devices/device-1/t".to_owned(), b"once".to_vec(), 1)],
+            "{version:?}"
+        );
+    }
+}
+
+/// 3.1.1 3.1.2.4 / 5 3.1.2.4, 4.1: a persistent session keeps its
+/// subscriptions while offline and queues QoS 1 messages; the next
+/// connection gets session present and the messages, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_queue_while_offline() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let device = ca.device("sleeper");
+    let publisher = connect(&tb, &ca.device("p"), "p", Version::V4)
+        .await
+        .unwrap();
+    for version in [Version::V4, Version::V5] {
+        let id = format!("sleeper-{version:?}");
+        let persistent = |o: &mut crate::support::mqtt::Options| o.clean = false;
+        let tls = client_config(&tb.server_ca, Some(&device));
+        let mut first = connect_with(tb.port(), tls.clone(), &id, version, persistent)
+            .await
+            .unwrap();
+        first
+            .subscribe_qos(&format!("inbox/{version:?}/#"), 1)
+            .await;
+        first.disconnect().await;
+        first.expect_closed().await;
+        support::wait_until(Duration::from_secs(5), "offline", async || {
+            !tb.broker.sessions().is_online(&id)
+        })
+        .await;
+        for n in 0..3u8 {
+            publisher
+                .publish(&format!("inbox/{version:?}/{n}"), &[n], 1)
+                .await;
+        }
+        publisher
+            .publish(&format!("inbox/{version:?}/end"), b"", 1)
+            .await;
+        publisher.acknowledged().await;
+        let mut again = connect_with(tb.port(), tls, &id, version, persistent)
+            .await
+            .unwrap();
+        let got = collect(&mut again, &format!("inbox/{version:?}/end")).await;
+        let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p, _)| p).collect();
+        assert_eq!(payloads, [vec![0], vec![1], vec![2]], "{version:?}");
+    }
+}
+
+/// A 3.1.1 persistent session lives at most `mqtt.max_session_expiry_secs`
+/// offline; after that everything it held is freed and its client id is
+/// free again (MQTT 5 3.1.2.11.2 for the 5 interval, capped the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_expire_and_free_everything() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.mqtt.max_session_expiry_secs = 1).await;
+    let before = tb.broker.router_footprint();
+    for (n, version) in [Version::V4, Version::V5].into_iter().enumerate() {
+        let device = ca.device(&format!("ephemeral-{n}"));
+        let id = format!("ephemeral-{version:?}");
+        let tls = client_config(&tb.server_ca, Some(&device));
+        let mut c = connect_with(tb.port(), tls, &id, version, |o| o.clean = false)
+            .await
+            .unwrap();
+        c.subscribe_qos(&format!("e/{n}/+/x"), 1).await;
+        c.disconnect().await;
+    }
+    support::wait_until(
+        Duration::from_secs(10),
+        "the sessions to expire",
+        async || {
+            tb.broker.router_footprint() == before && tb.broker.sessions().claimed_client_ids() == 0
+        },
+    )
+    .await;
+}
+
+/// 5 4.8.2 (shared subscriptions, which 3.1.1 clients may use too):
+/// each message goes to one member of the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_gives_each_message_to_one_member() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let mut members = Vec::new();
+    for (i, version) in [Version::V4, Version::V5, Version::V4]
+        .into_iter()
+        .enumerate()
+    {
+        let mut m = connect(
+            &tb,
+            &ca.device(&format!("worker-{i}")),
+            &format!("worker-{i}"),
+            version,
+        )
+        .await
+        .unwrap();
+        m.subscribe_qos("$share/workers/jobs/+", 1).await;
+        m.subscribe_qos("jobs/end", 1).await;
+        members.push(m);
+    }
+    let p = connect(&tb, &ca.device("p"), "p", Version::V4)
+        .await
+        .unwrap();
+    for n in 0..30u8 {
+        p.publish(&format!("jobs/{n}"), &[n], 1).await;
+    }
+    p.publish("jobs/end", b"", 1).await;
+    let mut all = Vec::new();
+    for m in &mut members {
+        let got = collect(m, "jobs/end").await;
+        assert_eq!(got.len(), 10, "in turn: {got:?}");
+        all.extend(got.into_iter().map(|(_, p, _)| p[0]));
+    }
+    all.sort();
+    assert_eq!(all, (0..30u8).collect::<Vec<_>>(), "each once");
+}
+
+/// 3.1.1 3.3.1.3 / 5 3.3.1.3: a retained message is stored and sent
+/// (RETAIN 1) to a new subscription; an empty retained message deletes it.
+/// With the mosquitto clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_with_the_mosquitto_clients() {
+    if !crate::support::python::available("mosquitto_pub", "--help") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mosquitto-clients are missing"
+        );
+        eprintln!("skipping: mosquitto_pub is not installed");
+        return;
+    }
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let device = ca.device("retainer");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert, key, server_ca) = (
+        write("d.pem", &device.cert_pem),
+        write("d.key", &device.key_pem),
+        write("ca.pem", &tb.server_ca.cert_pem),
+    );
+    let port = tb.port().to_string();
+    let mosquitto = |program: &str, args: &[&str]| {
+        let output = std::process::Command::new(program)
+            .args(["-h", "localhost", "-p", &port, "--cafile"])
+            .arg(&server_ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for (v, version) in [("mqttv311", "4"), ("mqttv5", "5")] {
+        let topic = format!("status/{version}/lamp");
+        mosquitto(
+            "mosquitto_pub",
+            &["-V", v, "-t", &topic, "-m", "on", "-r", "-q", "1"],
+        );
+        let got = mosquitto(
+            "mosquitto_sub",
+            &[
+                "-V",
+                v,
+                "-t",
+                &format!("status/{version}/+"),
+                "-C",
+                "1",
+                "-W",
+                "10",
+                "-F",
+                "%t %r %p",
+            ],
+        );
+        assert_eq!(got.trim(), format!("{topic} 1 on"), "{v}");
+        // Deleted by an empty retained message; a second retained topic
+        // shows the subscription got what there is.
+        mosquitto(
+            "mosquitto_pub",
+            &["-V", v, "-t", &topic, "-n", "-r", "-q", "1"],
+        );
+        let other = format!("status/{version}/fan");
+        mosquitto(
+            "mosquitto_pub",
+            &["-V", v, "-t", &other, "-m", "off", "-r", "-q", "1"],
+        );
+        let got = mosquitto(
+            "mosquitto_sub",
+            &[
+                "-V",
+                v,
+                "-t",
+                &format!("status/{version}/+"),
+                "-C",
+                "1",
+                "-W",
+                "10",
+                "-F",
+                "%t %p",
+            ],
+        );
+        assert_eq!(
+            got.trim(),
+            format!("{other} off"),
+            "{v}: the deleted one came back"
+        );
+    }
+}
