@@ -70,6 +70,10 @@ pub struct TlsContext {
     provider: Arc<CryptoProvider>,
     cert: Arc<ServerCertResolver>,
     sessions: Arc<dyn StoresServerSessions>,
+    /// TLS 1.3 resumption by stateless tickets (RFC 5077 construction,
+    /// keys rotated every 6 hours): the broker keeps nothing per session,
+    /// so memory does not grow with the devices that ever connected.
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     tls13_tickets: usize,
     core: Arc<VerifierCore>,
 }
@@ -92,11 +96,17 @@ impl TlsContext {
             registry,
             provider.signature_verification_algorithms,
         ));
+        let ticketer = if session_cache_size == 0 {
+            None
+        } else {
+            Some(rustls::crypto::aws_lc_rs::Ticketer::new()?)
+        };
         let ctx = TlsContext {
             provider,
             cert: Arc::new(ServerCertResolver::new(certified)),
             sessions,
-            tls13_tickets: if session_cache_size == 0 { 0 } else { 2 },
+            ticketer,
+            tls13_tickets: if session_cache_size == 0 { 0 } else { 1 },
             core,
         };
         // Build one configuration now so that a bad setting fails start-up,
@@ -120,6 +130,9 @@ impl TlsContext {
             .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(self.cert.clone());
         config.session_storage = self.sessions.clone();
+        if let Some(ticketer) = &self.ticketer {
+            config.ticketer = ticketer.clone();
+        }
         config.send_tls13_tickets = self.tls13_tickets;
         config.ignore_client_order = true;
         Ok((Arc::new(config), verifier))
