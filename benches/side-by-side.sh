@@ -21,8 +21,8 @@ if ! command -v mosquitto >/dev/null 2>&1; then
     $sudo apt-get install -y mosquitto
 fi
 cargo build --release --bin certmq --bin certmq-load
-certmq="$root/target/release/certmq"
-load="$root/target/release/certmq-load"
+certmq="${CARGO_TARGET_DIR:-$root/target}/release/certmq"
+load="${CARGO_TARGET_DIR:-$root/target}/release/certmq-load"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -40,7 +40,13 @@ admin_port=$(free_port)
 mosq_port=$(free_port)
 
 # certmq on its embedded defaults (development PKI), tuned only for a load
-# test from one address.
+# test from one address; the publish runs' subscriber (CN load-000000)
+# reads devices/#, which the fleet application's policy allows.
+cat >"$work/certmq.toml" <<'TOML'
+[[authz.attach]]
+policies = ["fleet-application"]
+common_name = "load-000000"
+TOML
 (
     cd "$work"
     CERTMQ__MQTT__LISTEN=127.0.0.1:$mqtt_port \
@@ -48,7 +54,7 @@ mosq_port=$(free_port)
     CERTMQ__MQTT__CONNECTIONS_PER_SECOND_PER_IP=0 \
     CERTMQ__MQTT__MAX_CONNECTIONS=25000 \
     CERTMQ__LOG__LEVEL=warn \
-    exec "$certmq" serve >"$work/certmq.out" 2>"$work/certmq.err"
+    exec "$certmq" serve --config certmq.toml >"$work/certmq.out" 2>"$work/certmq.err"
 ) &
 certmq_pid=$!
 pids+=("$certmq_pid")

@@ -72,6 +72,7 @@ pub struct MqttSettings {
     pub topic_alias_maximum: u16,
     pub max_session_expiry_secs: u64,
     pub max_keep_alive_secs: u16,
+    pub max_publish_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +284,13 @@ impl Settings {
             0,
             u64::from(u32::MAX),
             "s",
+        )?;
+        within(
+            "mqtt.max_publish_wait_ms",
+            m.max_publish_wait_ms,
+            0,
+            MAX_STAGE_TIMEOUT_MS,
+            "ms",
         )?;
         within(
             "mqtt.max_keep_alive_secs",

@@ -175,11 +175,14 @@ pub struct Hub {
 }
 
 /// What a publish reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Default)]
 pub struct Routed {
     pub delivered: usize,
     /// Deliveries dropped at a full mailbox.
     pub dropped: usize,
+    /// Online sessions whose mailbox was full, with what is due to them:
+    /// the publisher waits for room ([`Hub::publish_waiting`] only).
+    pub blocked: Vec<(Arc<HubSession>, Delivery)>,
 }
 
 impl Hub {
@@ -223,6 +226,7 @@ impl Hub {
             if !clean_start {
                 let mut life = session.life();
                 life.attached = Some(attachment);
+                session.mailbox.set_online(true);
                 let parked = std::mem::take(&mut life.parked);
                 let (expiry, will) = (life.expires_at.take(), life.will_at.take());
                 drop(life);
@@ -255,6 +259,7 @@ impl Hub {
                 ..Life::default()
             }),
         });
+        session.mailbox.set_online(true);
         self.shared.sessions.insert(key, session.clone());
         by_client.insert(client_id, key);
         Attached {
@@ -291,6 +296,7 @@ impl Hub {
             return;
         }
         life.attached = None;
+        session.mailbox.set_online(false);
         let expiry = expiry.min(self.shared.settings.max_session_expiry);
         if expiry.is_zero() {
             drop(life);
@@ -376,7 +382,7 @@ impl Hub {
         };
         self.free(session);
         if let Some(will) = will {
-            self.route(will, now);
+            self.route(will, false, now);
         }
     }
 
@@ -450,14 +456,39 @@ impl Hub {
     /// topic's retained message), then delivered to every session with a
     /// matching subscription.
     pub fn publish(&self, message: Message, now: Instant) -> Routed {
+        self.publish_as(message, false, now)
+    }
+
+    /// [`Hub::publish`] for a client's PUBLISH: online sessions whose
+    /// mailbox is full come back in [`Routed::blocked`], for the publisher
+    /// to wait for room (see `mailbox`).
+    pub fn publish_waiting(&self, message: Message, now: Instant) -> Routed {
+        self.publish_as(message, true, now)
+    }
+
+    fn publish_as(&self, message: Message, may_wait: bool, now: Instant) -> Routed {
         let message = Arc::new(message);
         if message.retain {
             lock(&self.shared.retained).put(message.clone());
         }
-        self.route(message, now)
+        self.route(message, may_wait, now)
     }
 
-    fn route(&self, message: Arc<Message>, now: Instant) -> Routed {
+    /// Counts a delivery dropped for a session whose publisher gave up
+    /// waiting for room.
+    pub fn dropped_waiting(&self, session: &HubSession) {
+        session.mailbox.overflow();
+        self.count_drop();
+    }
+
+    fn count_drop(&self) {
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = &self.shared.dropped_metric {
+            counter.inc();
+        }
+    }
+
+    fn route(&self, message: Arc<Message>, may_wait: bool, now: Instant) -> Routed {
         let _ = now;
         let mut matches: Vec<Match> = Vec::new();
         self.shared
@@ -490,7 +521,7 @@ impl Hub {
                 }
             }
             if let Some((key, d)) = pending.take() {
-                self.deliver(key, d, &mut routed);
+                self.deliver(key, d, may_wait, &mut routed);
             }
             let delivery = Delivery {
                 message: message.clone(),
@@ -499,30 +530,28 @@ impl Hub {
                 subscription_ids: m.options.subscription_id.into_iter().collect(),
             };
             if m.shared {
-                self.deliver(m.session, delivery, &mut routed);
+                self.deliver(m.session, delivery, may_wait, &mut routed);
             } else {
                 pending = Some((m.session, delivery));
             }
         }
         if let Some((key, d)) = pending {
-            self.deliver(key, d, &mut routed);
+            self.deliver(key, d, may_wait, &mut routed);
         }
         routed
     }
 
-    fn deliver(&self, key: SessionKey, delivery: Delivery, routed: &mut Routed) {
+    fn deliver(&self, key: SessionKey, delivery: Delivery, may_wait: bool, routed: &mut Routed) {
         let Some(session) = self.shared.sessions.get(&key).map(|s| s.clone()) else {
             return;
         };
-        match session.mailbox.push(delivery) {
+        match session.mailbox.push(delivery, may_wait) {
             Pushed::Queued => routed.delivered += 1,
             Pushed::Dropped => {
                 routed.dropped += 1;
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                if let Some(counter) = &self.shared.dropped_metric {
-                    counter.inc();
-                }
+                self.count_drop();
             }
+            Pushed::Full(delivery) => routed.blocked.push((session, delivery)),
         }
     }
 
@@ -554,7 +583,7 @@ impl Hub {
             if let Some(session) = self.shared.sessions.get(&key).map(|s| s.clone()) {
                 session.life().will_at = None;
             }
-            self.route(will, now);
+            self.route(will, false, now);
         }
         let mut ended = Vec::with_capacity(expired.len());
         for key in expired {

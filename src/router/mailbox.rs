@@ -6,10 +6,18 @@
 //! is ready to write. While a persistent session is offline its mailbox
 //! goes on filling: that is its offline queue.
 //!
-//! At the bound (`mqtt.max_queued_messages`) a new delivery is dropped,
-//! whatever its QoS, and counted: the messages already queued keep their
-//! order and none is lost silently. (Expired messages are left to the
-//! connection, which drops them when it would send them.)
+//! At the bound (`mqtt.max_queued_messages`):
+//! - while its connection is online, a publisher waits for room (at most
+//!   `mqtt.max_publish_wait_ms`, see `session::pump`): a subscriber that
+//!   reads slower than publishers write slows them down to its pace
+//!   instead of losing messages. One that does not make room in that time
+//!   is marked overflowing: until it has drained to half, new deliveries
+//!   to it are dropped at once (and counted), so a stuck subscriber holds
+//!   each publisher up once, not for every message;
+//! - while its session is offline, a new delivery is dropped and counted.
+//!
+//! The messages already queued keep their order. (Expired messages are
+//! left to the connection, which drops them when it would send them.)
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -19,17 +27,21 @@ use tokio::sync::Notify;
 use super::message::{Delivery, QoS};
 
 /// Whether a delivery went into the mailbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Pushed {
     Queued,
-    /// The mailbox was full.
+    /// The mailbox was full (offline, or overflowing).
     Dropped,
+    /// The mailbox is full and its connection online: the delivery is
+    /// handed back, for the publisher to wait for room.
+    Full(Delivery),
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Delivery>,
     dropped: u64,
+    overflowing: bool,
 }
 
 /// One session's bounded queue of deliveries.
@@ -38,7 +50,11 @@ pub struct Mailbox {
     // A std Mutex: held for a push or a batch take, never across an await.
     queue: Mutex<Queue>,
     ready: Notify,
+    /// Signalled when a take made room.
+    space: Notify,
     limit: usize,
+    /// A connection is attached (publishers may wait for room).
+    online: std::sync::atomic::AtomicBool,
 }
 
 impl Mailbox {
@@ -47,7 +63,9 @@ impl Mailbox {
         Mailbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
+            space: Notify::new(),
             limit: limit.max(1),
+            online: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -55,9 +73,15 @@ impl Mailbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, delivery: Delivery) -> Pushed {
+    /// Queues `delivery`. At the bound: `Full` (handing it back) if
+    /// `may_wait` and the connection is online and not overflowing, else
+    /// `Dropped`.
+    pub fn push(&self, delivery: Delivery, may_wait: bool) -> Pushed {
         let mut queue = self.lock();
         if queue.items.len() >= self.limit {
+            if may_wait && !queue.overflowing && self.is_online() {
+                return Pushed::Full(delivery);
+            }
             queue.dropped += 1;
             return Pushed::Dropped;
         }
@@ -105,7 +129,38 @@ impl Mailbox {
             let keep = queue.items.len().max(16);
             queue.items.shrink_to(keep);
         }
+        if queue.overflowing && queue.items.len() <= self.limit / 2 {
+            queue.overflowing = false;
+        }
+        drop(queue);
+        if !taken.is_empty() {
+            self.space.notify_waiters();
+        }
         taken
+    }
+
+    /// Resolves after the next take that made room. Create it (and
+    /// `enable` it) before the push that found the mailbox full, so that
+    /// no take in between is missed.
+    pub fn space(&self) -> tokio::sync::futures::Notified<'_> {
+        self.space.notified()
+    }
+
+    /// A publisher gave up waiting: drop for this mailbox until it has
+    /// drained to half (counted as one drop now).
+    pub fn overflow(&self) {
+        let mut queue = self.lock();
+        queue.overflowing = true;
+        queue.dropped += 1;
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online
+            .store(online, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Empties the mailbox (its session ended).
@@ -164,22 +219,57 @@ mod tests {
     #[tokio::test]
     async fn bounded_in_order_and_the_window_respected() {
         let mailbox = Mailbox::new(4);
-        assert_eq!(mailbox.push(delivery(1, QoS::AtLeastOnce)), Pushed::Queued);
-        assert_eq!(mailbox.push(delivery(2, QoS::AtMostOnce)), Pushed::Queued);
-        assert_eq!(mailbox.push(delivery(3, QoS::AtLeastOnce)), Pushed::Queued);
-        assert_eq!(mailbox.push(delivery(4, QoS::AtMostOnce)), Pushed::Queued);
-        assert_eq!(mailbox.push(delivery(5, QoS::AtMostOnce)), Pushed::Dropped);
+        let queued = |p: Pushed| matches!(p, Pushed::Queued);
+        assert!(queued(mailbox.push(delivery(1, QoS::AtLeastOnce), true)));
+        assert!(queued(mailbox.push(delivery(2, QoS::AtMostOnce), true)));
+        assert!(queued(mailbox.push(delivery(3, QoS::AtLeastOnce), true)));
+        assert!(queued(mailbox.push(delivery(4, QoS::AtMostOnce), true)));
+        // Offline: dropped at the bound.
+        assert!(matches!(
+            mailbox.push(delivery(5, QoS::AtMostOnce), true),
+            Pushed::Dropped
+        ));
         assert_eq!(mailbox.dropped(), 1);
+        // Online: handed back for the publisher to wait; after it gives up,
+        // overflowing (dropped at once) until drained to half.
+        mailbox.set_online(true);
+        assert!(matches!(
+            mailbox.push(delivery(5, QoS::AtMostOnce), true),
+            Pushed::Full(_)
+        ));
+        assert!(matches!(
+            mailbox.push(delivery(5, QoS::AtMostOnce), false),
+            Pushed::Dropped
+        ));
+        mailbox.overflow();
+        assert!(matches!(
+            mailbox.push(delivery(5, QoS::AtMostOnce), true),
+            Pushed::Dropped
+        ));
+        assert_eq!(mailbox.dropped(), 4);
         // A push is remembered for the next waiter.
         tokio::time::timeout(Duration::from_secs(1), mailbox.ready())
             .await
             .unwrap();
         let payloads = |d: &[Delivery]| d.iter().map(|d| d.message.payload[0]).collect::<Vec<u8>>();
+        let space = mailbox.space();
+        tokio::pin!(space);
+        space.as_mut().enable();
         let taken = mailbox.take(10, 1);
         assert_eq!(payloads(&taken), [1, 2], "stops before the second QoS 1");
+        tokio::time::timeout(Duration::from_secs(1), space)
+            .await
+            .expect("a take that made room wakes the waiting publisher");
+        assert!(
+            matches!(
+                mailbox.push(delivery(6, QoS::AtMostOnce), true),
+                Pushed::Queued
+            ),
+            "drained to half: no longer overflowing"
+        );
         mailbox.unshift(taken);
-        assert_eq!(mailbox.len(), 4);
-        assert_eq!(payloads(&mailbox.take(10, 2)), [1, 2, 3, 4]);
+        assert_eq!(mailbox.len(), 5);
+        assert_eq!(payloads(&mailbox.take(10, 2)), [1, 2, 3, 4, 6]);
         assert!(mailbox.is_empty());
     }
 }

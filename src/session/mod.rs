@@ -197,6 +197,8 @@ struct Session<S> {
     expiry_was_zero: bool,
     /// `mqtt.max_session_expiry_secs`.
     max_session_expiry: Duration,
+    /// `mqtt.max_publish_wait_ms`.
+    max_publish_wait: Duration,
     /// PUBLISH packets received and sent (`certmq_messages_*_total`).
     published_in: prometheus::IntCounter,
     published_out: prometheus::IntCounter,
@@ -242,6 +244,7 @@ pub(crate) async fn run<S>(
         session_expiry: Duration::ZERO,
         expiry_was_zero: true,
         max_session_expiry: ctx.settings.max_session_expiry(),
+        max_publish_wait: Duration::from_millis(ctx.settings.mqtt.max_publish_wait_ms),
         published_in,
         published_out,
         send_timeout: ctx.settings.send_timeout(),

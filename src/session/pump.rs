@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use super::codec::{CodecError, Version};
-use super::connect::{TopicProblem, check_publish_topic};
 use super::outbound::Sent;
 use super::wire::{PublishHead, peek_publish};
 use super::{Exit, READ_BUFFER_KEEP, READ_CHUNK, Session, authorize, sleep_until_opt};
@@ -317,14 +316,9 @@ where
         if topic.is_empty() {
             return Err(Exit::TopicInvalid);
         }
-        match check_publish_topic(&bytes::Bytes::copy_from_slice(topic.as_bytes())) {
-            Ok(()) => {}
-            Err(TopicProblem::NotUtf8) => {
-                return Err(Exit::Protocol(CodecError::Malformed(
-                    "the topic name is not UTF-8".into(),
-                )));
-            }
-            Err(TopicProblem::Invalid) => return Err(Exit::TopicInvalid),
+        // UTF-8 was checked above; wildcards and NUL make it invalid.
+        if topic.contains(['+', '#', '\0']) {
+            return Err(Exit::TopicInvalid);
         }
         let Some(qos) = QoS::from_u8(head.qos) else {
             return Err(Exit::Protocol(CodecError::Malformed(
@@ -379,7 +373,10 @@ where
                 expires_at: Message::expiry_from(now, props.message_expiry_interval),
                 origin: Some(session.key()),
             };
-            self.hub.publish(message, now);
+            let routed = self.hub.publish_waiting(message, now);
+            for (target, delivery) in routed.blocked {
+                self.wait_for_room(&target, delivery).await?;
+            }
         }
         match qos {
             QoS::AtMostOnce => {}
@@ -399,6 +396,36 @@ where
             )),
         }
         Ok(())
+    }
+
+    /// Waits (reading nothing from this client meanwhile: TCP slows it
+    /// down) until `target`'s full mailbox has room for `delivery`, at most
+    /// `mqtt.max_publish_wait_ms`; then it is dropped for that subscriber,
+    /// which is marked overflowing (see `router::mailbox`).
+    async fn wait_for_room(
+        &mut self,
+        target: &HubSession,
+        mut delivery: Delivery,
+    ) -> Result<(), Exit> {
+        let deadline = Instant::now() + self.max_publish_wait;
+        loop {
+            let space = target.mailbox.space();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            match target.mailbox.push(delivery, true) {
+                crate::router::mailbox::Pushed::Full(back) => delivery = back,
+                _ => return Ok(()),
+            }
+            tokio::select! {
+                biased;
+                _ = self.guard.killed() => return Err(self.killed()),
+                _ = &mut space => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.hub.dropped_waiting(target);
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Judges and applies a SUBSCRIBE; its SUBACK.

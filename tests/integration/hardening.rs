@@ -325,11 +325,12 @@ async fn a_dead_router_makes_the_broker_unready_and_failed() {
     assert!(body.contains("router's timer"), "{body}");
 }
 
-/// A subscriber that stops reading holds up nobody: publishers go on at
-/// full speed (its mailbox is bounded: what does not fit is dropped for it
-/// alone, and counted), another subscriber of the same topics gets every
-/// message, the admin API answers and an inactivation drops its session
-/// meanwhile, and no async worker blocks.
+/// A subscriber that stops reading holds nobody up for long: its mailbox
+/// is bounded, publishers wait for room once (`mqtt.max_publish_wait_ms`),
+/// then what does not fit is dropped for it alone, and counted; another
+/// subscriber of the same topics gets every message, the admin API answers
+/// and an inactivation drops its session meanwhile, and no async worker
+/// blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_blocks_no_one() {
     let ca = Ca::new("fleet CA");

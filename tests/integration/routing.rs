@@ -321,3 +321,60 @@ async fn retained_messages_with_the_mosquitto_clients() {
         );
     }
 }
+
+/// A subscriber slower than its publishers loses nothing while it reads:
+/// at its mailbox's bound (10 here) publishers wait for room, and TCP
+/// slows them down to its pace (`router::mailbox`). (With
+/// `mqtt.max_publish_wait_ms = 0` the same run loses messages.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_slows_publishers_down_instead_of_losing_messages() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.mqtt.max_queued_messages = 10).await;
+    let mut sink = connect(&tb, &ca.device("sink"), "sink", Version::V5)
+        .await
+        .unwrap();
+    sink.subscribe_qos("burst/#", 1).await;
+    let mut publishers = Vec::new();
+    for i in 0..2 {
+        publishers.push(
+            connect(
+                &tb,
+                &ca.device(&format!("p{i}")),
+                &format!("p{i}"),
+                Version::V4,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for n in 0..1000u16 {
+        for (i, p) in publishers.iter().enumerate() {
+            p.publish(
+                &format!("burst/{i}"),
+                &n.to_be_bytes(),
+                if n % 2 == 0 { 0 } else { 1 },
+            )
+            .await;
+        }
+    }
+    let mut next = [0u16; 2];
+    while next.iter().any(|n| *n < 1000) {
+        match sink.next(Duration::from_secs(30)).await {
+            Some(Ev::Publish { topic, payload, .. }) => {
+                let i: usize = topic.trim_start_matches("burst/").parse().unwrap();
+                let n = u16::from_be_bytes([payload[0], payload[1]]);
+                assert_eq!(n, next[i], "publisher {i}: in order, none lost");
+                next[i] += 1;
+            }
+            other => panic!("after {next:?}: {other:?}"),
+        }
+    }
+    let metrics = support::scrape(&tb).await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "certmq_messages_dropped_total{reason=\"queue_full\"}"
+        ),
+        0.0
+    );
+}
