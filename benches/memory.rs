@@ -40,6 +40,7 @@ fn router_sessions() -> f64 {
     let hub = Hub::new(HubSettings {
         max_queued_messages: 1000,
         max_session_expiry: Duration::from_secs(3600),
+        max_retained_messages: 1000,
     });
     let now = Instant::now();
     // One session first, so the router's own start-up allocations are out

@@ -73,6 +73,7 @@ pub struct MqttSettings {
     pub max_session_expiry_secs: u64,
     pub max_keep_alive_secs: u16,
     pub max_publish_wait_ms: u64,
+    pub max_retained_messages: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +285,13 @@ impl Settings {
             0,
             u64::from(u32::MAX),
             "s",
+        )?;
+        within(
+            "mqtt.max_retained_messages",
+            m.max_retained_messages as u64,
+            1,
+            10_000_000,
+            "topics",
         )?;
         within(
             "mqtt.max_publish_wait_ms",

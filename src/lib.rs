@@ -198,16 +198,17 @@ impl Broker {
             settings.tls.session_cache_size,
         )?;
         let metrics = Metrics::new();
-        let hub = router::Hub::with_drop_counter(
+        let dropped = metrics.messages_dropped();
+        let hub = router::Hub::with_counters(
             router::hub::HubSettings {
                 max_queued_messages: settings.mqtt.max_queued_messages,
                 max_session_expiry: settings.max_session_expiry(),
+                max_retained_messages: settings.mqtt.max_retained_messages,
             },
-            Some(
-                metrics
-                    .messages_dropped()
-                    .with_label_values(&["queue_full"]),
-            ),
+            router::hub::DropCounters {
+                queue_full: Some(dropped.with_label_values(&["queue_full"])),
+                retained_full: Some(dropped.with_label_values(&["retained_full"])),
+            },
         );
 
         let mqtt_listen = settings.mqtt_listen()?;

@@ -152,7 +152,8 @@ impl Metrics {
                 r,
                 "certmq_messages_dropped_total",
                 "Messages not delivered to a session, by reason: queue_full (its mailbox held mqtt.max_queued_messages), \
-                 too_large (above the client's maximum packet size), expired (message expiry interval).",
+                 too_large (above the client's maximum packet size), expired (message expiry interval), \
+                 retained_full (a retained message for a new topic beyond mqtt.max_retained_messages: delivered, not kept).",
                 &["reason"],
             ),
             authz_denied: counter_vec(

@@ -41,6 +41,15 @@ pub struct HubSettings {
     /// The longest a session outlives its connection (caps a 5 client's
     /// session expiry interval; the lifetime of a 3.1.1 persistent one).
     pub max_session_expiry: Duration,
+    /// Topics with a retained message, at most.
+    pub max_retained_messages: usize,
+}
+
+/// Counters the hub bumps (`certmq_messages_dropped_total`).
+#[derive(Debug, Clone, Default)]
+pub struct DropCounters {
+    pub queue_full: Option<prometheus::IntCounter>,
+    pub retained_full: Option<prometheus::IntCounter>,
 }
 
 /// A message its connection took and the client has not acknowledged,
@@ -163,8 +172,9 @@ struct Shared {
     next_key: AtomicU64,
     next_attachment: AtomicU64,
     dropped: AtomicU64,
-    /// The same count, for `certmq_messages_dropped_total{reason="queue_full"}`.
-    dropped_metric: Option<prometheus::IntCounter>,
+    /// The same count, for `certmq_messages_dropped_total{reason="queue_full"}`,
+    /// and the retained messages refused at `max_retained_messages`.
+    counters: DropCounters,
     expired_sessions: AtomicU64,
 }
 
@@ -187,26 +197,23 @@ pub struct Routed {
 
 impl Hub {
     pub fn new(settings: HubSettings) -> Hub {
-        Hub::with_drop_counter(settings, None)
+        Hub::with_counters(settings, DropCounters::default())
     }
 
-    /// A hub that also counts mailbox drops in `dropped`.
-    pub fn with_drop_counter(
-        settings: HubSettings,
-        dropped: Option<prometheus::IntCounter>,
-    ) -> Hub {
+    /// A hub that also counts what it drops in `counters`.
+    pub fn with_counters(settings: HubSettings, counters: DropCounters) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 settings,
                 index: RwLock::new(Index::default()),
-                retained: Mutex::new(Retained::default()),
+                retained: Mutex::new(Retained::with_limit(settings.max_retained_messages)),
                 sessions: DashMap::new(),
                 by_client: Mutex::new(HashMap::new()),
                 timers: Mutex::new(Timers::default()),
                 next_key: AtomicU64::new(1),
                 next_attachment: AtomicU64::new(1),
                 dropped: AtomicU64::new(0),
-                dropped_metric: dropped,
+                counters,
                 expired_sessions: AtomicU64::new(0),
             }),
         }
@@ -468,8 +475,11 @@ impl Hub {
 
     fn publish_as(&self, message: Message, may_wait: bool, now: Instant) -> Routed {
         let message = Arc::new(message);
-        if message.retain {
-            lock(&self.shared.retained).put(message.clone());
+        if message.retain && lock(&self.shared.retained).put(message.clone()).is_err() {
+            // Still routed to the subscribers there are; not kept.
+            if let Some(counter) = &self.shared.counters.retained_full {
+                counter.inc();
+            }
         }
         self.route(message, may_wait, now)
     }
@@ -483,7 +493,7 @@ impl Hub {
 
     fn count_drop(&self) {
         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-        if let Some(counter) = &self.shared.dropped_metric {
+        if let Some(counter) = &self.shared.counters.queue_full {
             counter.inc();
         }
     }

@@ -11,6 +11,7 @@ fn hub() -> Hub {
     Hub::new(HubSettings {
         max_queued_messages: 5,
         max_session_expiry: Duration::from_secs(3600),
+        max_retained_messages: 1000,
     })
 }
 

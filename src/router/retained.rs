@@ -76,22 +76,47 @@ impl Node {
     }
 }
 
-/// The retained messages.
-#[derive(Debug, Default)]
+/// The retained store is full: a new topic's message was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainedFull;
+
+/// The retained messages, at most `limit` topics.
+#[derive(Debug)]
 pub struct Retained {
     root: Node,
     count: usize,
+    limit: usize,
     /// Messages that expire, by deadline.
     deadlines: BTreeSet<(Instant, Arc<str>)>,
 }
 
+impl Default for Retained {
+    fn default() -> Self {
+        Retained::with_limit(usize::MAX)
+    }
+}
+
 impl Retained {
+    /// A store of at most `limit` retained topics (`mqtt.max_retained_messages`).
+    pub fn with_limit(limit: usize) -> Retained {
+        Retained {
+            root: Node::default(),
+            count: 0,
+            limit,
+            deadlines: BTreeSet::new(),
+        }
+    }
+
     /// Stores `message` as its topic's retained message, or removes that
-    /// one if its payload is empty. Returns the message it replaced.
-    pub fn put(&mut self, message: Arc<Message>) -> Option<Arc<Message>> {
+    /// one if its payload is empty. Returns the message it replaced; a
+    /// message for a new topic when the store holds `limit` is not kept.
+    pub fn put(&mut self, message: Arc<Message>) -> Result<Option<Arc<Message>>, RetainedFull> {
         let topic = message.topic.clone();
         let levels: Vec<&str> = topic.split('/').collect();
         let previous = self.root.take(&levels);
+        if previous.is_none() && !message.payload.is_empty() && self.count >= self.limit {
+            return Err(RetainedFull);
+        }
         if let Some(old) = &previous {
             self.count -= 1;
             if let Some(at) = old.expires_at {
@@ -109,7 +134,7 @@ impl Retained {
             node.message = Some(message);
             self.count += 1;
         }
-        previous
+        Ok(previous)
     }
 
     /// The live retained messages whose topics `filter` matches.
@@ -198,7 +223,7 @@ mod tests {
         let mut r = Retained::default();
         let now = Instant::now();
         for t in ["a", "a/b", "a/c", "a/b/c", "$SYS/x", "b//c"] {
-            r.put(message(t, "m", None));
+            r.put(message(t, "m", None)).unwrap();
         }
         assert_eq!(topics(r.matching("a/+", now)), ["a/b", "a/c"]);
         assert_eq!(topics(r.matching("a/#", now)), ["a", "a/b", "a/b/c", "a/c"]);
@@ -211,11 +236,11 @@ mod tests {
         assert_eq!(topics(r.matching("b/+/c", now)), ["b//c"]);
         assert_eq!(topics(r.matching("a/b", now)), ["a/b"]);
         // Replaced, then deleted by an empty payload, the trie pruned.
-        let old = r.put(message("a/b", "new", None)).unwrap();
+        let old = r.put(message("a/b", "new", None)).unwrap().unwrap();
         assert_eq!(&old.payload[..], b"m");
         assert_eq!(r.len(), 6);
         for t in ["a", "a/b", "a/c", "a/b/c", "$SYS/x", "b//c"] {
-            assert!(r.put(message(t, "", None)).is_some());
+            assert!(r.put(message(t, "", None)).unwrap().is_some());
         }
         assert!(r.is_empty() && r.is_pruned());
     }
@@ -224,16 +249,30 @@ mod tests {
     fn expired_messages_are_never_returned_and_are_swept() {
         let mut r = Retained::default();
         let now = Instant::now();
-        r.put(message("x/1", "m", Some(now + Duration::from_secs(1))));
-        r.put(message("x/2", "m", Some(now + Duration::from_secs(10))));
-        r.put(message("x/3", "m", None));
+        r.put(message("x/1", "m", Some(now + Duration::from_secs(1))))
+            .unwrap();
+        r.put(message("x/2", "m", Some(now + Duration::from_secs(10))))
+            .unwrap();
+        r.put(message("x/3", "m", None)).unwrap();
         let later = now + Duration::from_secs(2);
         assert_eq!(topics(r.matching("x/1", later)), Vec::<String>::new());
         assert_eq!(r.len(), 2, "dropped when met");
         assert_eq!(r.sweep(now + Duration::from_secs(11)), 1);
         assert_eq!(topics(r.matching("x/#", later)), ["x/3"]);
-        r.put(message("x/3", "", None));
+        r.put(message("x/3", "", None)).unwrap();
         assert!(r.is_pruned());
+        // Bounded: a new topic beyond the limit is refused, a known one
+        // replaced, a deletion always taken.
+        let mut small = Retained::with_limit(1);
+        small.put(message("a", "1", None)).unwrap();
+        assert!(matches!(
+            small.put(message("b", "1", None)),
+            Err(RetainedFull)
+        ));
+        assert!(small.put(message("a", "2", None)).unwrap().is_some());
+        small.put(message("a", "", None)).unwrap();
+        small.put(message("b", "1", None)).unwrap();
+        assert_eq!(small.len(), 1);
     }
 
     fn level() -> impl Strategy<Value = String> {
@@ -266,7 +305,7 @@ mod tests {
             stored.sort();
             stored.dedup();
             for t in &stored {
-                r.put(message(t, "m", None));
+                r.put(message(t, "m", None)).unwrap();
             }
             let now = Instant::now();
             let expected: Vec<String> = stored.iter().filter(|t| parsed.matches(t)).cloned().collect();

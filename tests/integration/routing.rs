@@ -378,3 +378,45 @@ async fn a_slow_subscriber_slows_publishers_down_instead_of_losing_messages() {
         0.0
     );
 }
+
+/// The retained store is bounded (`mqtt.max_retained_messages`): a
+/// retained message for a new topic beyond it is delivered to the
+/// subscribers there are but not kept, and counted; kept ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retained_store_is_bounded() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start_with(&[&ca], |s| s.mqtt.max_retained_messages = 1).await;
+    let mut live = connect(&tb, &ca.device("live"), "live", Version::V5)
+        .await
+        .unwrap();
+    live.subscribe_qos("r/#", 1).await;
+    let p = connect(&tb, &ca.device("p"), "p", Version::V4)
+        .await
+        .unwrap();
+    p.publish_retained("r/kept", b"1").await;
+    p.publish_retained("r/refused", b"2").await;
+    p.publish("r/end", b"", 1).await;
+    let got = collect(&mut live, "r/end").await;
+    assert_eq!(got.len(), 2, "both delivered live: {got:?}");
+    let mut late = connect(&tb, &ca.device("late"), "late", Version::V5)
+        .await
+        .unwrap();
+    late.subscribe_qos("r/+", 1).await;
+    match late.next(Duration::from_secs(10)).await {
+        Some(Ev::Publish { topic, .. }) => assert_eq!(topic, "r/kept"),
+        other => panic!("{other:?}"),
+    }
+    p.publish("r/end", b"", 1).await;
+    assert!(
+        collect(&mut late, "r/end").await.is_empty(),
+        "only the kept one"
+    );
+    let metrics = support::scrape(&tb).await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "certmq_messages_dropped_total{reason=\"retained_full\"}"
+        ),
+        1.0
+    );
+}
