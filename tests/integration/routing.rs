@@ -420,3 +420,84 @@ async fn the_retained_store_is_bounded() {
         1.0
     );
 }
+
+/// 3.1.1 4.4 / 5 4.4: a QoS 1 message the client had not acknowledged when
+/// its connection ended is sent again, first, when the persistent session
+/// resumes: DUP set, the same packet identifier; then it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_redelivered_with_dup_on_resumption() {
+    use crate::authz::{read_packet, subscribe};
+    use crate::support::raw;
+    use tokio::io::AsyncWriteExt;
+
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let device = ca.device("forgetful");
+    let publisher = connect(&tb, &ca.device("p"), "p", Version::V4)
+        .await
+        .unwrap();
+    for level in [4u8, 5] {
+        let id = format!("forgetful-{level}");
+        let open = async || {
+            let mut stream =
+                raw::tls_connect(tb.port(), client_config(&tb.server_ca, Some(&device)))
+                    .await
+                    .unwrap();
+            let connect = if level == 5 {
+                raw::persistent_connect_packet(&id, 30, 3600)
+            } else {
+                let mut c = raw::connect_packet(b"MQTT", 4, &id, 30);
+                c[2 + 2 + 4 + 1] = 0x00; // clean session 0
+                c
+            };
+            stream.write_all(&connect).await.unwrap();
+            let connack = read_packet(&mut stream).await;
+            assert_eq!(connack[0], 0x20, "{connack:02x?}");
+            (stream, connack[2] & 1 == 1)
+        };
+        let (mut stream, present) = open().await;
+        assert!(!present);
+        stream
+            .write_all(&subscribe(level, 1, &[&format!("dup/{level}")]))
+            .await
+            .unwrap();
+        assert_eq!(read_packet(&mut stream).await[0], 0x90);
+        publisher.publish(&format!("dup/{level}"), b"once", 1).await;
+        let first = read_packet(&mut stream).await;
+        assert_eq!(first[0] & 0xF6, 0x32, "a QoS 1 PUBLISH: {first:02x?}");
+        assert_eq!(first[0] & 0x08, 0, "DUP clear the first time");
+        let topic_len = usize::from(u16::from_be_bytes([first[2], first[3]]));
+        let pkid = [first[4 + topic_len], first[5 + topic_len]];
+        // Gone without PUBACK.
+        drop(stream);
+        support::wait_until(Duration::from_secs(5), "offline", async || {
+            !tb.broker.sessions().is_online(&id)
+        })
+        .await;
+        let (mut stream, present) = open().await;
+        assert!(present, "MQTT {level}: the session was kept");
+        let again = read_packet(&mut stream).await;
+        assert_eq!(again[0] & 0xF6, 0x32, "{again:02x?}");
+        assert_eq!(again[0] & 0x08, 0x08, "MQTT {level}: DUP set on redelivery");
+        assert_eq!(
+            [again[4 + topic_len], again[5 + topic_len]],
+            pkid,
+            "the same id"
+        );
+        // Acknowledged now: not sent a third time.
+        stream
+            .write_all(&[0x40, 0x02, pkid[0], pkid[1]])
+            .await
+            .unwrap();
+        drop(stream);
+        support::wait_until(Duration::from_secs(5), "offline", async || {
+            !tb.broker.sessions().is_online(&id)
+        })
+        .await;
+        let (mut stream, _) = open().await;
+        publisher.publish(&format!("dup/{level}"), b"next", 1).await;
+        let next = read_packet(&mut stream).await;
+        assert_eq!(next[0] & 0x08, 0, "a new message, not the old one again");
+        assert!(next.ends_with(b"next"), "{next:02x?}");
+    }
+}
