@@ -414,7 +414,14 @@ where
             space.as_mut().enable();
             match target.mailbox.push(delivery, true) {
                 crate::router::mailbox::Pushed::Full(back) => delivery = back,
-                _ => return Ok(()),
+                crate::router::mailbox::Pushed::Queued => return Ok(()),
+                crate::router::mailbox::Pushed::Dropped => {
+                    // It went offline, or overflowing, meanwhile.
+                    self.messages_dropped
+                        .with_label_values(&["queue_full"])
+                        .inc();
+                    return Ok(());
+                }
             }
             tokio::select! {
                 biased;
