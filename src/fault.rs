@@ -38,23 +38,17 @@ pub(crate) fn on_publish(topic: &[u8]) {
     if topic == PANIC_TOPIC.as_bytes() {
         panic!("fault injection: PUBLISH to {PANIC_TOPIC}");
     }
-    if topic == ROUTER_PANIC_TOPIC.as_bytes() {
-        ROUTER_PANIC.store(true, Ordering::Relaxed);
-    }
 }
 
-/// A PUBLISH to this topic makes the router's timer task panic at its
-/// next tick: the router then expires no session and sends no delayed
+/// A PUBLISH to this topic makes the timer task of the router it reaches
+/// panic at its next tick (that broker's only: tests run several in one
+/// process): the router then expires no session and sends no delayed
 /// will, and the broker must say so (readiness) and stop.
 pub const ROUTER_PANIC_TOPIC: &str = "certmq/fault-injection/router-panic";
 
-static ROUTER_PANIC: AtomicBool = AtomicBool::new(false);
-
-/// Called by the router's timer at every tick.
-pub(crate) fn on_router_tick() {
-    if ROUTER_PANIC.swap(false, Ordering::Relaxed) {
-        panic!("fault injection: PUBLISH to {ROUTER_PANIC_TOPIC}");
-    }
+/// Whether a message to `topic` arms its router's timer to panic.
+pub(crate) fn arms_router_panic(topic: &str) -> bool {
+    enabled() && topic == ROUTER_PANIC_TOPIC
 }
 
 /// A PUBLISH to this topic stalls the connection task that decodes it for

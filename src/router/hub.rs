@@ -172,6 +172,9 @@ struct Shared {
     next_key: AtomicU64,
     next_attachment: AtomicU64,
     dropped: AtomicU64,
+    /// Fault injection: the timer panics at its next tick.
+    #[cfg(feature = "fault-injection")]
+    timer_panic: std::sync::atomic::AtomicBool,
     /// The same count, for `certmq_messages_dropped_total{reason="queue_full"}`,
     /// and the retained messages refused at `max_retained_messages`.
     counters: DropCounters,
@@ -213,6 +216,8 @@ impl Hub {
                 next_key: AtomicU64::new(1),
                 next_attachment: AtomicU64::new(1),
                 dropped: AtomicU64::new(0),
+                #[cfg(feature = "fault-injection")]
+                timer_panic: std::sync::atomic::AtomicBool::new(false),
                 counters,
                 expired_sessions: AtomicU64::new(0),
             }),
@@ -474,6 +479,10 @@ impl Hub {
     }
 
     fn publish_as(&self, message: Message, may_wait: bool, now: Instant) -> Routed {
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::arms_router_panic(&message.topic) {
+            self.shared.timer_panic.store(true, Ordering::Relaxed);
+        }
         let message = Arc::new(message);
         if message.retain && lock(&self.shared.retained).put(message.clone()).is_err() {
             // Still routed to the subscribers there are; not kept.
@@ -491,7 +500,8 @@ impl Hub {
         self.count_drop();
     }
 
-    fn count_drop(&self) {
+    /// Counts a delivery dropped at a full mailbox.
+    pub fn count_drop(&self) {
         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         if let Some(counter) = &self.shared.counters.queue_full {
             counter.inc();
@@ -676,7 +686,12 @@ pub async fn run_timer(
             _ = every.tick() => {}
         }
         #[cfg(feature = "fault-injection")]
-        crate::fault::on_router_tick();
+        if hub.shared.timer_panic.swap(false, Ordering::Relaxed) {
+            panic!(
+                "fault injection: PUBLISH to {}",
+                crate::fault::ROUTER_PANIC_TOPIC
+            );
+        }
         after_tick(&hub.tick(Instant::now()));
     }
 }

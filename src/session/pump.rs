@@ -417,9 +417,7 @@ where
                 crate::router::mailbox::Pushed::Queued => return Ok(()),
                 crate::router::mailbox::Pushed::Dropped => {
                     // It went offline, or overflowing, meanwhile.
-                    self.messages_dropped
-                        .with_label_values(&["queue_full"])
-                        .inc();
+                    self.hub.count_drop();
                     return Ok(());
                 }
             }

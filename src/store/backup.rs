@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sqlite::{
     CA_COLUMNS, DEVICE_COLUMNS, PERMISSION_COLUMNS, ca_from_row, device_from_row, now_ms,
-    permission_from_row, registration_code,
+    permission_from_row, put_permission, registration_code,
 };
 use crate::record::{
     CaRecord, DeviceRecord, IdentityKind, PermissionKey, PermissionRecord, PermitAction,
@@ -371,23 +371,7 @@ pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupErro
                     &permit_action,
                     &effect,
                 )?;
-                tx.execute(
-                    "INSERT INTO custom_permission (identity_type, identity, topic, permit_action, effect,
-                                                    created_at_ms, updated_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-                     ON CONFLICT (identity_type, identity, topic) DO UPDATE SET
-                        permit_action = excluded.permit_action, effect = excluded.effect,
-                        updated_at_ms = excluded.updated_at_ms",
-                    params![
-                        record.key.kind.api_name(),
-                        record.key.identity,
-                        record.key.topic,
-                        record.action.api_name(),
-                        record.effect.api_name(),
-                        now
-                    ],
-                )
-                .map_err(|e| import_err(number, e))?;
+                put_permission(&tx, &record, now).map_err(|e| import_err(number, e))?;
                 imported.permissions += 1;
             }
         }

@@ -314,21 +314,7 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
             "DELETE FROM device WHERE ca_sn = ?1 AND device_sn = ?2",
             params![id.ca_sn.to_string(), id.device_sn.to_string()],
         ),
-        Change::PutPermission(p) => conn.execute(
-            "INSERT INTO custom_permission (identity_type, identity, topic, permit_action, effect,
-                                            created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-             ON CONFLICT (identity_type, identity, topic)
-             DO UPDATE SET permit_action = ?4, effect = ?5, updated_at_ms = ?6",
-            params![
-                p.key.kind.api_name(),
-                p.key.identity,
-                p.key.topic,
-                p.action.api_name(),
-                p.effect.api_name(),
-                now
-            ],
-        ),
+        Change::PutPermission(p) => put_permission(conn, p, now),
         Change::DeletePermission(key) => conn.execute(
             "DELETE FROM custom_permission WHERE identity_type = ?1 AND identity = ?2 AND topic = ?3",
             params![key.kind.api_name(), key.identity, key.topic],
@@ -343,6 +329,30 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
         }
         Err(e) => Err(StoreError::Write(e.to_string())),
     }
+}
+
+/// Stores a custom permission, replacing the one with its key (the
+/// store's changes and backup imports alike).
+pub(super) fn put_permission(
+    conn: &Connection,
+    p: &PermissionRecord,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO custom_permission (identity_type, identity, topic, permit_action, effect,
+                                        created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT (identity_type, identity, topic)
+         DO UPDATE SET permit_action = ?4, effect = ?5, updated_at_ms = ?6",
+        params![
+            p.key.kind.api_name(),
+            p.key.identity,
+            p.key.topic,
+            p.action.api_name(),
+            p.effect.api_name(),
+            now
+        ],
+    )
 }
 
 /// The instance's registration code, made with the database.

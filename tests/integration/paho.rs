@@ -10,11 +10,10 @@
 //! server keep alive, wills and will delay, take-over, redelivery).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::support::{python, wait_listening};
+use crate::support::python;
 
-const BIN: &str = env!("CARGO_BIN_EXE_certmq");
 const PAHO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho");
 
 #[test]
@@ -29,30 +28,17 @@ fn eclipse_paho_mqtt5_conformance() {
         dir.path().join("certmq.toml"),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "certmq.toml"])
-        .current_dir(dir.path())
-        .env_remove("CERTMQ_FAULT_INJECTION")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let listening = wait_listening(&dir.path().join("data"), child.id(), || {
-        child.try_wait().unwrap()
-    })
-    .unwrap_or_else(|status| panic!("certmq serve exited with {status}"));
-    let certs = dir.path().join("certs/dev");
+    let broker = crate::sdk::spawn(dir);
+    let certs = broker.path().join("certs/dev");
     let output = Command::new(venv.join("bin/python"))
         .arg(Path::new(PAHO_DIR).join("mqtt5_conformance.py"))
-        .env("CERTMQ_MQTT_PORT", listening.mqtt.port().to_string())
+        .env("CERTMQ_MQTT_PORT", broker.mqtt.to_string())
         .env("CERTMQ_CA", certs.join("ca.pem"))
         .env("CERTMQ_CERTS", &certs)
         .env("CERTMQ_DEVICES", "device-1,device-2,app")
         .output()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(broker);
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();

@@ -22,9 +22,9 @@ fn venv() -> PathBuf {
 }
 
 /// A `certmq serve` process, stopped on drop.
-struct Serve {
+pub(crate) struct Serve {
     child: Option<Child>,
-    mqtt: u16,
+    pub(crate) mqtt: u16,
     admin: u16,
     dir: Option<tempfile::TempDir>,
 }
@@ -163,7 +163,7 @@ ListCaCertificate = 5
 }
 
 /// Runs `certmq serve` in `dir` (its `certmq.toml`, its data).
-fn spawn(dir: tempfile::TempDir) -> Serve {
+pub(crate) fn spawn(dir: tempfile::TempDir) -> Serve {
     let mut child = Command::new(BIN)
         .args(["serve", "--config", "certmq.toml"])
         .current_dir(dir.path())
@@ -199,7 +199,7 @@ impl Serve {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.as_ref().unwrap().path()
     }
 }
