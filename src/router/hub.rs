@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::index::{Index, Match};
-use super::mailbox::{Mailbox, Pushed};
+use super::mailbox::{Admission, Mailbox, Pushed};
 use super::message::{Delivery, Message, RetainHandling, SessionKey, SubOptions};
 use super::retained::Retained;
 
@@ -193,9 +193,10 @@ pub struct Routed {
     pub delivered: usize,
     /// Deliveries dropped at a full mailbox.
     pub dropped: usize,
-    /// Online sessions whose mailbox was full, with what is due to them:
-    /// the publisher waits for room ([`Hub::publish_waiting`] only).
-    pub blocked: Vec<(Arc<HubSession>, Delivery)>,
+    /// Online sessions whose mailbox was full, with the place in line of
+    /// what is parked for them: the publisher waits until it is admitted
+    /// ([`Hub::publish_waiting`] only).
+    pub blocked: Vec<(Arc<HubSession>, Admission)>,
 }
 
 impl Hub {
@@ -308,7 +309,10 @@ impl Hub {
             return;
         }
         life.attached = None;
-        session.mailbox.set_online(false);
+        let dropped = session.mailbox.set_online(false);
+        for _ in 0..dropped {
+            self.count_drop();
+        }
         let expiry = expiry.min(self.shared.settings.max_session_expiry);
         if expiry.is_zero() {
             drop(life);
@@ -493,11 +497,12 @@ impl Hub {
         self.route(message, may_wait, now)
     }
 
-    /// Counts a delivery dropped for a session whose publisher gave up
-    /// waiting for room.
-    pub fn dropped_waiting(&self, session: &HubSession) {
-        session.mailbox.overflow();
-        self.count_drop();
+    /// A publisher gave up waiting for its delivery to `session` to be
+    /// admitted: dropped (and counted) unless it got in meanwhile.
+    pub fn gave_up(&self, session: &HubSession, admission: &Admission) {
+        if session.mailbox.give_up(admission.ticket()) {
+            self.count_drop();
+        }
     }
 
     /// Counts a delivery dropped at a full mailbox.
@@ -571,7 +576,7 @@ impl Hub {
                 routed.dropped += 1;
                 self.count_drop();
             }
-            Pushed::Full(delivery) => routed.blocked.push((session, delivery)),
+            Pushed::Waiting(admission) => routed.blocked.push((session, admission)),
         }
     }
 

@@ -10,11 +10,17 @@
 //! - while its connection is online, a publisher waits for room (at most
 //!   `mqtt.max_publish_wait_ms`, see `session::pump`): a subscriber that
 //!   reads slower than publishers write slows them down to its pace
-//!   instead of losing messages. One that does not make room in that time
-//!   is marked overflowing: until it has drained to half, new deliveries
-//!   to it are dropped at once (and counted), so a stuck subscriber holds
-//!   each publisher up once, not for every message;
-//! - while its session is offline, a new delivery is dropped and counted.
+//!   instead of losing messages. The waiting deliveries are parked in the
+//!   mailbox in arrival order and admitted first come, first served as the
+//!   connection takes from the queue (a publisher that arrives later waits
+//!   behind them), so with a thousand publishers on one subscriber each
+//!   waits its turn instead of some starving while others race ahead.
+//!   A publisher whose delivery was not admitted in that time gives up: it
+//!   is dropped, and the mailbox marked overflowing: until it has drained
+//!   to half, new deliveries to it are dropped at once (and counted), so a
+//!   stuck subscriber holds each publisher up once, not for every message;
+//! - while its session is offline, a new delivery is dropped and counted
+//!   (and so are the parked ones when it goes offline).
 //!
 //! The messages already queued keep their order. (Expired messages are
 //! left to the connection, which drops them when it would send them.)
@@ -22,7 +28,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::message::{Delivery, QoS};
 
@@ -33,15 +39,54 @@ pub enum Pushed {
     /// The mailbox was full (offline, or overflowing).
     Dropped,
     /// The mailbox is full and its connection online: the delivery is
-    /// handed back, for the publisher to wait for room.
-    Full(Delivery),
+    /// parked, for the publisher to wait until it is admitted.
+    Waiting(Admission),
+}
+
+/// A parked delivery's place in line, for its publisher.
+#[derive(Debug)]
+pub struct Admission {
+    ticket: u64,
+    /// Resolves when the delivery was admitted to the queue, or (an error)
+    /// when the mailbox dropped it (its session went offline or ended).
+    pub decided: oneshot::Receiver<()>,
+}
+
+impl Admission {
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+}
+
+#[derive(Debug)]
+struct Parked {
+    ticket: u64,
+    delivery: Delivery,
+    admitted: oneshot::Sender<()>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Delivery>,
+    /// Deliveries waiting for room, oldest first; non-empty only while
+    /// `items` is at the bound.
+    parked: VecDeque<Parked>,
+    next_ticket: u64,
     dropped: u64,
     overflowing: bool,
+}
+
+impl Queue {
+    /// Admits parked deliveries while there is room, in order.
+    fn admit(&mut self, limit: usize) {
+        while self.items.len() < limit {
+            let Some(parked) = self.parked.pop_front() else {
+                break;
+            };
+            self.items.push_back(parked.delivery);
+            let _ = parked.admitted.send(());
+        }
+    }
 }
 
 /// One session's bounded queue of deliveries.
@@ -50,8 +95,6 @@ pub struct Mailbox {
     // A std Mutex: held for a push or a batch take, never across an await.
     queue: Mutex<Queue>,
     ready: Notify,
-    /// Signalled when a take made room.
-    space: Notify,
     limit: usize,
     /// A connection is attached (publishers may wait for room).
     online: std::sync::atomic::AtomicBool,
@@ -63,7 +106,6 @@ impl Mailbox {
         Mailbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
-            space: Notify::new(),
             limit: limit.max(1),
             online: std::sync::atomic::AtomicBool::new(false),
         }
@@ -73,14 +115,22 @@ impl Mailbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `delivery`. At the bound: `Full` (handing it back) if
-    /// `may_wait` and the connection is online and not overflowing, else
-    /// `Dropped`.
+    /// Queues `delivery`. At the bound (or behind parked deliveries):
+    /// parked (`Waiting`) if `may_wait` and the connection is online and
+    /// not overflowing, else `Dropped`.
     pub fn push(&self, delivery: Delivery, may_wait: bool) -> Pushed {
         let mut queue = self.lock();
-        if queue.items.len() >= self.limit {
+        if queue.items.len() >= self.limit || !queue.parked.is_empty() {
             if may_wait && !queue.overflowing && self.is_online() {
-                return Pushed::Full(delivery);
+                let ticket = queue.next_ticket;
+                queue.next_ticket += 1;
+                let (admitted, decided) = oneshot::channel();
+                queue.parked.push_back(Parked {
+                    ticket,
+                    delivery,
+                    admitted,
+                });
+                return Pushed::Waiting(Admission { ticket, decided });
             }
             queue.dropped += 1;
             return Pushed::Dropped;
@@ -129,34 +179,39 @@ impl Mailbox {
             let keep = queue.items.len().max(16);
             queue.items.shrink_to(keep);
         }
+        queue.admit(self.limit);
         if queue.overflowing && queue.items.len() <= self.limit / 2 {
             queue.overflowing = false;
-        }
-        drop(queue);
-        if !taken.is_empty() {
-            self.space.notify_waiters();
         }
         taken
     }
 
-    /// Resolves after the next take that made room. Create it (and
-    /// `enable` it) before the push that found the mailbox full, so that
-    /// no take in between is missed.
-    pub fn space(&self) -> tokio::sync::futures::Notified<'_> {
-        self.space.notified()
-    }
-
-    /// A publisher gave up waiting: drop for this mailbox until it has
-    /// drained to half (counted as one drop now).
-    pub fn overflow(&self) {
+    /// A publisher gave up waiting for `ticket`: if its delivery is still
+    /// parked it is dropped (answers true; counted), and the mailbox drops
+    /// new deliveries until it has drained to half.
+    pub fn give_up(&self, ticket: u64) -> bool {
         let mut queue = self.lock();
+        let Some(at) = queue.parked.iter().position(|p| p.ticket == ticket) else {
+            return false;
+        };
+        queue.parked.remove(at);
         queue.overflowing = true;
         queue.dropped += 1;
+        true
     }
 
-    pub fn set_online(&self, online: bool) {
+    /// Online: publishers may wait for room. Going offline drops the
+    /// parked deliveries (answers how many; their publishers are told).
+    pub fn set_online(&self, online: bool) -> usize {
         self.online
             .store(online, std::sync::atomic::Ordering::Release);
+        if online {
+            return 0;
+        }
+        let mut queue = self.lock();
+        let parked = std::mem::take(&mut queue.parked);
+        queue.dropped += parked.len() as u64;
+        parked.len()
     }
 
     pub fn is_online(&self) -> bool {
@@ -167,6 +222,7 @@ impl Mailbox {
     pub fn clear(&self) {
         let mut queue = self.lock();
         queue.items = VecDeque::new();
+        queue.parked = VecDeque::new();
     }
 
     /// Resolves once something was pushed since the last take found the
@@ -230,18 +286,18 @@ mod tests {
             Pushed::Dropped
         ));
         assert_eq!(mailbox.dropped(), 1);
-        // Online: handed back for the publisher to wait; after it gives up,
+        // Online: parked for the publisher to wait; after it gives up,
         // overflowing (dropped at once) until drained to half.
         mailbox.set_online(true);
-        assert!(matches!(
-            mailbox.push(delivery(5, QoS::AtMostOnce), true),
-            Pushed::Full(_)
-        ));
+        let Pushed::Waiting(admission) = mailbox.push(delivery(5, QoS::AtMostOnce), true) else {
+            panic!("parked");
+        };
         assert!(matches!(
             mailbox.push(delivery(5, QoS::AtMostOnce), false),
             Pushed::Dropped
         ));
-        mailbox.overflow();
+        assert!(mailbox.give_up(admission.ticket()));
+        assert!(!mailbox.give_up(admission.ticket()), "once");
         assert!(matches!(
             mailbox.push(delivery(5, QoS::AtMostOnce), true),
             Pushed::Dropped
@@ -252,14 +308,8 @@ mod tests {
             .await
             .unwrap();
         let payloads = |d: &[Delivery]| d.iter().map(|d| d.message.payload[0]).collect::<Vec<u8>>();
-        let space = mailbox.space();
-        tokio::pin!(space);
-        space.as_mut().enable();
         let taken = mailbox.take(10, 1);
         assert_eq!(payloads(&taken), [1, 2], "stops before the second QoS 1");
-        tokio::time::timeout(Duration::from_secs(1), space)
-            .await
-            .expect("a take that made room wakes the waiting publisher");
         assert!(
             matches!(
                 mailbox.push(delivery(6, QoS::AtMostOnce), true),
@@ -271,5 +321,51 @@ mod tests {
         assert_eq!(mailbox.len(), 5);
         assert_eq!(payloads(&mailbox.take(10, 2)), [1, 2, 3, 4, 6]);
         assert!(mailbox.is_empty());
+    }
+
+    #[tokio::test]
+    async fn parked_deliveries_are_admitted_first_come_first_served() {
+        let mailbox = Mailbox::new(2);
+        mailbox.set_online(true);
+        let park = |n| match mailbox.push(delivery(n, QoS::AtMostOnce), true) {
+            Pushed::Waiting(admission) => admission,
+            other => panic!("{n}: {other:?}"),
+        };
+        assert!(matches!(
+            mailbox.push(delivery(1, QoS::AtMostOnce), true),
+            Pushed::Queued
+        ));
+        assert!(matches!(
+            mailbox.push(delivery(2, QoS::AtMostOnce), true),
+            Pushed::Queued
+        ));
+        let (mut third, mut fourth) = (park(3), park(4));
+        let payloads = |d: &[Delivery]| d.iter().map(|d| d.message.payload[0]).collect::<Vec<u8>>();
+        // One slot freed: the first in line gets it, the second waits.
+        assert_eq!(payloads(&mailbox.take(1, 0)), [1]);
+        tokio::time::timeout(Duration::from_secs(1), &mut third.decided)
+            .await
+            .expect("admitted")
+            .expect("not dropped");
+        assert!(fourth.decided.try_recv().is_err(), "still waiting");
+        // A newcomer does not jump the line even once there is room.
+        let fifth = park(5);
+        assert_eq!(payloads(&mailbox.take(10, 0)), [2, 3]);
+        assert_eq!(payloads(&mailbox.take(10, 0)), [4, 5]);
+        fourth.decided.await.expect("admitted in turn");
+        // Going offline drops what is parked, and its publisher is told.
+        assert!(matches!(
+            mailbox.push(delivery(6, QoS::AtMostOnce), true),
+            Pushed::Queued
+        ));
+        assert!(matches!(
+            mailbox.push(delivery(7, QoS::AtMostOnce), true),
+            Pushed::Queued
+        ));
+        let eighth = park(8);
+        assert_eq!(mailbox.set_online(false), 1);
+        assert!(eighth.decided.await.is_err(), "dropped");
+        assert!(!mailbox.give_up(fifth.ticket()), "long admitted");
+        assert_eq!(payloads(&mailbox.take(10, 0)), [6, 7]);
     }
 }

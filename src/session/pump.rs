@@ -24,6 +24,7 @@ use super::wire::{PublishHead, peek_publish};
 use super::{Exit, READ_BUFFER_KEEP, READ_CHUNK, Session, authorize, sleep_until_opt};
 use crate::router::Delivery;
 use crate::router::hub::{HubSession, split_shared};
+use crate::router::mailbox::Admission;
 use crate::router::message::{Message, Passthrough, QoS, RetainHandling, SubOptions};
 
 /// Deliveries written per turn at most: the client's packets are read
@@ -399,36 +400,24 @@ where
     }
 
     /// Waits (reading nothing from this client meanwhile: TCP slows it
-    /// down) until `target`'s full mailbox has room for `delivery`, at most
-    /// `mqtt.max_publish_wait_ms`; then it is dropped for that subscriber,
-    /// which is marked overflowing (see `router::mailbox`).
+    /// down) until what the router parked in `target`'s full mailbox is
+    /// admitted, at most `mqtt.max_publish_wait_ms`; then it is dropped for
+    /// that subscriber, which is marked overflowing (see `router::mailbox`).
     async fn wait_for_room(
         &mut self,
         target: &HubSession,
-        mut delivery: Delivery,
+        mut admission: Admission,
     ) -> Result<(), Exit> {
         let deadline = Instant::now() + self.max_publish_wait;
-        loop {
-            let space = target.mailbox.space();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            match target.mailbox.push(delivery, true) {
-                crate::router::mailbox::Pushed::Full(back) => delivery = back,
-                crate::router::mailbox::Pushed::Queued => return Ok(()),
-                crate::router::mailbox::Pushed::Dropped => {
-                    // It went offline, or overflowing, meanwhile.
-                    self.hub.count_drop();
-                    return Ok(());
-                }
-            }
-            tokio::select! {
-                biased;
-                _ = self.guard.killed() => return Err(self.killed()),
-                _ = &mut space => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.hub.dropped_waiting(target);
-                    return Ok(());
-                }
+        tokio::select! {
+            biased;
+            _ = self.guard.killed() => Err(self.killed()),
+            // Admitted, or dropped by the mailbox (its session went
+            // offline; counted there).
+            _ = &mut admission.decided => Ok(()),
+            _ = tokio::time::sleep_until(deadline) => {
+                self.hub.gave_up(target, &admission);
+                Ok(())
             }
         }
     }
