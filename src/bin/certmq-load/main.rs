@@ -4,10 +4,13 @@
 //! stdout (progress goes to stderr).
 //!
 //! Modes: `connect` (connects per second, latency), `hold` (idle
-//! connections, memory per connection), `publish` (QoS 0/1 throughput),
+//! connections, memory per connection), `publish` (also `fan-in`: QoS 0/1
+//! throughput from P publishers to one subscriber), `fan-out` (one
+//! publisher, S subscribers), `churn` (distinct devices coming and going),
 //! and, through certmq's admin API, `revoke` (admin call to closed socket)
 //! and `mass-drop` (InactivateCaCertificate with many live sessions).
 
+mod flow;
 mod mqtt;
 mod pool;
 mod procstat;
@@ -15,7 +18,7 @@ mod procstat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -115,7 +118,8 @@ enum Mode {
     /// `devices/<its CN>/bench`; the subscriber (pool device 0, CN
     /// `load-000000`) subscribes to `devices/#`, so under the default
     /// policies it needs the fleet application's policy (see
-    /// docs/BENCHMARKS.md).
+    /// docs/BENCHMARKS.md). `fan-in` is the same with many publishers.
+    #[command(alias = "fan-in")]
     Publish {
         #[arg(long, default_value_t = 0)]
         qos: u8,
@@ -129,6 +133,26 @@ enum Mode {
         #[arg(long, default_value_t = 64)]
         window: usize,
     },
+    /// One publisher (pool device 0) to S subscribers of one topic (pool
+    /// devices 1..=S): deliveries/s. Under certmq's default policies the
+    /// subscribers need a policy that lets them subscribe to the topic and
+    /// the publisher one to publish it (see benches/side-by-side.sh).
+    FanOut {
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Messages published (each subscriber receives all of them).
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// QoS 1: PUBLISH packets in flight.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        #[arg(long, default_value = "fleet/broadcast")]
+        topic: String,
+    },
     /// With K other live sessions, inactivates devices one by one (certmq's
     /// admin API): time from sending the call to the socket closing.
     Revoke {
@@ -138,6 +162,10 @@ enum Mode {
         others: usize,
         #[arg(long, default_value_t = 50)]
         count: usize,
+        /// Each other session first subscribes (QoS 1) to its own filter,
+        /// `devices/<its CN>/other<i>`.
+        #[arg(long, default_value_t = false)]
+        subscribe: bool,
     },
     /// N distinct devices (N = --pool), each connecting once, subscribing
     /// to its own `devices/<CN>/cmd` and disconnecting: the broker's
@@ -207,6 +235,8 @@ async fn run(cli: Cli) -> Result<Value> {
     let c = &cli.common;
     let pool_size = match &cli.mode {
         Mode::Revoke { count, .. } => c.pool.max(count + 1),
+        Mode::Publish { publishers, .. } => c.pool.max(publishers + 1),
+        Mode::FanOut { subscribers, .. } => c.pool.max(subscribers + 1),
         _ => c.pool,
     };
     let pool = Arc::new(Pool::load(
@@ -243,12 +273,21 @@ async fn run(cli: Cli) -> Result<Value> {
             messages,
             payload,
             window,
-        } => publish(c, pool, qos, publishers, messages, payload, window).await?,
+        } => flow::fan_in(c, pool, qos, publishers, messages, payload, window).await?,
+        Mode::FanOut {
+            qos,
+            subscribers,
+            messages,
+            payload,
+            window,
+            topic,
+        } => flow::fan_out(c, pool, qos, subscribers, messages, payload, window, &topic).await?,
         Mode::Revoke {
             admin,
             others,
             count,
-        } => revoke(c, pool, &admin, others, count).await?,
+            subscribe,
+        } => revoke(c, pool, &admin, others, count, subscribe).await?,
         Mode::MassDrop { admin, count } => mass_drop(c, pool, &admin, count).await?,
         Mode::Churn {
             concurrency,
@@ -600,148 +639,6 @@ async fn churn_range(
     Ok(())
 }
 
-async fn publish(
-    c: &Common,
-    pool: Arc<Pool>,
-    qos: u8,
-    publishers: usize,
-    messages: usize,
-    payload: usize,
-    window: usize,
-) -> Result<Value> {
-    if qos > 1 {
-        bail!("--qos is 0 or 1");
-    }
-    let level = c.mqtt;
-    let mut subscriber = open(c, &pool, 0, "bench-sub", 0).await?;
-    subscriber
-        .write_all(&mqtt::subscribe(level, "devices/#", qos))
-        .await?;
-    let (first, suback) = mqtt::read_packet(&mut subscriber).await?;
-    if suback.last().is_some_and(|code| *code >= 0x80) {
-        bail!(
-            "the subscription to devices/# was refused: give the subscriber (CN load-000000) a policy \
-             that allows it, e.g. [[authz.attach]] policies = [\"fleet-application\"] common_name = \"load-000000\""
-        );
-    }
-    if first != 0x90 {
-        bail!("no SUBACK");
-    }
-    let bar = progress(c, messages as u64, &format!("publish qos{qos}"));
-    let received = Arc::new(AtomicU64::new(0));
-    let per_publisher = messages / publishers.max(1);
-    let total = per_publisher * publishers.max(1);
-    let receiver = {
-        let (received, bar) = (received.clone(), bar.clone());
-        tokio::spawn(async move {
-            let (reader, mut writer) = tokio::io::split(subscriber);
-            let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut got = 0u64;
-            let mut last = Instant::now();
-            while (got as usize) < total && Instant::now() < deadline {
-                match tokio::time::timeout(Duration::from_secs(3), mqtt::read_packet(&mut reader))
-                    .await
-                {
-                    Ok(Ok((first, body))) if first >> 4 == 3 => {
-                        got += 1;
-                        last = Instant::now();
-                        received.store(got, Ordering::Relaxed);
-                        if got % 256 == 0 {
-                            bar.set_position(got);
-                        }
-                        if (first >> 1) & 3 == 1 && body.len() >= 2 {
-                            let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-                            let pkid = u16::from_be_bytes([body[2 + len], body[3 + len]]);
-                            let _ = writer.write_all(&mqtt::puback(pkid)).await;
-                        }
-                    }
-                    Ok(Ok(_)) => {}
-                    _ => break,
-                }
-            }
-            (got, last)
-        })
-    };
-    let started = Instant::now();
-    let body = vec![b'x'; payload];
-    let pool_size = pool.devices.len();
-    let mut tasks = Vec::new();
-    for p in 0..publishers {
-        let mut stream = open(c, &pool, p + 1, &format!("bench-pub{p}"), 0).await?;
-        let body = body.clone();
-        tasks.push(tokio::spawn(async move {
-            // The pool names device i `load-<i>`.
-            let topic = format!("devices/load-{:06}/bench", (p + 1) % pool_size);
-            let (mut reader, mut writer) = tokio::io::split(&mut stream);
-            if qos == 0 {
-                let mut batch = Vec::with_capacity(64 * (body.len() + 16));
-                for n in 0..per_publisher {
-                    batch.extend(mqtt::publish(level, &topic, 0, 0, &body));
-                    if batch.len() >= 32 * 1024 || n + 1 == per_publisher {
-                        writer.write_all(&batch).await?;
-                        batch.clear();
-                    }
-                }
-                writer.flush().await?;
-                return Ok::<_, anyhow::Error>(());
-            }
-            // QoS 1 with a window of unacknowledged PUBLISH packets.
-            let window = tokio::sync::Semaphore::new(window.max(1));
-            let acks = async {
-                let mut acked = 0;
-                let mut buf = vec![0u8; 4096];
-                let mut pending = 0usize;
-                while acked < per_publisher {
-                    let n = reader.read(&mut buf).await?;
-                    if n == 0 {
-                        bail!("the broker closed the publisher");
-                    }
-                    pending += n;
-                    // PUBACK is 4 bytes (3.1.1) or 4+ (5, no reason when 0).
-                    let done = pending / 4;
-                    pending %= 4;
-                    acked += done;
-                    window.add_permits(done);
-                }
-                Ok::<_, anyhow::Error>(())
-            };
-            let sends = async {
-                for n in 0..per_publisher {
-                    window.acquire().await?.forget();
-                    let pkid = (n % 65_000 + 1) as u16;
-                    writer
-                        .write_all(&mqtt::publish(level, &topic, 1, pkid, &body))
-                        .await?;
-                }
-                writer.flush().await?;
-                Ok::<_, anyhow::Error>(())
-            };
-            tokio::try_join!(acks, sends)?;
-            Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let sent = started.elapsed();
-    let (got, last) = receiver.await?;
-    let elapsed = last.saturating_duration_since(started);
-    bar.finish_and_clear();
-    Ok(json!({
-        "mode": "publish",
-        "qos": qos,
-        "publishers": publishers,
-        "payload_bytes": payload,
-        "sent": total,
-        "received": got,
-        "send_seconds": sent.as_secs_f64(),
-        "seconds": elapsed.as_secs_f64(),
-        "lost": total as u64 - got,
-        "messages_per_second": got as f64 / elapsed.as_secs_f64(),
-    }))
-}
-
 fn admin_client(admin: &Admin) -> Result<certmq::admin::client::AdminClient> {
     Ok(certmq::admin::client::AdminClient::new(
         &admin.admin,
@@ -767,13 +664,17 @@ async fn revoke(
     admin: &Admin,
     others: usize,
     count: usize,
+    subscribe: bool,
 ) -> Result<Value> {
     let client = admin_client(admin)?;
     let bar = progress(c, (others + count) as u64, "sessions");
     // Targets use devices 0..count (one each); the others reuse the rest.
     let targets = open_many(c, &pool, count, 64, "target", 0, &bar).await?;
-    let other_sessions = open_many(c, &pool, others, 64, "other", count, &bar).await?;
+    let mut other_sessions = open_many(c, &pool, others, 64, "other", count, &bar).await?;
     bar.finish_and_clear();
+    if subscribe {
+        other_sessions = flow::subscribe_each(c, &pool, other_sessions, count, "other").await?;
+    }
     let mut latencies = Vec::with_capacity(count);
     let mut answers = Vec::with_capacity(count);
     for (i, stream) in targets.into_iter().enumerate() {
@@ -803,6 +704,7 @@ async fn revoke(
     Ok(json!({
         "mode": "revoke",
         "other_sessions": still_open,
+        "others_subscribed": subscribe,
         "count": count,
         "call_to_socket_closed_ms": percentiles(latencies),
         "call_to_answer_ms": percentiles(answers),
