@@ -234,7 +234,9 @@ fn raise_open_files_limit() {
 async fn run(cli: Cli) -> Result<Value> {
     let c = &cli.common;
     let pool_size = match &cli.mode {
-        Mode::Revoke { count, .. } => c.pool.max(count + 1),
+        // Every session its own device: the others must not share the
+        // certificates being revoked.
+        Mode::Revoke { count, others, .. } => c.pool.max(count + others),
         Mode::Publish { publishers, .. } => c.pool.max(publishers + 1),
         Mode::FanOut { subscribers, .. } => c.pool.max(subscribers + 1),
         _ => c.pool,
@@ -668,7 +670,8 @@ async fn revoke(
 ) -> Result<Value> {
     let client = admin_client(admin)?;
     let bar = progress(c, (others + count) as u64, "sessions");
-    // Targets use devices 0..count (one each); the others reuse the rest.
+    // Targets use devices 0..count, the others count..count+others: one
+    // session per device, so an inactivation drops exactly one session.
     let targets = open_many(c, &pool, count, 64, "target", 0, &bar).await?;
     let mut other_sessions = open_many(c, &pool, others, 64, "other", count, &bar).await?;
     bar.finish_and_clear();
