@@ -90,24 +90,47 @@ fn refuse_at_accept(ctx: &Context, peer: SocketAddr, reason: &'static str, why: 
 
 /// One connection: handshake (under `mqtt.handshake_timeout_ms`),
 /// admission, session.
+///
+/// The handshake and admission run in a future of their own on the heap,
+/// freed once the session starts: a task's future is as large as its
+/// largest state, and the handshake's (the TLS acceptor, its verifier, the
+/// rustls connection in the making) would otherwise stay reserved for the
+/// whole life of every idle connection.
 async fn connection(
     ctx: Arc<Context>,
     tcp: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
+    let Some((stream, guard, principal)) = Box::pin(handshake(&ctx, tcp, peer)).await else {
+        return;
+    };
+    session::run(&ctx, stream, guard, peer, principal).await
+}
+
+/// The TLS handshake and admission: the session's stream, table entry and
+/// principal, or `None` (refused, counted and logged).
+async fn handshake(
+    ctx: &Context,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    crate::session::table::SessionGuard,
+    crate::authz::Principal,
+)> {
     let (acceptor, verifier) = match ctx.tls.acceptor() {
         Ok(a) => a,
         Err(e) => {
             error!(%peer, error = %e, "cannot build the TLS configuration");
-            return;
+            return None;
         }
     };
     // Both deadlines count from accept: a client that trickles its first
     // byte in late does not get a longer handshake for it.
     let accepted = tokio::time::Instant::now();
-    if !first_byte(&ctx, &tcp, peer).await {
-        return;
+    if !first_byte(ctx, &tcp, peer).await {
+        return None;
     }
     let handshake = tokio::time::timeout_at(
         accepted + ctx.settings.handshake_timeout(),
@@ -122,24 +145,24 @@ async fn connection(
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .is_some_and(|inner| matches!(inner, rustls::Error::NoCertificatesPresented));
             match verifier.verdict() {
-                Some(Err(refusal)) => refused(&ctx, peer, refusal, verifier.presented()),
-                _ if no_certificate => refused(&ctx, peer, &Refusal::NoCertificate, None),
+                Some(Err(refusal)) => refused(ctx, peer, refusal, verifier.presented()),
+                _ if no_certificate => refused(ctx, peer, &Refusal::NoCertificate, None),
                 _ => {
                     ctx.metrics.handshake_refused("tls_error");
                     debug!(%peer, error = %e, "TLS handshake failed");
                 }
             }
-            return;
+            return None;
         }
         Err(_) => {
             ctx.metrics.handshake_refused("timeout");
             if let Some(suppressed) = ctx.refusal_log.admit() {
                 info!(%peer, reason = "no TLS handshake within mqtt.handshake_timeout_ms", suppressed, "handshake refused");
             }
-            return;
+            return None;
         }
     };
-    let admitted = admit(&ctx, stream.get_ref().1, &verifier).await;
+    let admitted = admit(ctx, stream.get_ref().1, &verifier).await;
     match admitted {
         Ok((verified, guard)) => {
             let identity = guard.identity();
@@ -151,7 +174,7 @@ async fn connection(
                 subject_o: verified.cert.subject_o,
                 subject_ou: verified.cert.subject_ou,
             };
-            session::run(&ctx, stream, guard, peer, principal).await
+            Some((stream, guard, principal))
         }
         Err(Refused { refusal, guard }) => {
             match verifier.verdict() {
@@ -159,9 +182,10 @@ async fn connection(
                 Some(Err(_)) => {}
                 None => ctx.metrics.admission_refused(true),
             }
-            refused(&ctx, peer, &refusal, verifier.presented());
+            refused(ctx, peer, &refusal, verifier.presented());
             drop(stream);
             drop(guard);
+            None
         }
     }
 }

@@ -255,17 +255,33 @@ pub(crate) async fn run<S>(
     if let (Some(_), Exit::Killed(reason)) = (&session.live, &exit) {
         ctx.metrics.session_dropped(reason.label());
     }
-    session.finish(exit, will).await;
+    // On the heap, like the CONNECT stage: only the loop's state stays
+    // reserved in the task for the session's life.
+    Box::pin(session.finish(exit, will)).await;
 }
 
 impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    /// CONNECT, then the main loop until the session ends.
     async fn drive(&mut self, ctx: &Context, will: &mut Option<Will>) -> Exit {
+        // The CONNECT stage's future lives on the heap and is freed when
+        // the loop starts, so that an idle session's task holds the loop's
+        // state only (see `listener::connection`).
+        match Box::pin(self.start(ctx, will)).await {
+            Ok(keep_alive) => self.pump(keep_alive).await,
+            Err(exit) => exit,
+        }
+    }
+
+    /// Reads and judges CONNECT, claims the client id, attaches to the
+    /// router, answers CONNACK and resends what a resumed session left
+    /// unacknowledged: the keep-alive the loop enforces, or how it ended.
+    async fn start(&mut self, ctx: &Context, will: &mut Option<Will>) -> Result<u16, Exit> {
         let request = match self.read_connect(ctx).await {
             Ok(r) => r,
-            Err(exit) => return exit,
+            Err(exit) => return Err(exit),
         };
         if !ctx
             .settings
@@ -276,10 +292,10 @@ where
             let _ = self
                 .refuse(ConnectReturnCode::ClientIdentifierNotValid)
                 .await;
-            return Exit::ConnectRefused(format!(
+            return Err(Exit::ConnectRefused(format!(
                 "client id `{}` breaks mqtt.client_id_policy for the certificate CN `{}`",
                 request.client_id, self.principal.common_name
-            ));
+            )));
         }
         self.principal.client_id = request.client_id.clone();
         self.judge();
@@ -287,10 +303,10 @@ where
             if !self.grants.publish(&w.message.topic).is_allowed() {
                 self.authz_denied.with_label_values(&["will"]).inc();
                 let _ = self.refuse(ConnectReturnCode::NotAuthorized).await;
-                return Exit::ConnectRefused(format!(
+                return Err(Exit::ConnectRefused(format!(
                     "the will topic `{}` is not allowed by the device's policies",
                     w.message.topic.chars().take(256).collect::<String>()
-                ));
+                )));
             }
         }
         *will = request.will.clone();
@@ -303,7 +319,7 @@ where
                 // MQTT take-over: the older connection with this id goes first.
                 tokio::select! {
                     biased;
-                    _ = self.guard.killed() => return self.killed(),
+                    _ = self.guard.killed() => return Err(self.killed()),
                     _ = tokio::time::timeout(ctx.settings.drop_timeout(), previous.wait()) => {}
                 }
             }
@@ -312,7 +328,10 @@ where
                 let _ = self
                     .refuse(ConnectReturnCode::ClientIdentifierNotValid)
                     .await;
-                return Exit::ConnectRefused(format!("client id `{}`: {taken}", request.client_id));
+                return Err(Exit::ConnectRefused(format!(
+                    "client id `{}`: {taken}",
+                    request.client_id
+                )));
             }
         }
         let max_expiry = ctx.settings.max_session_expiry();
@@ -345,9 +364,7 @@ where
         } else {
             request.keep_alive_secs
         };
-        if let Err(exit) = self.send_connack(ctx, &request, keep_alive).await {
-            return exit;
-        }
+        self.send_connack(ctx, &request, keep_alive).await?;
         self.live = Some(ctx.metrics.session_started());
         info!(
             peer = %self.peer,
@@ -373,11 +390,9 @@ where
         }
         if !out.is_empty() || !packets.is_empty() {
             self.write_buf.unsplit(out);
-            if let Err(exit) = self.write_packets(packets).await {
-                return exit;
-            }
+            self.write_packets(packets).await?;
         }
-        self.pump(keep_alive).await
+        Ok(keep_alive)
     }
 
     /// Attaches to the client id's session in the router. A resumed
