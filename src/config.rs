@@ -59,6 +59,9 @@ pub struct MqttSettings {
     pub listen: String,
     pub first_byte_timeout_ms: u64,
     pub connections_per_second_per_ip: u32,
+    /// Connections start with a PROXY protocol header (v1 or v2) from a
+    /// load balancer; one without is refused.
+    pub proxy_protocol: bool,
     pub client_id_policy: ClientIdPolicy,
     pub handshake_timeout_ms: u64,
     pub connect_timeout_ms: u64,

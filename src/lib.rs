@@ -48,6 +48,7 @@ mod listener;
 mod log_limit;
 pub mod metrics;
 pub mod pki;
+pub mod proxy;
 pub mod record;
 pub mod registry;
 pub mod router;

@@ -8,13 +8,18 @@
 //! closed at once, counted, and logged (rate-limited).
 //!
 //! Every stage a client could stall has a deadline: the first byte after
-//! accept, the TLS handshake, CONNECT (in `session`), keepalive.
+//! accept (or the PROXY header, see `proxy`), the TLS handshake, CONNECT
+//! (in `session`), keepalive. Behind a load balancer (`mqtt.proxy_protocol`)
+//! the per-address limit is applied once the header has said whose
+//! connection it is, in the connection's task.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::clock::DefaultClock;
+use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,11 +31,15 @@ use crate::serial::DeviceSn;
 use crate::session;
 use crate::{Context, tls::Refusal};
 
+/// New connections per second per source address.
+type PerIp = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+
 /// Accepts until `shutdown` fires.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(ctx.settings.mqtt.max_connections));
     let per_ip = NonZeroU32::new(ctx.settings.mqtt.connections_per_second_per_ip)
-        .map(|rate| RateLimiter::<IpAddr, _, _>::keyed(Quota::per_second(rate)));
+        .map(|rate| Arc::new(PerIp::keyed(Quota::per_second(rate))));
+    let behind_proxy = ctx.settings.mqtt.proxy_protocol;
     let mut accepted_count: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -55,7 +64,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Ca
                 // memory stays bounded by the recent sources.
                 limiter.retain_recent();
             }
-            if limiter.check_key(&peer.ip()).is_err() {
+            if !behind_proxy && limiter.check_key(&peer.ip()).is_err() {
                 refuse_at_accept(
                     &ctx,
                     peer,
@@ -75,7 +84,8 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Ca
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(ctx.clone(), tcp, peer, permit));
+        let per_proxied_ip = per_ip.clone().filter(|_| behind_proxy);
+        tokio::spawn(connection(ctx.clone(), tcp, peer, permit, per_proxied_ip));
     }
     info!("MQTT listener stopped");
 }
@@ -101,24 +111,78 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
+    per_proxied_ip: Option<Arc<PerIp>>,
 ) {
-    let Some((stream, guard, principal)) = Box::pin(handshake(&ctx, tcp, peer)).await else {
+    let Some((stream, guard, principal, peer)) =
+        Box::pin(handshake(&ctx, tcp, peer, per_proxied_ip)).await
+    else {
         return;
     };
     session::run(&ctx, stream, guard, peer, principal).await
 }
 
-/// The TLS handshake and admission: the session's stream, table entry and
-/// principal, or `None` (refused, counted and logged).
+/// Behind a load balancer: reads the PROXY header (within
+/// `mqtt.first_byte_timeout_ms`) and answers the device's address, then
+/// applies the per-address limit to it. `None`: refused (counted, logged).
+async fn proxied_peer(
+    ctx: &Context,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    per_ip: Option<&PerIp>,
+) -> Option<SocketAddr> {
+    let wait = ctx
+        .settings
+        .first_byte_timeout()
+        .min(ctx.settings.handshake_timeout());
+    let device = match tokio::time::timeout(wait, crate::proxy::read_header(tcp)).await {
+        Ok(Ok(source)) => source.unwrap_or(peer),
+        Ok(Err(e)) => {
+            ctx.metrics.handshake_refused("proxy_header");
+            if let Some(suppressed) = ctx.refusal_log.admit() {
+                warn!(%peer, reason = %e, suppressed, "connection refused");
+            }
+            return None;
+        }
+        Err(_) => {
+            ctx.metrics.handshake_refused("proxy_header");
+            if let Some(suppressed) = ctx.refusal_log.admit() {
+                warn!(%peer, reason = "no complete PROXY header within mqtt.first_byte_timeout_ms", suppressed, "connection refused");
+            }
+            return None;
+        }
+    };
+    if per_ip.is_some_and(|limiter| limiter.check_key(&device.ip()).is_err()) {
+        refuse_at_accept(
+            ctx,
+            device,
+            "rate_limited",
+            "mqtt.connections_per_second_per_ip exceeded",
+        );
+        return None;
+    }
+    Some(device)
+}
+
+/// The PROXY header (behind a balancer), the TLS handshake and admission:
+/// the session's stream, table entry, principal and the device's address,
+/// or `None` (refused, counted and logged).
 async fn handshake(
     ctx: &Context,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
+    per_proxied_ip: Option<Arc<PerIp>>,
 ) -> Option<(
     tokio_rustls::server::TlsStream<TcpStream>,
     crate::session::table::SessionGuard,
     crate::authz::Principal,
+    SocketAddr,
 )> {
+    let accepted = tokio::time::Instant::now();
+    let peer = if ctx.settings.mqtt.proxy_protocol {
+        proxied_peer(ctx, &mut tcp, peer, per_proxied_ip.as_deref()).await?
+    } else {
+        peer
+    };
     let (acceptor, verifier) = match ctx.tls.acceptor() {
         Ok(a) => a,
         Err(e) => {
@@ -128,7 +192,6 @@ async fn handshake(
     };
     // Both deadlines count from accept: a client that trickles its first
     // byte in late does not get a longer handshake for it.
-    let accepted = tokio::time::Instant::now();
     if !first_byte(ctx, &tcp, peer).await {
         return None;
     }
@@ -174,7 +237,7 @@ async fn handshake(
                 subject_o: verified.cert.subject_o,
                 subject_ou: verified.cert.subject_ou,
             };
-            Some((stream, guard, principal))
+            Some((stream, guard, principal, peer))
         }
         Err(Refused { refusal, guard }) => {
             match verifier.verdict() {

@@ -21,6 +21,7 @@ mod mosquitto;
 mod mqtt;
 mod operations;
 mod paho;
+mod proxy;
 mod pubsub;
 mod race;
 mod resumption;
