@@ -9,6 +9,7 @@
 #   cargo build --release --bins
 #   benches/churn.sh > churn.jsonl            # N=20000
 #   N=2000 benches/churn.sh                   # a smoke run
+#   EXPIRY=1 benches/churn.sh                 # persistent sessions expiring after 1 s
 #
 # Loopback only; the broker listens on ports it picks (listen.json).
 set -euo pipefail
@@ -54,4 +55,5 @@ settle=${SETTLE:-15}
 run warm-up 4 0 0 >/dev/null
 run clean-3.1.1 4 0 "$settle"
 run clean-5 5 0 "$settle"
-run persistent-5-expired 5 5 "$settle"
+expiry=${EXPIRY:-5}
+run "persistent-5-expired-after-${expiry}s" 5 "$expiry" "$settle"

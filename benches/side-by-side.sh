@@ -40,13 +40,11 @@ admin_port=$(free_port)
 mosq_port=$(free_port)
 
 # certmq on its embedded defaults (development PKI), tuned only for a load
-# test from one address; the publish runs' subscriber (CN load-000000)
-# reads devices/#, which the fleet application's policy allows.
-cat >"$work/certmq.toml" <<'TOML'
-[[authz.attach]]
-policies = ["fleet-application"]
-common_name = "load-000000"
-TOML
+# test from one address, with the policies the loads need
+# (benches/load-policies.sh: the publish subscriber and the fan-out
+# publisher, CN load-000000, get the fleet application's reach; every
+# device may subscribe to the fan-out topic).
+"$root/benches/load-policies.sh" >"$work/certmq.toml"
 (
     cd "$work"
     CERTMQ__MQTT__LISTEN=127.0.0.1:$mqtt_port \
@@ -88,9 +86,9 @@ CERTMQ_ACCESS_KEY_ID=$(sed -n 's/.*"id": "\(.*\)".*/\1/p' "$work/data/admin-acce
 CERTMQ_ACCESS_KEY_SECRET=$(sed -n 's/.*"secret": "\(.*\)".*/\1/p' "$work/data/admin-access-key.json")
 
 if [ -n "${QUICK:-}" ]; then
-    n_connect=1000; n_serial=200; n_hold=1000; n_msgs=20000; n_others=1000; n_revoke=50; n_mass=1000; n_scale=2000
+    n_connect=1000; n_serial=200; n_hold=1000; n_msgs=20000; n_fan=200; n_others=1000; n_revoke=50; n_mass=1000; n_scale=2000
 else
-    n_connect=10000; n_serial=1000; n_hold=5000; n_msgs=100000; n_others=10000; n_revoke=200; n_mass=10000; n_scale=19000
+    n_connect=10000; n_serial=1000; n_hold=5000; n_msgs=100000; n_fan=1000; n_others=10000; n_revoke=200; n_mass=10000; n_scale=19000
 fi
 
 results="$root/benches/results"
@@ -115,11 +113,17 @@ for broker in certmq mosquitto; do
     run "${target[@]}" hold --count $n_hold --concurrency 64
     run "${target[@]}" publish --qos 0 --messages $n_msgs --publishers 4
     run "${target[@]}" publish --qos 1 --messages $n_msgs --publishers 4
+    for qos in 0 1; do
+        run "${target[@]}" fan-in --qos $qos --messages $((n_msgs * 2)) --publishers $n_fan
+        run "${target[@]}" fan-out --qos $qos --messages 1000 --subscribers $n_fan
+    done
 done
 
 # certmq only: revocation through the admin API, and scale.
 target=(--target 127.0.0.1:$mqtt_port --broker-pid "$certmq_pid" --label certmq --spread)
-run "${target[@]}" revoke --admin 127.0.0.1:$admin_port --others $n_others --count $n_revoke
+# Revocation with every other session subscribed to its own filter (one
+# device certificate per session).
+run "${target[@]}" revoke --admin 127.0.0.1:$admin_port --others $n_others --count $n_revoke --subscribe
 run "${target[@]}" mass-drop --admin 127.0.0.1:$admin_port --count $n_mass
 # A legitimate device's connect latency among 1,000 connections that never
 # start TLS and 200 stalled mid-handshake.
