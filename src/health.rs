@@ -87,7 +87,7 @@ pub async fn watch(health: Health, registry: Registry, shutdown: CancellationTok
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        if !registry.store_healthy() {
+        if !registry.store_running() {
             health.fail(format!(
                 "the registry store writer ({}) has stopped",
                 registry.location()

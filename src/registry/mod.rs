@@ -202,6 +202,11 @@ impl Registry {
         self.shared.store.is_healthy()
     }
 
+    /// Whether the store's writer runs (see [`Store::is_running`]).
+    pub fn store_running(&self) -> bool {
+        self.shared.store.is_running()
+    }
+
     /// Where the registry is stored, for messages.
     pub fn location(&self) -> String {
         self.shared.store.location()

@@ -6,11 +6,14 @@
 //! the store did not commit never becomes visible. Certificate bodies stay
 //! in the store and are read only when the admin API asks for them.
 //!
-//! [`sqlite::SqliteStore`] is the store of a single broker. A networked
-//! store (PostgreSQL, for several brokers) implements the same trait; the
-//! verifier and the admin API never see which one is in use.
+//! [`sqlite::SqliteStore`] is the store of a single broker;
+//! [`postgres::PgStore`] keeps the registry in a PostgreSQL database that
+//! several brokers share. The verifier and the admin API never see which
+//! one is in use.
 
 pub mod backup;
+pub mod postgres;
+mod postgres_schema;
 mod schema;
 pub mod sqlite;
 
@@ -111,4 +114,11 @@ pub trait Store: Send + Sync {
 
     /// Whether the store can take writes now (for readiness checks).
     fn is_healthy(&self) -> bool;
+
+    /// Whether the store's writer still runs at all. One that stopped
+    /// never comes back: the broker fails. (A networked store whose
+    /// database is away is running but not healthy, and recovers.)
+    fn is_running(&self) -> bool {
+        self.is_healthy()
+    }
 }
