@@ -51,6 +51,48 @@ pub fn check(settings: &Settings) -> Vec<String> {
     problems
 }
 
+/// With `storage.backend = "postgres"`: whether the database answers, and
+/// with a schema this certmq understands. `None` when it does (or for
+/// SQLite, which [`check`] covers through the data directory).
+pub async fn check_store(settings: &Settings) -> Option<String> {
+    use crate::config::StorageBackend;
+    if settings.storage.backend != StorageBackend::Postgres {
+        return None;
+    }
+    // A URL that does not parse is reported by `check` already.
+    let config = crate::store::postgres::config(&settings.storage.postgres_url).ok()?;
+    let at = crate::store::postgres::describe(&config);
+    let (client, connection) = match config.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(format!(
+                "storage.postgres_url: cannot connect to {at}: {e} (is the server running, and the \
+                 user, password and database right?)"
+            ));
+        }
+    };
+    tokio::spawn(connection);
+    let found = client
+        .query_opt("SELECT version FROM certmq_schema WHERE id = 1", &[])
+        .await;
+    match found {
+        Ok(Some(row)) => {
+            let version: i64 = row.get(0);
+            (version > crate::store::postgres::SCHEMA_VERSION).then(|| {
+                format!(
+                    "storage.postgres_url: {at} has registry schema version {version}, newer than this \
+                     certmq understands ({}); upgrade certmq",
+                    crate::store::postgres::SCHEMA_VERSION
+                )
+            })
+        }
+        // No schema yet: the first start creates it.
+        Ok(None) => None,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+        Err(e) => Some(format!("storage.postgres_url: {at} answered an error: {e}")),
+    }
+}
+
 fn check_data_dir(dir: &Path) -> Option<String> {
     // The nearest existing ancestor must let us create or write the
     // directory.

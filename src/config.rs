@@ -115,6 +115,19 @@ pub struct AdminSettings {
 pub struct StorageSettings {
     pub data_dir: PathBuf,
     pub max_size_mb: u64,
+    /// Where the certificate registry lives.
+    pub backend: StorageBackend,
+    /// The PostgreSQL database (backend "postgres").
+    pub postgres_url: String,
+}
+
+/// The registry's store: SQLite in the data directory (one broker), or a
+/// PostgreSQL database (several brokers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +378,32 @@ impl Settings {
             MAX_STORE_MB,
             "MiB",
         )?;
+        match self.storage.backend {
+            StorageBackend::Sqlite => {}
+            StorageBackend::Postgres => {
+                if self.storage.postgres_url.trim().is_empty() {
+                    return Err(invalid(
+                        "storage.postgres_url",
+                        "must name the database when storage.backend is \"postgres\" \
+                         (postgres://user:password@host:5432/database)",
+                    ));
+                }
+                if let Err(e) = crate::store::postgres::config(&self.storage.postgres_url) {
+                    let reason = match e {
+                        crate::store::StoreError::Open { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    return Err(invalid("storage.postgres_url", reason));
+                }
+                if self.storage.max_size_mb != 0 {
+                    return Err(invalid(
+                        "storage.max_size_mb",
+                        "applies to the SQLite store only; with storage.backend = \"postgres\" \
+                         set it to 0 and limit the database in PostgreSQL",
+                    ));
+                }
+            }
+        }
         within(
             "log.refusals_per_second",
             u64::from(self.log.refusals_per_second),

@@ -159,12 +159,20 @@ impl Broker {
         #[cfg(feature = "fault-injection")]
         warn!("this is a TEST BUILD with fault injection compiled in: never deploy it");
         let mut data_dir = DataDir::lock(&settings.storage.data_dir)?;
-        let store = SqliteStore::open(
-            &data_dir.registry_db(),
-            settings.storage.max_size_mb * 1024 * 1024,
-        )
-        .map_err(RegistryError::from)?;
-        let store: Arc<dyn store::Store> = Arc::new(store);
+        let store: Arc<dyn store::Store> = match settings.storage.backend {
+            config::StorageBackend::Sqlite => Arc::new(
+                SqliteStore::open(
+                    &data_dir.registry_db(),
+                    settings.storage.max_size_mb * 1024 * 1024,
+                )
+                .map_err(RegistryError::from)?,
+            ),
+            config::StorageBackend::Postgres => Arc::new(
+                store::postgres::PgStore::connect(&settings.storage.postgres_url)
+                    .await
+                    .map_err(RegistryError::from)?,
+            ),
+        };
         let (registry, registration_code) = Registry::open(store.clone())?;
         let custom_permissions = authz::CustomPermissions::from_records(
             store.permissions().await.map_err(RegistryError::from)?,

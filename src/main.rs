@@ -362,11 +362,26 @@ fn admin_scheme(settings: &Settings) -> &'static str {
     }
 }
 
+/// `certmq registry export/import` read and write the SQLite store; a
+/// configuration on PostgreSQL is refused rather than pointed at a
+/// registry.db that is not the broker's.
+fn sqlite_only(settings: &Settings, what: &str) -> Result<()> {
+    if settings.storage.backend == certmq::config::StorageBackend::Postgres {
+        anyhow::bail!(
+            "certmq registry {what} works on the SQLite store only for now; this configuration \
+             keeps the registry in PostgreSQL (storage.backend = \"postgres\"): back it up with \
+             pg_dump"
+        );
+    }
+    Ok(())
+}
+
 fn registry(cmd: RegistryCommand) -> Result<()> {
     use certmq::store::{backup, sqlite};
     match cmd {
         RegistryCommand::Export { config, output } => {
             let settings = Settings::load(config.as_deref())?;
+            sqlite_only(&settings, "export")?;
             let db = settings.storage.data_dir.join(sqlite::FILE_NAME);
             let lines = match output {
                 Some(path) => {
@@ -382,6 +397,7 @@ fn registry(cmd: RegistryCommand) -> Result<()> {
         }
         RegistryCommand::Import { config, file } => {
             let settings = Settings::load(config.as_deref())?;
+            sqlite_only(&settings, "import")?;
             let data_dir = certmq::instance::DataDir::lock(&settings.storage.data_dir)?;
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
@@ -480,7 +496,11 @@ fn check_config(config: Option<&Path>) -> Result<()> {
     for warning in certmq::check::warnings(&settings) {
         eprintln!("warning: {warning}");
     }
-    let problems = certmq::check::check(&settings);
+    let mut problems = certmq::check::check(&settings);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    problems.extend(runtime.block_on(certmq::check::check_store(&settings)));
     if problems.is_empty() {
         println!("configuration OK");
         return Ok(());

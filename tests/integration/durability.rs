@@ -43,8 +43,15 @@ async fn register(tb: &TestBroker, ca: &Ca) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_cas_devices_inactivations_and_deletions() {
+    keeps_everything_across_restarts(|_| {}).await;
+}
+
+/// CAs (declared and registered through the API), devices, inactivations
+/// and deletions survive a restart, and the broker acts on them; run on
+/// each store backend (PostgreSQL: `postgres.rs`).
+pub(crate) async fn keeps_everything_across_restarts(tweak: impl FnOnce(&mut certmq::Settings)) {
     let declared = Ca::new("declared CA");
-    let tb = support::start(&[&declared]).await;
+    let tb = support::start_with(&[&declared], tweak).await;
     let instance = tb.instance();
     let code_before = tb.broker.registration_code().to_owned();
     let api_ca = Ca::new("API CA");

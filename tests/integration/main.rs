@@ -21,6 +21,7 @@ mod mosquitto;
 mod mqtt;
 mod operations;
 mod paho;
+mod postgres;
 mod proxy;
 mod pubsub;
 mod race;

@@ -3,6 +3,7 @@
 
 pub mod mqtt;
 pub mod pki;
+pub mod postgres;
 pub mod python;
 pub mod raw;
 

@@ -1,0 +1,704 @@
+//! The PostgreSQL store (`storage.backend = "postgres"`): the registry of
+//! several brokers in one database.
+//!
+//! Like the SQLite store, every change is committed before it is
+//! acknowledged, and writes are grouped: one writer task takes every change
+//! waiting in its queue, applies each in its own savepoint (one bad change
+//! fails alone) and commits them together, one round trip and one WAL flush
+//! for many. Reads (the admin API's Get and List) use a second connection.
+//! Both reconnect on the next use after the database went away; until then
+//! the store reports itself unhealthy and changes fail (never half-done).
+//!
+//! The schema is migrated at start under an advisory lock, so that nodes
+//! starting together migrate one at a time (`postgres_schema`). The
+//! snapshot the in-memory index loads is read in one repeatable-read
+//! transaction when the store connects.
+//!
+//! One broker per database, for now: the writer's connection holds a
+//! session advisory lock, and a second broker on the same database is
+//! refused at start (and its writes, should it take over a database whose
+//! broker reconnects). Brokers sharing one registry need every node to hear
+//! of every change before an inactivation answers (the change feed and
+//! leases of issue 13); until then a second node would keep admitting a
+//! device the first inactivated.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls, Row};
+use tracing::{error, info, warn};
+
+use super::postgres_schema;
+use super::{Change, Snapshot, Store, StoreError, StoreFuture};
+use crate::identity::DeviceIdentity;
+use crate::record::{
+    CaRecord, CertStatus, DeviceRecord, IdentityKind, Page, PermissionKey, PermissionRecord,
+    PermitAction, PermitEffect,
+};
+use crate::serial::{CaSn, DeviceSn};
+
+/// The registry schema version this certmq writes.
+pub const SCHEMA_VERSION: i64 = postgres_schema::VERSION;
+
+/// The session advisory lock one broker holds on its database while the
+/// registry is not yet shared between brokers ("certmq1").
+const SOLE_BROKER_LOCK: i64 = 0x0063_6572_746d_7131;
+
+/// Most changes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// How long connecting may take before the store says the database is
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Job {
+    change: Change,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    /// `host:port/database`, for messages (never the password).
+    location: String,
+    snapshot: Mutex<Option<Snapshot>>,
+    writer: mpsc::UnboundedSender<Job>,
+    reader: Connection,
+    healthy: Arc<AtomicBool>,
+}
+
+/// Parses `storage.postgres_url`, with certmq's connection settings.
+pub fn config(url: &str) -> Result<Config, StoreError> {
+    let mut config: Config = url.parse().map_err(|e| StoreError::Open {
+        path: "storage.postgres_url".into(),
+        reason: format!(
+            "not a PostgreSQL connection string ({e}); expected postgres://user:password@host:5432/database"
+        ),
+    })?;
+    config
+        .application_name("certmq")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives_idle(Duration::from_secs(10));
+    Ok(config)
+}
+
+/// Where a configuration points, for messages: hosts, port, database.
+pub fn describe(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres {}:{port}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// One connection that comes back after the database went away.
+struct Connection {
+    config: Config,
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// The writer's: holds the sole-broker lock (taken again on reconnect).
+    sole: bool,
+}
+
+impl Connection {
+    fn new(config: Config) -> Self {
+        Connection {
+            config,
+            client: tokio::sync::Mutex::new(None),
+            sole: false,
+        }
+    }
+
+    /// The live client, connecting first if there is none (or it closed).
+    async fn client(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, StoreError> {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            let client = connect(&self.config).await?;
+            if self.sole {
+                take_sole_lock(&client, &describe(&self.config)).await?;
+            }
+            *slot = Some(client);
+        }
+        Ok(tokio::sync::MutexGuard::map(slot, |c| {
+            c.as_mut().expect("connected above")
+        }))
+    }
+}
+
+async fn connect(config: &Config) -> Result<Client, StoreError> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| StoreError::Open {
+        path: describe(config).into(),
+        reason: e.to_string(),
+    })?;
+    let at = describe(config);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(store = %at, error = %e, "registry connection lost");
+        }
+    });
+    Ok(client)
+}
+
+/// Takes the session lock that keeps a second broker off this database:
+/// brokers do not share a registry's in-memory index yet, and one that
+/// did not hear of another's inactivation would admit the device.
+async fn take_sole_lock(client: &Client, location: &str) -> Result<(), StoreError> {
+    let taken: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_BROKER_LOCK])
+        .await
+        .map_err(|e| StoreError::Open {
+            path: location.into(),
+            reason: db_message(&e),
+        })?
+        .get(0);
+    if taken {
+        return Ok(());
+    }
+    Err(StoreError::Open {
+        path: location.into(),
+        reason: "another certmq broker is using this database; brokers cannot share one registry \
+                 database yet (an inactivation on one would not reach the other): stop the other \
+                 broker or give this one its own database"
+            .into(),
+    })
+}
+
+impl PgStore {
+    /// Connects to the database at `url`, brings its schema up to date,
+    /// reads the snapshot and starts the writer.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let config = config(url)?;
+        let location = describe(&config);
+        let mut client = connect(&config).await?;
+        let open_err = |e: tokio_postgres::Error| StoreError::Open {
+            path: location.clone().into(),
+            reason: db_message(&e),
+        };
+        let found = postgres_schema::migrate(&mut client)
+            .await
+            .map_err(|e| match e {
+                postgres_schema::MigrateError::TooNew(found) => StoreError::SchemaTooNew {
+                    path: location.clone().into(),
+                    found,
+                    supported: postgres_schema::VERSION,
+                },
+                postgres_schema::MigrateError::Sql(e) => open_err(e),
+            })?;
+        if found < postgres_schema::VERSION {
+            info!(store = %location, from = found, to = postgres_schema::VERSION, "registry schema migrated");
+        }
+        take_sole_lock(&client, &location).await?;
+        let code = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+        client
+            .execute(
+                "INSERT INTO instance (id, registration_code) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+                &[&code],
+            )
+            .await
+            .map_err(open_err)?;
+        let snapshot = read_snapshot(&mut client)
+            .await
+            .map_err(|e| StoreError::Read(format!("{location}: {e}")))?;
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(
+            Connection {
+                config: config.clone(),
+                client: tokio::sync::Mutex::new(Some(client)),
+                sole: true,
+            },
+            rx,
+            healthy.clone(),
+        ));
+        Ok(PgStore {
+            location,
+            snapshot: Mutex::new(Some(snapshot)),
+            writer: tx,
+            reader: Connection::new(config),
+            healthy,
+        })
+    }
+
+    async fn read<T>(
+        &self,
+        query: impl AsyncFnOnce(&Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let client =
+            self.reader.client().await.map_err(|e| {
+                StoreError::Read(format!("the registry database is unreachable: {e}"))
+            })?;
+        query(&client).await
+    }
+}
+
+/// The PostgreSQL error's own message (with its detail), not just "db
+/// error".
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {detail}", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
+    }
+}
+
+fn read_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Read(db_message(&e))
+}
+
+fn status_code(status: CertStatus) -> i16 {
+    match status {
+        CertStatus::Active => 1,
+        CertStatus::Inactive => 0,
+    }
+}
+
+fn status_from(code: i16) -> CertStatus {
+    if code == 1 {
+        CertStatus::Active
+    } else {
+        CertStatus::Inactive
+    }
+}
+
+async fn read_snapshot(client: &mut Client) -> Result<Snapshot, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(read_err)?;
+    let registration_code: String = tx
+        .query_one("SELECT registration_code FROM instance WHERE id = 1", &[])
+        .await
+        .map_err(read_err)?
+        .get(0);
+    let cas = tx
+        .query(&format!("SELECT {CA_COLUMNS} FROM ca ORDER BY ord"), &[])
+        .await
+        .map_err(read_err)?
+        .iter()
+        .map(ca_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = tx
+        .query("SELECT ca_sn, device_sn, status FROM device", &[])
+        .await
+        .map_err(read_err)?;
+    let mut devices = Vec::with_capacity(rows.len());
+    for row in &rows {
+        devices.push((identity_from(row, 0, 1)?, status_from(row.get(2))));
+    }
+    tx.commit().await.map_err(read_err)?;
+    Ok(Snapshot {
+        registration_code,
+        cas,
+        devices,
+    })
+}
+
+/// How often the writer tries the database again while it is away.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The writer: group commit until every sender is gone. While the database
+/// is away it tries it again every [`PROBE_EVERY`], so that readiness comes
+/// back with the database, not with the next change.
+async fn write_loop(
+    conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    healthy: Arc<AtomicBool>,
+) {
+    loop {
+        let next = if healthy.load(Ordering::Acquire) {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                job = rx.recv() => job,
+                _ = tokio::time::sleep(PROBE_EVERY) => {
+                    if probe(&conn).await {
+                        info!(store = %describe(&conn.config), "registry database reachable again");
+                        healthy.store(true, Ordering::Release);
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(first) = next else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = match conn.client().await {
+            Ok(mut client) => commit_batch(&mut client, &batch).await,
+            Err(e) => {
+                let e = StoreError::Write(format!("the registry database is unreachable: {e}"));
+                batch.iter().map(|_| Err(e.clone())).collect()
+            }
+        };
+        let failed_whole = results
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::Write(_))));
+        healthy.store(!failed_whole, Ordering::Release);
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Whether the writer's connection answers (reconnecting if need be).
+async fn probe(conn: &Connection) -> bool {
+    match conn.client().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Applies each change in its own savepoint, commits all at once. If the
+/// commit fails, every change of the batch fails.
+async fn commit_batch(client: &mut Client, batch: &[Job]) -> Vec<Result<u64, StoreError>> {
+    let whole = |e: &tokio_postgres::Error| -> Vec<Result<u64, StoreError>> {
+        let e = StoreError::Write(db_message(e));
+        batch.iter().map(|_| Err(e.clone())).collect()
+    };
+    let mut tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => return whole(&e),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut savepoint = match tx.savepoint("change").await {
+            Ok(sp) => sp,
+            Err(e) => return whole(&e),
+        };
+        match apply(&mut savepoint, &job.change).await {
+            Ok(n) => {
+                if let Err(e) = savepoint.commit().await {
+                    return whole(&e);
+                }
+                results.push(Ok(n));
+            }
+            Err(e) => {
+                if e.code().is_none() || savepoint.rollback().await.is_err() {
+                    // Not the change's fault (the connection, the server):
+                    // the batch fails as one, with the error that caused it.
+                    error!(error = %db_message(&e), changes = batch.len(), "registry write failed");
+                    return whole(&e);
+                }
+                results.push(Err(change_error(&e)));
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => {
+            error!(error = %db_message(&e), changes = batch.len(), "registry commit failed");
+            whole(&e)
+        }
+    }
+}
+
+fn change_error(e: &tokio_postgres::Error) -> StoreError {
+    let conflict = [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::FOREIGN_KEY_VIOLATION,
+        SqlState::CHECK_VIOLATION,
+        SqlState::NOT_NULL_VIOLATION,
+    ];
+    match e.code() {
+        Some(code) if conflict.contains(code) => StoreError::Conflict(db_message(e)),
+        _ => StoreError::Write(db_message(e)),
+    }
+}
+
+async fn apply(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    change: &Change,
+) -> Result<u64, tokio_postgres::Error> {
+    let now = crate::store::sqlite::now_ms();
+    match change {
+        Change::RegisterCa(ca) => {
+            tx.execute(
+                "INSERT INTO ca (sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem,
+                                 registration_code, registered_at_ms, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                &[
+                    &ca.sn.to_string(),
+                    &ca.name,
+                    &status_code(ca.status),
+                    &ca.valid_begin_ms,
+                    &ca.valid_end_ms,
+                    &&*ca.pem,
+                    &ca.verification_pem.as_deref(),
+                    &ca.registration_code.as_deref(),
+                    &now,
+                ],
+            )
+            .await
+        }
+        Change::SetCaStatus(sn, status) => {
+            tx.execute(
+                "UPDATE ca SET status = $2, updated_at_ms = $3 WHERE sn = $1",
+                &[&sn.to_string(), &status_code(*status), &now],
+            )
+            .await
+        }
+        Change::DeleteCa(sn) => {
+            tx.execute("DELETE FROM ca WHERE sn = $1", &[&sn.to_string()])
+                .await
+        }
+        Change::RegisterDevice(d) => {
+            tx.execute(
+                "INSERT INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
+                                     first_seen_ms, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                 ON CONFLICT (ca_sn, device_sn) DO NOTHING",
+                &[
+                    &d.identity.ca_sn.to_string(),
+                    &d.identity.device_sn.to_string(),
+                    &&*d.name,
+                    &status_code(d.status),
+                    &d.valid_begin_ms,
+                    &d.valid_end_ms,
+                    &&*d.pem,
+                    &now,
+                ],
+            )
+            .await
+        }
+        Change::SetDeviceStatus(id, status) => {
+            tx.execute(
+                "UPDATE device SET status = $3, updated_at_ms = $4 WHERE ca_sn = $1 AND device_sn = $2",
+                &[
+                    &id.ca_sn.to_string(),
+                    &id.device_sn.to_string(),
+                    &status_code(*status),
+                    &now,
+                ],
+            )
+            .await
+        }
+        Change::DeleteDevice(id) => {
+            tx.execute(
+                "DELETE FROM device WHERE ca_sn = $1 AND device_sn = $2",
+                &[&id.ca_sn.to_string(), &id.device_sn.to_string()],
+            )
+            .await
+        }
+        Change::PutPermission(p) => {
+            tx.execute(
+                "INSERT INTO custom_permission (identity_type, identity, topic, permit_action, effect,
+                                                created_at_ms, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (identity_type, identity, topic)
+                 DO UPDATE SET permit_action = $4, effect = $5, updated_at_ms = $6",
+                &[
+                    &p.key.kind.api_name(),
+                    &p.key.identity,
+                    &p.key.topic,
+                    &p.action.api_name(),
+                    &p.effect.api_name(),
+                    &now,
+                ],
+            )
+            .await
+        }
+        Change::DeletePermission(key) => {
+            tx.execute(
+                "DELETE FROM custom_permission WHERE identity_type = $1 AND identity = $2 AND topic = $3",
+                &[&key.kind.api_name(), &key.identity, &key.topic],
+            )
+            .await
+        }
+    }
+}
+
+/// A stored serial that does not parse.
+fn bad_serial(what: &str, value: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Read(format!("stored {what} `{value}` is not a serial: {e}"))
+}
+
+fn identity_from(row: &Row, ca: usize, device: usize) -> Result<DeviceIdentity, StoreError> {
+    let ca_sn: &str = row.get(ca);
+    let device_sn: &str = row.get(device);
+    Ok(DeviceIdentity {
+        ca_sn: CaSn::parse(ca_sn).map_err(|e| bad_serial("device CA serial", ca_sn, e))?,
+        device_sn: DeviceSn::parse(device_sn)
+            .map_err(|e| bad_serial("device serial", device_sn, e))?,
+    })
+}
+
+const CA_COLUMNS: &str =
+    "sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code";
+
+fn ca_from_row(row: &Row) -> Result<CaRecord, StoreError> {
+    let sn: &str = row.get(0);
+    Ok(CaRecord {
+        sn: CaSn::parse(sn).map_err(|e| bad_serial("CA serial", sn, e))?,
+        name: row.get(1),
+        status: status_from(row.get(2)),
+        valid_begin_ms: row.get(3),
+        valid_end_ms: row.get(4),
+        pem: row.get::<_, String>(5).into(),
+        verification_pem: row.get::<_, Option<String>>(6).map(Into::into),
+        registration_code: row.get::<_, Option<String>>(7).map(Into::into),
+    })
+}
+
+const DEVICE_COLUMNS: &str = "ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem";
+
+fn device_from_row(row: &Row) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        identity: identity_from(row, 0, 1)?,
+        name: row.get::<_, String>(2).into(),
+        status: status_from(row.get(3)),
+        valid_begin_ms: row.get(4),
+        valid_end_ms: row.get(5),
+        pem: row.get::<_, String>(6).into(),
+    })
+}
+
+fn permission_from_row(row: &Row) -> Result<PermissionRecord, StoreError> {
+    let unknown =
+        |what: &str, value: &str| StoreError::Read(format!("stored {what} `{value}` is unknown"));
+    let kind: &str = row.get(0);
+    let action: &str = row.get(3);
+    let effect: &str = row.get(4);
+    Ok(PermissionRecord {
+        key: PermissionKey {
+            kind: IdentityKind::from_api_name(kind)
+                .ok_or_else(|| unknown("identity type", kind))?,
+            identity: row.get(1),
+            topic: row.get(2),
+        },
+        action: PermitAction::from_api_name(action)
+            .ok_or_else(|| unknown("permit action", action))?,
+        effect: PermitEffect::from_api_name(effect).ok_or_else(|| unknown("effect", effect))?,
+    })
+}
+
+impl Store for PgStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                StoreError::Read(
+                    "the PostgreSQL store's snapshot was already loaded; connect again to read a new one"
+                        .into(),
+                )
+            })
+    }
+
+    fn commit(&self, change: Change) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.writer
+                .send(Job { change, reply })
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn device(&self, id: DeviceIdentity) -> StoreFuture<'_, Option<DeviceRecord>> {
+        Box::pin(self.read(async move |client: &Client| {
+            client
+                .query_opt(
+                    &format!(
+                        "SELECT {DEVICE_COLUMNS} FROM device WHERE ca_sn = $1 AND device_sn = $2"
+                    ),
+                    &[&id.ca_sn.to_string(), &id.device_sn.to_string()],
+                )
+                .await
+                .map_err(read_err)?
+                .as_ref()
+                .map(device_from_row)
+                .transpose()
+        }))
+    }
+
+    fn list_devices(
+        &self,
+        ca: Option<CaSn>,
+        offset: usize,
+        limit: usize,
+    ) -> StoreFuture<'_, Page<DeviceRecord>> {
+        Box::pin(self.read(async move |client: &Client| {
+            let ca = ca.map(|sn| sn.to_string());
+            let (limit, offset) = (
+                limit.min(i64::MAX as usize) as i64,
+                offset.min(i64::MAX as usize) as i64,
+            );
+            let total: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM device WHERE $1::text IS NULL OR ca_sn = $1",
+                    &[&ca],
+                )
+                .await
+                .map_err(read_err)?
+                .get(0);
+            let items = client
+                .query(
+                    &format!(
+                        "SELECT {DEVICE_COLUMNS} FROM device WHERE $1::text IS NULL OR ca_sn = $1
+                         ORDER BY ord LIMIT $2 OFFSET $3"
+                    ),
+                    &[&ca, &limit, &offset],
+                )
+                .await
+                .map_err(read_err)?
+                .iter()
+                .map(device_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page {
+                items,
+                total: total as usize,
+            })
+        }))
+    }
+
+    fn permissions(&self) -> StoreFuture<'_, Vec<PermissionRecord>> {
+        Box::pin(self.read(async |client: &Client| {
+            client
+                .query(
+                    "SELECT identity_type, identity, topic, permit_action, effect FROM custom_permission
+                     ORDER BY identity_type, identity, topic",
+                    &[],
+                )
+                .await
+                .map_err(read_err)?
+                .iter()
+                .map(permission_from_row)
+                .collect()
+        }))
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.is_running() && self.healthy.load(Ordering::Acquire)
+    }
+
+    fn is_running(&self) -> bool {
+        !self.writer.is_closed()
+    }
+}

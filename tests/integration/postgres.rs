@@ -1,0 +1,284 @@
+//! The registry on PostgreSQL (`storage.backend = "postgres"`, issue 13
+//! point 1): what the SQLite store keeps, the PostgreSQL store keeps;
+//! migrations run one broker at a time; a database that is newer or gone
+//! is reported clearly. Each test runs its own throwaway cluster
+//! (`support::postgres`).
+
+use std::time::Duration;
+
+use certmq::config::StorageBackend;
+use certmq::store::Store;
+use certmq::store::postgres::PgStore;
+
+use crate::support::mqtt::{Version, connect};
+use crate::support::postgres::PgCluster;
+use crate::support::{self, Ca};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_on_postgres_keeps_everything_across_restarts() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("restarts").await;
+    crate::durability::keeps_everything_across_restarts(move |s| {
+        s.storage.backend = StorageBackend::Postgres;
+        s.storage.postgres_url = url;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_register_on_first_connection_and_inactivation_is_refused() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("admission").await;
+    let ca = Ca::new("pg CA");
+    let tb = support::start_with(&[&ca], |s| {
+        s.storage.backend = StorageBackend::Postgres;
+        s.storage.postgres_url = url.clone();
+    })
+    .await;
+    assert!(tb.broker.registry().location().starts_with("postgres "));
+    let devices: Vec<_> = (0..20).map(|i| ca.device(&format!("pg-{i}"))).collect();
+    // First connections: each registers, committed before it proceeds.
+    for d in &devices {
+        connect(&tb, d, &d.name, Version::V5)
+            .await
+            .unwrap()
+            .disconnect()
+            .await;
+    }
+    assert_eq!(tb.broker.registry().device_count(), 20);
+    tb.inactivate(&devices[3]).await;
+    let err = connect(&tb, &devices[3], "pg-3", Version::V4)
+        .await
+        .err()
+        .expect("inactive");
+    assert!(err.to_lowercase().contains("revoked"), "{err}");
+    // The rows are PostgreSQL's: read them back independently.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT name FROM device WHERE ca_sn = $1 AND status = 0",
+            &[&ca.sn.to_string()],
+        )
+        .await
+        .unwrap();
+    let inactive: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(inactive, ["pg-3"]);
+    let count: i64 = client
+        .query_one("SELECT COUNT(*) FROM device", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 20);
+    // A second broker on the same database is refused, saying why.
+    let err = PgStore::connect(&url)
+        .await
+        .err()
+        .expect("one broker per database");
+    assert!(err.to_string().contains("another certmq broker"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("migrations").await;
+    // Four at once against an empty database: the advisory lock lets one
+    // create the schema and the others find it done; then one of them
+    // holds the database and the others are refused, saying why.
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::connect(&url).await })
+        })
+        .collect();
+    let mut holders = Vec::new();
+    for s in starts {
+        match s.await.unwrap() {
+            Ok(store) => holders.push(store),
+            Err(e) => assert!(e.to_string().contains("another certmq broker"), "{e}"),
+        }
+    }
+    assert_eq!(holders.len(), 1, "one broker per database");
+    let code = holders[0].load().unwrap().registration_code;
+    drop(holders);
+    support::wait_until(
+        Duration::from_secs(10),
+        "the lock is released",
+        async || {
+            PgStore::connect(&url)
+                .await
+                .is_ok_and(|s| s.load().unwrap().registration_code == code)
+        },
+    )
+    .await;
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute("UPDATE certmq_schema SET version = 99", &[])
+        .await
+        .unwrap();
+    let err = PgStore::connect(&url).await.err().expect("too new");
+    let message = err.to_string();
+    assert!(
+        message.contains("schema version 99") && message.contains("newer than this certmq"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_fails_changes_and_comes_back_without_a_restart() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("outage").await;
+    let ca = Ca::new("outage CA");
+    let tb = support::start_with(&[&ca], |s| {
+        s.storage.backend = StorageBackend::Postgres;
+        s.storage.postgres_url = url.clone();
+    })
+    .await;
+    let device = ca.device("outage-device");
+    connect(&tb, &device, "outage", Version::V4)
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+    pg.pg_ctl_stop();
+    let (status, body) = tb.device_call("InactivateDeviceCertificate", &device).await;
+    assert_ne!(status, 200, "no success without a commit: {body}");
+    assert_eq!(
+        tb.broker.registry().device_status(&device.identity),
+        Some(certmq::CertStatus::Active),
+        "nothing changed"
+    );
+    let newcomer = ca.device("outage-newcomer");
+    assert!(
+        connect(&tb, &newcomer, "newcomer", Version::V4)
+            .await
+            .is_err(),
+        "a first connection cannot register without the database"
+    );
+    assert_eq!(readyz(&tb).await.0, 503, "not ready without the database");
+    pg.pg_ctl_start();
+    // Ready again with the database, before any change asks for it.
+    support::wait_until(Duration::from_secs(15), "ready again", async || {
+        readyz(&tb).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        tb.device_call("InactivateDeviceCertificate", &device)
+            .await
+            .0,
+        200
+    );
+    assert!(connect(&tb, &device, "outage", Version::V4).await.is_err());
+    connect(&tb, &newcomer, "newcomer", Version::V4)
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+}
+
+async fn readyz(tb: &support::TestBroker) -> (u16, String) {
+    let response = reqwest::get(format!("http://{}/readyz", tb.broker.admin_addr()))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_bad_url_names_the_key() {
+    let mut settings = certmq::Settings::embedded_defaults().unwrap();
+    settings.storage.backend = StorageBackend::Postgres;
+    let err = settings.validate().unwrap_err().to_string();
+    assert!(err.contains("storage.postgres_url"), "{err}");
+    settings.storage.postgres_url = "postgres://u@h:notaport/db".into();
+    let err = settings.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("storage.postgres_url") && err.contains("postgres://"),
+        "{err}"
+    );
+    settings.storage.postgres_url = "postgres://u@localhost/db".into();
+    settings.storage.max_size_mb = 10;
+    let err = settings.validate().unwrap_err().to_string();
+    assert!(err.contains("storage.max_size_mb"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_checks_the_database() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("checked").await;
+    let dir = tempfile::tempdir().unwrap();
+    let check = |url: &str| {
+        let config = format!("[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n");
+        std::fs::write(dir.path().join("c.toml"), config).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
+            .current_dir(dir.path())
+            .args(["check-config", "--config", "c.toml"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, out) = check(&url);
+    assert!(ok, "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
+    let (ok, out) = check(&pg.url("no_such_database"));
+    assert!(!ok);
+    assert!(
+        out.contains("storage.postgres_url: cannot connect to postgres")
+            && out.contains("no_such_database"),
+        "{out}"
+    );
+    pg.pg_ctl_stop();
+    let (ok, out) = check(&url);
+    assert!(!ok);
+    assert!(out.contains("cannot connect"), "{out}");
+    assert!(out.contains("is the server running"), "{out}");
+}
+
+#[test]
+fn registry_export_and_import_refuse_a_postgres_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        "[storage]\nbackend = \"postgres\"\npostgres_url = \"host=/nonexistent dbname=x\"\n";
+    std::fs::write(dir.path().join("c.toml"), config).unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
+    for args in [
+        &["registry", "export", "--config", "c.toml"][..],
+        &["registry", "import", "--config", "c.toml", "in.jsonl"][..],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("SQLite store only") && stderr.contains("pg_dump"),
+            "{stderr}"
+        );
+        assert!(
+            !dir.path().join("data").join("registry.db").exists(),
+            "no stray SQLite file"
+        );
+    }
+}
