@@ -414,7 +414,9 @@ impl Hub {
             index.unsubscribe(session.key, plain, group);
         }
         drop(index);
-        session.mailbox.clear();
+        for _ in 0..session.mailbox.clear() {
+            self.count_drop();
+        }
         *session.life() = Life::default();
     }
 

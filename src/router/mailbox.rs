@@ -77,15 +77,19 @@ struct Queue {
 }
 
 impl Queue {
-    /// Admits parked deliveries while there is room, in order.
-    fn admit(&mut self, limit: usize) {
+    /// Admits parked deliveries while there is room, in order; answers
+    /// how many.
+    fn admit(&mut self, limit: usize) -> usize {
+        let mut admitted = 0;
         while self.items.len() < limit {
             let Some(parked) = self.parked.pop_front() else {
                 break;
             };
             self.items.push_back(parked.delivery);
             let _ = parked.admitted.send(());
+            admitted += 1;
         }
+        admitted
     }
 }
 
@@ -179,9 +183,15 @@ impl Mailbox {
             let keep = queue.items.len().max(16);
             queue.items.shrink_to(keep);
         }
-        queue.admit(self.limit);
+        let admitted = queue.admit(self.limit);
         if queue.overflowing && queue.items.len() <= self.limit / 2 {
             queue.overflowing = false;
+        }
+        drop(queue);
+        if admitted > 0 {
+            // What got in is due to the connection like any push: it may
+            // have drained the queue and be waiting for the next one.
+            self.ready.notify_one();
         }
         taken
     }
@@ -218,11 +228,16 @@ impl Mailbox {
         self.online.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Empties the mailbox (its session ended).
-    pub fn clear(&self) {
+    /// Empties the mailbox (its session ended); answers how many parked
+    /// deliveries it dropped (their publishers are told).
+    pub fn clear(&self) -> usize {
+        self.online
+            .store(false, std::sync::atomic::Ordering::Release);
         let mut queue = self.lock();
         queue.items = VecDeque::new();
-        queue.parked = VecDeque::new();
+        let parked = std::mem::take(&mut queue.parked);
+        queue.dropped += parked.len() as u64;
+        parked.len()
     }
 
     /// Resolves once something was pushed since the last take found the
@@ -350,7 +365,16 @@ mod tests {
         assert!(fourth.decided.try_recv().is_err(), "still waiting");
         // A newcomer does not jump the line even once there is room.
         let fifth = park(5);
+        // The pushes so far left the connection a wake-up: take it, as a
+        // connection that drained the queue would have.
+        tokio::time::timeout(Duration::from_secs(1), mailbox.ready())
+            .await
+            .expect("pushes are announced");
         assert_eq!(payloads(&mailbox.take(10, 0)), [2, 3]);
+        // What that take admitted (4 and 5) is announced like a push.
+        tokio::time::timeout(Duration::from_secs(1), mailbox.ready())
+            .await
+            .expect("admitted deliveries wake the connection");
         assert_eq!(payloads(&mailbox.take(10, 0)), [4, 5]);
         fourth.decided.await.expect("admitted in turn");
         // Going offline drops what is parked, and its publisher is told.

@@ -375,8 +375,11 @@ where
                 origin: Some(session.key()),
             };
             let routed = self.hub.publish_waiting(message, now);
-            for (target, delivery) in routed.blocked {
-                self.wait_for_room(&target, delivery).await?;
+            // One deadline for the message, however many subscribers it
+            // waits for.
+            let deadline = Instant::now() + self.max_publish_wait;
+            for (target, admission) in routed.blocked {
+                self.wait_for_room(&target, admission, deadline).await?;
             }
         }
         match qos {
@@ -407,8 +410,8 @@ where
         &mut self,
         target: &HubSession,
         mut admission: Admission,
+        deadline: Instant,
     ) -> Result<(), Exit> {
-        let deadline = Instant::now() + self.max_publish_wait;
         tokio::select! {
             biased;
             _ = self.guard.killed() => Err(self.killed()),
