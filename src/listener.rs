@@ -129,12 +129,9 @@ async fn proxied_peer(
     tcp: &mut TcpStream,
     peer: SocketAddr,
     per_ip: Option<&PerIp>,
+    deadline: tokio::time::Instant,
 ) -> Option<SocketAddr> {
-    let wait = ctx
-        .settings
-        .first_byte_timeout()
-        .min(ctx.settings.handshake_timeout());
-    let device = match tokio::time::timeout(wait, crate::proxy::read_header(tcp)).await {
+    let device = match tokio::time::timeout_at(deadline, crate::proxy::read_header(tcp)).await {
         Ok(Ok(source)) => source.unwrap_or(peer),
         Ok(Err(e)) => {
             ctx.metrics.handshake_refused("proxy_header");
@@ -178,8 +175,22 @@ async fn handshake(
     SocketAddr,
 )> {
     let accepted = tokio::time::Instant::now();
+    // The first bytes (the PROXY header, if any, and the start of the TLS
+    // handshake) are due within mqtt.first_byte_timeout_ms of accept.
+    let first_bytes_by = accepted
+        + ctx
+            .settings
+            .first_byte_timeout()
+            .min(ctx.settings.handshake_timeout());
     let peer = if ctx.settings.mqtt.proxy_protocol {
-        proxied_peer(ctx, &mut tcp, peer, per_proxied_ip.as_deref()).await?
+        proxied_peer(
+            ctx,
+            &mut tcp,
+            peer,
+            per_proxied_ip.as_deref(),
+            first_bytes_by,
+        )
+        .await?
     } else {
         peer
     };
@@ -192,7 +203,7 @@ async fn handshake(
     };
     // Both deadlines count from accept: a client that trickles its first
     // byte in late does not get a longer handshake for it.
-    if !first_byte(ctx, &tcp, peer).await {
+    if !first_byte(ctx, &tcp, peer, first_bytes_by).await {
         return None;
     }
     let handshake = tokio::time::timeout_at(
@@ -256,13 +267,14 @@ async fn handshake(
 /// Waits (within `mqtt.first_byte_timeout_ms`) for the client's first
 /// byte: a socket that sends nothing holds a connection slot for that long
 /// at most, not for the whole handshake timeout. `false`: it is closed.
-async fn first_byte(ctx: &Context, tcp: &TcpStream, peer: SocketAddr) -> bool {
+async fn first_byte(
+    ctx: &Context,
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> bool {
     let mut byte = [0u8; 1];
-    let wait = ctx
-        .settings
-        .first_byte_timeout()
-        .min(ctx.settings.handshake_timeout());
-    match tokio::time::timeout(wait, tcp.peek(&mut byte)).await {
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut byte)).await {
         Ok(Ok(n)) if n > 0 => true,
         Ok(Ok(_)) => false, // closed before saying anything
         Ok(Err(e)) => {

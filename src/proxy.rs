@@ -98,7 +98,12 @@ fn v2_source(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
 
 fn v1_source(line: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
     use ppp::v1::{Addresses, Header};
-    let text = std::str::from_utf8(line).map_err(|_| ProxyError::V1("not ASCII".into()))?;
+    // The header is US-ASCII; anything else is refused here, before the
+    // parser (which slices the text at byte offsets) sees it.
+    if !line.is_ascii() {
+        return Err(ProxyError::V1("not US-ASCII".into()));
+    }
+    let text = std::str::from_utf8(line).map_err(|_| ProxyError::V1("not US-ASCII".into()))?;
     let parsed = Header::try_from(text).map_err(|e| ProxyError::V1(e.to_string()))?;
     Ok(match parsed.addresses {
         Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
@@ -169,6 +174,10 @@ mod tests {
         ));
         let bad = b"PROXY TCP4 203.0.113.7 192.0.2.1 99999 8883\r\n";
         assert!(matches!(read(bad).await.0, Err(ProxyError::V1(_))));
+        // A CR followed by a multi-byte character made the parser slice
+        // inside it (a panic): refused as not ASCII.
+        let split = "PROXY \r\u{e9}abc\r\n".as_bytes();
+        assert!(matches!(read(split).await.0, Err(ProxyError::V1(_))));
         let mut huge = V2_SIGNATURE.to_vec();
         huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert!(matches!(

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::pki::client_config;
@@ -68,6 +68,31 @@ async fn refused(tb: &TestBroker, reason: &str) -> f64 {
     )
 }
 
+/// Sends only `header` and waits until the broker has closed the
+/// connection (it judged the header, then found no TLS): the address in it
+/// has used its budget by then.
+async fn spend(tb: &TestBroker, header: &[u8]) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", tb.port())).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    assert!(
+        closed_by_server(tcp, Duration::from_secs(5)).await,
+        "the broker closes a connection that ends after its header"
+    );
+}
+
+async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_limit_counts_the_address_in_the_header_of_either_version() {
     let ca = Ca::new("proxy CA");
@@ -76,50 +101,48 @@ async fn the_limit_counts_the_address_in_the_header_of_either_version() {
         s.mqtt.connections_per_second_per_ip = 1;
     })
     .await;
-    let devices: Vec<Device> = (0..6).map(|i| ca.device(&format!("lb-{i}"))).collect();
+    let devices: Vec<Device> = (0..5).map(|i| ca.device(&format!("lb-{i}"))).collect();
     // Every connection comes from 127.0.0.1 (the "balancer"); the limit of
     // 1/s per address applies to the devices' addresses in the headers.
-    assert!(connect_via(&tb, &devices[0], Some(&v1("203.0.113.7:4711"))).await);
+    spend(&tb, &v1("203.0.113.7:4711")).await;
     assert!(
-        connect_via(
+        !connect_via(
             &tb,
-            &devices[1],
-            Some(&v2("203.0.113.8:4711", ppp::v2::Command::Proxy))
+            &devices[0],
+            Some(&v2("203.0.113.7:5000", ppp::v2::Command::Proxy))
         )
         .await,
-        "another device's address: its own budget"
+        "the same device address again within the second: over its limit"
+    );
+    assert_eq!(refused(&tb, "rate_limited").await, 1.0);
+    assert!(
+        connect_via(&tb, &devices[1], Some(&v1("203.0.113.8:4711"))).await,
+        "another device's address (v1): its own budget"
     );
     assert!(
         connect_via(
             &tb,
             &devices[2],
+            Some(&v2("203.0.113.9:4711", ppp::v2::Command::Proxy))
+        )
+        .await,
+        "another (v2 TCP4)"
+    );
+    assert!(
+        connect_via(
+            &tb,
+            &devices[3],
             Some(&v2("[2001:db8::7]:4711", ppp::v2::Command::Proxy))
         )
         .await,
         "IPv6 (PROXY v2 TCP6)"
     );
-    assert_eq!(refused(&tb, "rate_limited").await, 0.0);
-    assert!(
-        !connect_via(
-            &tb,
-            &devices[3],
-            Some(&v2("203.0.113.7:5000", ppp::v2::Command::Proxy))
-        )
-        .await,
-        "the first device's address again within the second: over its limit"
-    );
     assert_eq!(refused(&tb, "rate_limited").await, 1.0);
-    // LOCAL (the balancer's own health check): its own address counts.
+    // LOCAL (the balancer's own health check) and UNKNOWN keep the
+    // balancer's own address, 127.0.0.1: one budget for both.
+    spend(&tb, &v2("198.51.100.1:1", ppp::v2::Command::Local)).await;
     assert!(
-        connect_via(
-            &tb,
-            &devices[4],
-            Some(&v2("198.51.100.1:1", ppp::v2::Command::Local))
-        )
-        .await
-    );
-    assert!(
-        !connect_via(&tb, &devices[5], Some(b"PROXY UNKNOWN\r\n")).await,
+        !connect_via(&tb, &devices[4], Some(b"PROXY UNKNOWN\r\n")).await,
         "UNKNOWN is the balancer's address too, which LOCAL just used"
     );
     assert_eq!(refused(&tb, "rate_limited").await, 2.0);
@@ -138,22 +161,34 @@ async fn a_connection_without_a_valid_header_is_refused_and_counted() {
     assert!(!connect_via(&tb, &device, None).await);
     assert_eq!(refused(&tb, "proxy_header").await, 1.0);
     // A malformed v1 line, a v2 header with a bad version, a v1 line that
-    // never ends, and a header cut short then silent (the timeout).
+    // never ends.
     let mut bad_version = v2("203.0.113.7:4711", ppp::v2::Command::Proxy);
     bad_version[12] = 0x31;
     let never_ends = [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat();
-    let cut_short = v2("203.0.113.7:4711", ppp::v2::Command::Proxy)[..14].to_vec();
     for header in [
         b"PROXY TCP4 203.0.113.7 192.0.2.1 99999 8883\r\n".to_vec(),
         bad_version,
         never_ends,
-        cut_short,
     ] {
         assert!(!connect_via(&tb, &device, Some(&header)).await);
     }
+    assert_eq!(refused(&tb, "proxy_header").await, 4.0);
+    // A header cut short, then silence: closed at mqtt.first_byte_timeout_ms.
+    let mut tcp = TcpStream::connect(("127.0.0.1", tb.port())).await.unwrap();
+    let header = v2("203.0.113.7:4711", ppp::v2::Command::Proxy);
+    tcp.write_all(&header[..14]).await.unwrap();
+    assert!(closed_by_server(tcp, Duration::from_secs(5)).await);
     assert_eq!(refused(&tb, "proxy_header").await, 5.0);
-    // The broker serves a proper one all along.
+    // The broker serves proper ones all along, a health check's too.
     assert!(connect_via(&tb, &device, Some(&v1("203.0.113.9:1"))).await);
+    assert!(
+        connect_via(
+            &tb,
+            &device,
+            Some(&v2("10.0.0.1:1", ppp::v2::Command::Local))
+        )
+        .await
+    );
 }
 
 #[tokio::test]
