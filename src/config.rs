@@ -110,7 +110,7 @@ pub struct AdminSettings {
     pub allow_plaintext: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
@@ -119,6 +119,25 @@ pub struct StorageSettings {
     pub backend: StorageBackend,
     /// The PostgreSQL database (backend "postgres").
     pub postgres_url: String,
+}
+
+/// Debug without the PostgreSQL URL, which may hold a password.
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("data_dir", &self.data_dir)
+            .field("max_size_mb", &self.max_size_mb)
+            .field("backend", &self.backend)
+            .field(
+                "postgres_url",
+                &if self.postgres_url.is_empty() {
+                    ""
+                } else {
+                    "(set, not shown)"
+                },
+            )
+            .finish()
+    }
 }
 
 /// The registry's store: SQLite in the data directory (one broker), or a

@@ -6,8 +6,10 @@
 //! waiting in its queue, applies each in its own savepoint (one bad change
 //! fails alone) and commits them together, one round trip and one WAL flush
 //! for many. Reads (the admin API's Get and List) use a second connection.
-//! Both reconnect on the next use after the database went away; until then
-//! the store reports itself unhealthy and changes fail (never half-done).
+//! Both reconnect on the next use after the database went away; the writer
+//! also checks the database every second between batches, so the store
+//! reports itself unhealthy (unready) while it is away and changes fail
+//! (never half-done). Every operation is bounded in time.
 //!
 //! The schema is migrated at start under an advisory lock, so that nodes
 //! starting together migrate one at a time (`postgres_schema`). The
@@ -80,7 +82,10 @@ pub fn config(url: &str) -> Result<Config, StoreError> {
     config
         .application_name("certmq")
         .connect_timeout(CONNECT_TIMEOUT)
-        .keepalives_idle(Duration::from_secs(10));
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(OPERATION_TIMEOUT);
     Ok(config)
 }
 
@@ -118,6 +123,12 @@ impl Connection {
             client: tokio::sync::Mutex::new(None),
             sole: false,
         }
+    }
+
+    /// Drops the client (one that stopped answering): the next use
+    /// connects again.
+    async fn reset(&self) {
+        *self.client.lock().await = None;
     }
 
     /// The live client, connecting first if there is none (or it closed).
@@ -185,6 +196,9 @@ impl PgStore {
             path: location.clone().into(),
             reason: db_message(&e),
         };
+        // First: a broker refused here must not migrate the database from
+        // under the one using it.
+        take_sole_lock(&client, &location).await?;
         let found = postgres_schema::migrate(&mut client)
             .await
             .map_err(|e| match e {
@@ -198,7 +212,6 @@ impl PgStore {
         if found < postgres_schema::VERSION {
             info!(store = %location, from = found, to = postgres_schema::VERSION, "registry schema migrated");
         }
-        take_sole_lock(&client, &location).await?;
         let code = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
         client
             .execute(
@@ -234,11 +247,23 @@ impl PgStore {
         &self,
         query: impl AsyncFnOnce(&Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let client =
-            self.reader.client().await.map_err(|e| {
+        let answered = tokio::time::timeout(OPERATION_TIMEOUT, async {
+            let client = self.reader.client().await.map_err(|e| {
                 StoreError::Read(format!("the registry database is unreachable: {e}"))
             })?;
-        query(&client).await
+            query(&client).await
+        })
+        .await;
+        match answered {
+            Ok(result) => result,
+            Err(_) => {
+                self.reader.reset().await;
+                Err(StoreError::Read(format!(
+                    "the registry database did not answer within {} s",
+                    OPERATION_TIMEOUT.as_secs()
+                )))
+            }
+        }
     }
 }
 
@@ -309,30 +334,37 @@ async fn read_snapshot(client: &mut Client) -> Result<Snapshot, StoreError> {
     })
 }
 
-/// How often the writer tries the database again while it is away.
+/// How often the writer checks the database while nothing is written
+/// (and tries it again while it is away): readiness and the sole-broker
+/// lock follow the database, not the next change.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// The writer: group commit until every sender is gone. While the database
-/// is away it tries it again every [`PROBE_EVERY`], so that readiness comes
-/// back with the database, not with the next change.
+/// The longest a batch, a probe or a read may take: a database that stops
+/// answering (a hung server, a black-holed network) fails them instead of
+/// holding the writer and every admin call behind it.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The writer: group commit until every sender is gone. Between batches it
+/// checks the database every [`PROBE_EVERY`] (reconnecting, and taking the
+/// sole-broker lock again, when the connection was lost).
 async fn write_loop(
     conn: Connection,
     mut rx: mpsc::UnboundedReceiver<Job>,
     healthy: Arc<AtomicBool>,
 ) {
+    let at = describe(&conn.config);
     loop {
-        let next = if healthy.load(Ordering::Acquire) {
-            rx.recv().await
-        } else {
-            tokio::select! {
-                job = rx.recv() => job,
-                _ = tokio::time::sleep(PROBE_EVERY) => {
-                    if probe(&conn).await {
-                        info!(store = %describe(&conn.config), "registry database reachable again");
-                        healthy.store(true, Ordering::Release);
-                    }
-                    continue;
+        let next = tokio::select! {
+            job = rx.recv() => job,
+            _ = tokio::time::sleep(PROBE_EVERY) => {
+                let up = probe(&conn).await;
+                let was = healthy.swap(up, Ordering::AcqRel);
+                if up && !was {
+                    info!(store = %at, "registry database reachable again");
+                } else if !up && was {
+                    warn!(store = %at, "registry database unreachable: changes fail until it is back");
                 }
+                continue;
             }
         };
         let Some(first) = next else {
@@ -345,17 +377,28 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let results = match conn.client().await {
-            Ok(mut client) => commit_batch(&mut client, &batch).await,
-            Err(e) => {
-                let e = StoreError::Write(format!("the registry database is unreachable: {e}"));
-                batch.iter().map(|_| Err(e.clone())).collect()
+        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, async {
+            match conn.client().await {
+                Ok(mut client) => commit_batch(&mut client, &batch).await,
+                Err(e) => {
+                    let e = StoreError::Write(format!("the registry database is unreachable: {e}"));
+                    (batch.iter().map(|_| Err(e.clone())).collect(), true)
+                }
+            }
+        })
+        .await;
+        let (results, transaction_failed) = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                conn.reset().await;
+                let e = StoreError::Write(format!(
+                    "the registry database did not answer within {} s; nothing was changed",
+                    OPERATION_TIMEOUT.as_secs()
+                ));
+                (batch.iter().map(|_| Err(e.clone())).collect(), true)
             }
         };
-        let failed_whole = results
-            .iter()
-            .all(|r| matches!(r, Err(StoreError::Write(_))));
-        healthy.store(!failed_whole, Ordering::Release);
+        healthy.store(!transaction_failed, Ordering::Release);
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
@@ -364,18 +407,33 @@ async fn write_loop(
 
 /// Whether the writer's connection answers (reconnecting if need be).
 async fn probe(conn: &Connection) -> bool {
-    match conn.client().await {
-        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-        Err(_) => false,
+    let answered = tokio::time::timeout(OPERATION_TIMEOUT, async {
+        match conn.client().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    match answered {
+        Ok(up) => up,
+        Err(_) => {
+            conn.reset().await;
+            false
+        }
     }
 }
 
-/// Applies each change in its own savepoint, commits all at once. If the
-/// commit fails, every change of the batch fails.
-async fn commit_batch(client: &mut Client, batch: &[Job]) -> Vec<Result<u64, StoreError>> {
-    let whole = |e: &tokio_postgres::Error| -> Vec<Result<u64, StoreError>> {
+/// Applies each change in its own savepoint, commits all at once: each
+/// change's result, and whether the transaction itself failed (then every
+/// change of the batch fails, and the database is taken to be away).
+///
+/// A connection lost during COMMIT leaves its outcome unknown: the server
+/// may have committed what is reported here as failed. The in-memory index
+/// then lags the database until the next start reads it again.
+async fn commit_batch(client: &mut Client, batch: &[Job]) -> (Vec<Result<u64, StoreError>>, bool) {
+    let whole = |e: &tokio_postgres::Error| -> (Vec<Result<u64, StoreError>>, bool) {
         let e = StoreError::Write(db_message(e));
-        batch.iter().map(|_| Err(e.clone())).collect()
+        (batch.iter().map(|_| Err(e.clone())).collect(), true)
     };
     let mut tx = match client.transaction().await {
         Ok(tx) => tx,
@@ -406,7 +464,7 @@ async fn commit_batch(client: &mut Client, batch: &[Job]) -> Vec<Result<u64, Sto
         }
     }
     match tx.commit().await {
-        Ok(()) => results,
+        Ok(()) => (results, false),
         Err(e) => {
             error!(error = %db_message(&e), changes = batch.len(), "registry commit failed");
             whole(&e)
