@@ -42,12 +42,14 @@ fn identity(ca: CaSn, n: u64) -> DeviceIdentity {
 }
 
 /// Concurrent first connections, as the admission step runs them.
-fn auto_registration(runtime: &tokio::runtime::Runtime) -> serde_json::Value {
+fn auto_registration(
+    runtime: &tokio::runtime::Runtime,
+    store: Arc<dyn certmq::store::Store>,
+) -> serde_json::Value {
     const DEVICES: u64 = 30_000;
     const CONCURRENCY: u64 = 256;
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("registry.db"), 0).unwrap();
-    let (registry, _) = Registry::open(Arc::new(store)).unwrap();
+    let location = store.location();
+    let (registry, _) = Registry::open(store).unwrap();
     let ca = pki::create_ca("bench CA", 30, KeyKind::P256).unwrap();
     let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
     let ca_sn = runtime
@@ -91,6 +93,7 @@ fn auto_registration(runtime: &tokio::runtime::Runtime) -> serde_json::Value {
     let elapsed = started.elapsed();
     assert_eq!(registry.device_count() as u64, DEVICES);
     serde_json::json!({
+        "store": location.split_whitespace().next().unwrap_or(""),
         "devices": DEVICES,
         "concurrency": CONCURRENCY,
         "seconds": elapsed.as_secs_f64(),
@@ -186,7 +189,22 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let registration = auto_registration(&runtime);
+    // With POSTGRES_URL (an empty database; benches/pg-store.sh makes a
+    // throwaway one): first connections on the PostgreSQL store only.
+    if let Ok(url) = std::env::var("POSTGRES_URL") {
+        let store = runtime
+            .block_on(certmq::store::postgres::PgStore::connect(&url))
+            .unwrap();
+        let registration = auto_registration(&runtime, Arc::new(store));
+        println!(
+            "{}",
+            serde_json::json!({ "auto_registration": registration })
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("registry.db"), 0).unwrap();
+    let registration = auto_registration(&runtime, Arc::new(store));
     eprintln!("auto-registration: {registration}");
     let load = load(count);
     eprintln!("load: {load}");
