@@ -425,7 +425,10 @@ fn http_error(endpoint: &str, error: &reqwest::Error, has_identity: bool) -> Cli
                     | std::io::ErrorKind::UnexpectedEof
                     | std::io::ErrorKind::ConnectionAborted
             )
-        }) || text.contains("connection closed before message completed");
+        }) || text.contains("connection closed before message completed")
+            // hyper's pool saw the connection close before it could send
+            // (the server hung up right after the handshake).
+            || text.contains("connection was not ready");
         cause = e.source();
     }
     let hint = match tls {
