@@ -84,7 +84,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Ca
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let per_proxied_ip = per_ip.clone().filter(|_| behind_proxy);
+        let per_proxied_ip = if behind_proxy { per_ip.clone() } else { None };
         tokio::spawn(connection(ctx.clone(), tcp, peer, permit, per_proxied_ip));
     }
     info!("MQTT listener stopped");

@@ -13,9 +13,9 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use super::sqlite::{
-    CA_COLUMNS, DEVICE_COLUMNS, PERMISSION_COLUMNS, ca_from_row, device_from_row, now_ms,
-    permission_from_row, put_permission, registration_code,
+    ca_from_row, device_from_row, now_ms, permission_from_row, put_permission, registration_code,
 };
+use super::{CA_COLUMNS, DEVICE_COLUMNS, PERMISSION_COLUMNS};
 use crate::record::{
     CaRecord, DeviceRecord, IdentityKind, PermissionKey, PermissionRecord, PermitAction,
     PermitEffect,

@@ -25,6 +25,35 @@ use crate::identity::DeviceIdentity;
 use crate::record::{CaRecord, CertStatus, DeviceRecord, Page, PermissionKey, PermissionRecord};
 use crate::serial::CaSn;
 
+/// The columns of a CA record, in the order the stores' row readers take
+/// them.
+pub(crate) const CA_COLUMNS: &str =
+    "sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code";
+
+/// The columns of a device record, likewise.
+pub(crate) const DEVICE_COLUMNS: &str =
+    "ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem";
+
+/// The columns of a custom permission, likewise.
+pub(crate) const PERMISSION_COLUMNS: &str = "identity_type, identity, topic, permit_action, effect";
+
+/// How a status is stored (both schemas: 1 active, 0 inactive).
+pub(crate) fn status_code(status: CertStatus) -> i16 {
+    match status {
+        CertStatus::Active => 1,
+        CertStatus::Inactive => 0,
+    }
+}
+
+/// A stored status (anything but 1 reads as inactive).
+pub(crate) fn status_from(code: i16) -> CertStatus {
+    if code == 1 {
+        CertStatus::Active
+    } else {
+        CertStatus::Inactive
+    }
+}
+
 /// A boxed future of a store operation (the trait is used as `dyn Store`).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

@@ -34,11 +34,14 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 use tracing::{error, info, warn};
 
 use super::postgres_schema;
-use super::{Change, Snapshot, Store, StoreError, StoreFuture};
+use super::{
+    CA_COLUMNS, Change, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
+    StoreFuture, status_code, status_from,
+};
 use crate::identity::DeviceIdentity;
 use crate::record::{
-    CaRecord, CertStatus, DeviceRecord, IdentityKind, Page, PermissionKey, PermissionRecord,
-    PermitAction, PermitEffect,
+    CaRecord, DeviceRecord, IdentityKind, Page, PermissionKey, PermissionRecord, PermitAction,
+    PermitEffect,
 };
 use crate::serial::{CaSn, DeviceSn};
 
@@ -281,21 +284,6 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 
 fn read_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Read(db_message(&e))
-}
-
-fn status_code(status: CertStatus) -> i16 {
-    match status {
-        CertStatus::Active => 1,
-        CertStatus::Inactive => 0,
-    }
-}
-
-fn status_from(code: i16) -> CertStatus {
-    if code == 1 {
-        CertStatus::Active
-    } else {
-        CertStatus::Inactive
-    }
 }
 
 async fn read_snapshot(client: &mut Client) -> Result<Snapshot, StoreError> {
@@ -602,9 +590,6 @@ fn identity_from(row: &Row, ca: usize, device: usize) -> Result<DeviceIdentity, 
     })
 }
 
-const CA_COLUMNS: &str =
-    "sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code";
-
 fn ca_from_row(row: &Row) -> Result<CaRecord, StoreError> {
     let sn: &str = row.get(0);
     Ok(CaRecord {
@@ -618,8 +603,6 @@ fn ca_from_row(row: &Row) -> Result<CaRecord, StoreError> {
         registration_code: row.get::<_, Option<String>>(7).map(Into::into),
     })
 }
-
-const DEVICE_COLUMNS: &str = "ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem";
 
 fn device_from_row(row: &Row) -> Result<DeviceRecord, StoreError> {
     Ok(DeviceRecord {
@@ -736,8 +719,9 @@ impl Store for PgStore {
         Box::pin(self.read(async |client: &Client| {
             client
                 .query(
-                    "SELECT identity_type, identity, topic, permit_action, effect FROM custom_permission
-                     ORDER BY identity_type, identity, topic",
+                    &format!(
+                        "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
+                    ),
                     &[],
                 )
                 .await

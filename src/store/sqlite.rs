@@ -17,11 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
 use super::schema::{self, MigrateError};
-use super::{Change, Snapshot, Store, StoreError, StoreFuture};
+use super::{
+    CA_COLUMNS, Change, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
+    StoreFuture, status_code, status_from,
+};
 use crate::identity::DeviceIdentity;
 use crate::record::{
-    CaRecord, CertStatus, DeviceRecord, IdentityKind, Page, PermissionKey, PermissionRecord,
-    PermitAction, PermitEffect,
+    CaRecord, DeviceRecord, IdentityKind, Page, PermissionKey, PermissionRecord, PermitAction,
+    PermitEffect,
 };
 use crate::serial::{CaSn, DeviceSn, SerialError};
 
@@ -181,21 +184,6 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn status_code(status: CertStatus) -> i64 {
-    match status {
-        CertStatus::Active => 1,
-        CertStatus::Inactive => 0,
-    }
-}
-
-fn status_from(code: i64) -> CertStatus {
-    if code == 1 {
-        CertStatus::Active
-    } else {
-        CertStatus::Inactive
-    }
-}
-
 /// The writer thread: group commit until every sender is gone.
 fn write_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
@@ -277,7 +265,7 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
             params![
                 ca.sn.to_string(),
                 ca.name,
-                status_code(ca.status),
+                i64::from(status_code(ca.status)),
                 ca.valid_begin_ms,
                 ca.valid_end_ms,
                 &*ca.pem,
@@ -288,7 +276,7 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
         ),
         Change::SetCaStatus(sn, status) => conn.execute(
             "UPDATE ca SET status = ?2, updated_at_ms = ?3 WHERE sn = ?1",
-            params![sn.to_string(), status_code(*status), now],
+            params![sn.to_string(), i64::from(status_code(*status)), now],
         ),
         Change::DeleteCa(sn) => conn.execute("DELETE FROM ca WHERE sn = ?1", params![sn.to_string()]),
         Change::RegisterDevice(d) => conn.execute(
@@ -299,7 +287,7 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
                 d.identity.ca_sn.to_string(),
                 d.identity.device_sn.to_string(),
                 &*d.name,
-                status_code(d.status),
+                i64::from(status_code(d.status)),
                 d.valid_begin_ms,
                 d.valid_end_ms,
                 &*d.pem,
@@ -308,7 +296,7 @@ fn apply(conn: &Connection, change: &Change) -> Result<u64, StoreError> {
         ),
         Change::SetDeviceStatus(id, status) => conn.execute(
             "UPDATE device SET status = ?3, updated_at_ms = ?4 WHERE ca_sn = ?1 AND device_sn = ?2",
-            params![id.ca_sn.to_string(), id.device_sn.to_string(), status_code(*status), now],
+            params![id.ca_sn.to_string(), id.device_sn.to_string(), i64::from(status_code(*status)), now],
         ),
         Change::DeleteDevice(id) => conn.execute(
             "DELETE FROM device WHERE ca_sn = ?1 AND device_sn = ?2",
@@ -373,16 +361,12 @@ fn bad_serial(column: usize, what: &str, value: &str, e: SerialError) -> rusqlit
     )
 }
 
-/// The columns [`ca_from_row`] reads, in its order.
-pub(super) const CA_COLUMNS: &str =
-    "sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem, registration_code";
-
 pub(super) fn ca_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
     let sn: String = row.get(0)?;
     Ok(CaRecord {
         sn: CaSn::parse(&sn).map_err(|e| bad_serial(0, "CA serial", &sn, e))?,
         name: row.get(1)?,
-        status: status_from(row.get(2)?),
+        status: status_from(row.get::<_, i16>(2)?),
         valid_begin_ms: row.get(3)?,
         valid_end_ms: row.get(4)?,
         pem: row.get::<_, String>(5)?.into(),
@@ -390,9 +374,6 @@ pub(super) fn ca_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord>
         registration_code: row.get::<_, Option<String>>(7)?.map(Into::into),
     })
 }
-
-/// The columns [`permission_from_row`] reads, in its order.
-pub(super) const PERMISSION_COLUMNS: &str = "identity_type, identity, topic, permit_action, effect";
 
 pub(super) fn permission_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PermissionRecord> {
     let text = |column: usize, value: &str, what: &str| {
@@ -418,10 +399,6 @@ pub(super) fn permission_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<P
     })
 }
 
-/// The columns [`device_from_row`] reads, in its order.
-pub(super) const DEVICE_COLUMNS: &str =
-    "ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem";
-
 pub(super) fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let ca_sn: String = row.get(0)?;
     let device_sn: String = row.get(1)?;
@@ -432,7 +409,7 @@ pub(super) fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Devic
                 .map_err(|e| bad_serial(1, "device serial", &device_sn, e))?,
         },
         name: row.get::<_, String>(2)?.into(),
-        status: status_from(row.get(3)?),
+        status: status_from(row.get::<_, i16>(3)?),
         valid_begin_ms: row.get(4)?,
         valid_end_ms: row.get(5)?,
         pem: row.get::<_, String>(6)?.into(),
@@ -470,7 +447,7 @@ impl Store for SqliteStore {
                 device_sn: DeviceSn::parse(device_sn)
                     .map_err(|e| StoreError::Read(format!("device serial `{device_sn}`: {e}")))?,
             };
-            devices.push((identity, status_from(row.get(2).map_err(read)?)));
+            devices.push((identity, status_from(row.get::<_, i16>(2).map_err(read)?)));
         }
         Ok(Snapshot {
             registration_code,

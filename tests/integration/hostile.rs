@@ -13,21 +13,8 @@ use tokio::net::TcpStream;
 
 use crate::support::mqtt::{Version, WAIT, connect, connect_with};
 use crate::support::pki::client_config;
-use crate::support::raw;
+use crate::support::raw::{self, closed_by_server};
 use crate::support::{self, Ca, Device, TestBroker, metric, scrape};
-
-/// Waits until the server closes `tcp`; false if it stays open `within`.
-async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
 
 /// The bytes of a TLS ClientHello.
 fn client_hello(tls: Arc<ClientConfig>) -> Vec<u8> {

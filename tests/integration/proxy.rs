@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::pki::client_config;
-use crate::support::raw;
+use crate::support::raw::{self, closed_by_server};
 use crate::support::{self, Ca, Device, TestBroker, metric, scrape};
 
 fn v1(source: &str) -> Vec<u8> {
@@ -79,18 +79,6 @@ async fn spend(tb: &TestBroker, header: &[u8]) {
         closed_by_server(tcp, Duration::from_secs(5)).await,
         "the broker closes a connection that ends after its header"
     );
-}
-
-async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
 }
 
 #[tokio::test]

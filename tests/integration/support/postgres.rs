@@ -98,14 +98,8 @@ impl PgCluster {
     /// panics with its output if it fails.
     fn run(&self, program: &str, args: &[&str]) {
         let path = self.bin.join(program);
-        let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let output = command
+        let output = self
+            .command(program)
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -116,6 +110,26 @@ impl PgCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// One of PostgreSQL's programs, run as `postgres` when root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// `pg_ctl stop`'s arguments: at once, as a crash would.
+    fn stop_args(&self) -> Vec<String> {
+        let data = self.data().display().to_string();
+        ["-D", &data, "-m", "immediate", "-w", "stop"]
+            .map(String::from)
+            .to_vec()
     }
 
     fn socket_dir(&self) -> &Path {
@@ -147,17 +161,10 @@ impl PgCluster {
 
     /// Stops the server at once (as a crash would).
     pub fn pg_ctl_stop(&self) {
-        let data = self.data();
+        let args = self.stop_args();
         self.run(
             "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
     }
 
@@ -188,24 +195,9 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let data = self.data();
-        let path = self.bin.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let _ = command
-            .args([
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
+        let _ = self
+            .command("pg_ctl")
+            .args(self.stop_args())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -85,3 +85,16 @@ pub async fn until_closed(stream: &mut Stream, within: Duration) -> Option<Vec<u
     .await;
     closed.ok().map(|_| received)
 }
+
+/// Waits until the server closes `tcp`; false if it stays open `within`.
+pub async fn closed_by_server(mut tcp: TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
