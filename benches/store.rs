@@ -193,7 +193,7 @@ fn main() {
     // throwaway one): first connections on the PostgreSQL store only.
     if let Ok(url) = std::env::var("POSTGRES_URL") {
         let store = runtime
-            .block_on(certmq::store::postgres::PgStore::connect(&url))
+            .block_on(certmq::store::postgres::PgStore::connect(&url, "bench"))
             .unwrap();
         let registration = auto_registration(&runtime, Arc::new(store));
         println!(

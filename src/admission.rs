@@ -10,7 +10,9 @@
 //! 2. enters the session table (from here an inactivation kills it);
 //! 3. re-reads the registry: CA active, device not inactive; an unknown
 //!    device is registered here, active, and durably, before it gets any
-//!    further (auto-registration);
+//!    further (auto-registration); and, on a shared registry, checks that
+//!    this node is not fenced (a node without its lease cannot know of the
+//!    latest inactivations);
 //!
 //! and only then becomes a session. Step 2 before step 3 is what makes
 //! InactivateDeviceCertificate exact (see `Registry::set_device_status`).
@@ -79,6 +81,9 @@ pub(crate) async fn admit(
         Some(CertStatus::Inactive) => Some(Refusal::CaInactive(identity.ca_sn)),
         None => Some(Refusal::UnknownCa),
     };
+    // After the session entered the table: a fence raised from here on
+    // drops it.
+    let refusal = refusal.or_else(|| ctx.fence.refusal().map(Refusal::NodeFenced));
     match refusal {
         None => Ok((verified, guard)),
         Some(refusal) => Err(Refused {

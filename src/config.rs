@@ -41,6 +41,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub admin: AdminSettings,
     pub storage: StorageSettings,
+    pub cluster: ClusterSettings,
     pub log: LogSettings,
     pub authz: crate::authz::AuthzSettings,
 }
@@ -147,6 +148,15 @@ impl std::fmt::Debug for StorageSettings {
 pub enum StorageBackend {
     Sqlite,
     Postgres,
+}
+
+/// The brokers sharing a PostgreSQL registry (see `cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's name; empty: the host name (see [`Settings::node_id`]).
+    pub node_id: String,
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -423,6 +433,10 @@ impl Settings {
                 }
             }
         }
+        within("cluster.lease_ms", self.cluster.lease_ms, 500, 60_000, "ms")?;
+        if !self.cluster.node_id.is_empty() {
+            check_node_id(&self.cluster.node_id).map_err(|e| invalid("cluster.node_id", e))?;
+        }
         within(
             "log.refusals_per_second",
             u64::from(self.log.refusals_per_second),
@@ -513,6 +527,35 @@ impl Settings {
         Duration::from_millis(self.mqtt.send_timeout_ms)
     }
 
+    /// This node's name: `cluster.node_id`, or the host name (cut to a
+    /// valid node id), or "certmq" when the host has none.
+    pub fn node_id(&self) -> String {
+        if !self.cluster.node_id.is_empty() {
+            return self.cluster.node_id.clone();
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let id: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        if id.is_empty() { "certmq".into() } else { id }
+    }
+
+    /// How long this node's lease lasts (`cluster.lease_ms`).
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.cluster.lease_ms)
+    }
+
     pub fn drop_timeout(&self) -> Duration {
         Duration::from_millis(self.mqtt.drop_timeout_ms)
     }
@@ -542,6 +585,26 @@ const MAX_AUDIT_FILES: u64 = 1_000;
 const MAX_STORE_MB: u64 = 16 * 1024 * 1024;
 
 /// `value` must lie in `min..=max` (in `unit`).
+/// A node id: 1 to 64 letters, digits, `.`, `_` or `-`.
+pub(crate) fn check_node_id(id: &str) -> Result<(), String> {
+    let shown: String = id.chars().take(64).collect();
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!(
+            "`{shown}` must be 1 to 64 characters (letters, digits, `.`, `_`, `-`)"
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "`{shown}` holds `{}`; use letters, digits, `.`, `_` and `-` only",
+            c.escape_default()
+        ));
+    }
+    Ok(())
+}
+
 fn within(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())

@@ -67,3 +67,28 @@ pub(crate) fn stalls_session(topic: &[u8]) -> bool {
 pub(crate) fn bypasses_authz(topic: &[u8]) -> bool {
     enabled() && topic.starts_with(b"certmq/fault-injection/")
 }
+
+/// Change notifications that a node's change feed is to ignore, by node id
+/// (tests run several nodes in one process): what a notification lost
+/// between PostgreSQL and the node looks like. The heartbeat must catch
+/// the node up anyway.
+static LOST_NOTIFICATIONS: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes node `node_id` ignore its next `count` change notifications.
+pub fn lose_change_notifications(node_id: &str, count: u32) {
+    let mut lost = LOST_NOTIFICATIONS.lock().unwrap_or_else(|p| p.into_inner());
+    lost.retain(|(id, _)| id != node_id);
+    lost.push((node_id.to_owned(), count));
+}
+
+/// Whether node `node_id` ignores this change notification.
+pub(crate) fn loses_change_notification(node_id: &str) -> bool {
+    let mut lost = LOST_NOTIFICATIONS.lock().unwrap_or_else(|p| p.into_inner());
+    match lost.iter_mut().find(|(id, n)| id == node_id && *n > 0) {
+        Some((_, n)) => {
+            *n -= 1;
+            true
+        }
+        None => false,
+    }
+}

@@ -36,6 +36,7 @@ pub mod admin;
 mod admission;
 pub mod authz;
 pub mod check;
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -103,6 +104,8 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     AdminTls(#[from] admin::tls::AdminTlsError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
         key: &'static str,
@@ -124,7 +127,12 @@ pub(crate) struct Context {
     pub(crate) metrics: Metrics,
     /// Topic authorization: the configured policies and attachments and
     /// the custom permissions; a change reaches every session.
-    pub(crate) authz: authz::LivePolicies,
+    pub(crate) authz: Arc<authz::LivePolicies>,
+    /// Set while this node may not admit connections (a node of a shared
+    /// registry without its lease, or not caught up).
+    pub(crate) fence: cluster::Fence,
+    /// This node's name (`cluster.node_id`, or the host name).
+    pub(crate) node_id: Arc<str>,
     /// Whether a component the broker cannot run without has stopped.
     pub(crate) health: health::Health,
     /// Refused handshakes are logged at most this often.
@@ -159,6 +167,7 @@ impl Broker {
         #[cfg(feature = "fault-injection")]
         warn!("this is a TEST BUILD with fault injection compiled in: never deploy it");
         let mut data_dir = DataDir::lock(&settings.storage.data_dir)?;
+        let node_id = settings.node_id();
         let store: Arc<dyn store::Store> = match settings.storage.backend {
             config::StorageBackend::Sqlite => Arc::new(
                 SqliteStore::open(
@@ -168,7 +177,7 @@ impl Broker {
                 .map_err(RegistryError::from)?,
             ),
             config::StorageBackend::Postgres => Arc::new(
-                store::postgres::PgStore::connect(&settings.storage.postgres_url)
+                store::postgres::PgStore::connect(&settings.storage.postgres_url, &node_id)
                     .await
                     .map_err(RegistryError::from)?,
             ),
@@ -196,16 +205,18 @@ impl Broker {
             info!(file = %path.display(), "admin API access key (generated for instance.owner)");
         }
         let (server_cert, server_key, mut ca_files, dev_pki) = resolve_pki(&settings)?;
-        ca_files.extend(settings.tls.ca_files.iter().cloned());
-        for path in &ca_files {
-            register_ca_file(&registry, path).await?;
+        let mut authz = authz::PolicySet::from_settings(&settings.authz)
+            .map_err(|e| config::invalid(e.place, e.problem))?;
+        if let Some(dev) = &dev_pki {
+            authz
+                .attach_dev_pki_app(&settings.authz, &dev.ca_cert, pki::dev::DEV_APP_NAME)
+                .map_err(|e| config::invalid(e.place, e.problem))?;
         }
-        let tls = TlsContext::new(
-            registry.clone(),
-            &server_cert,
-            &server_key,
-            settings.tls.session_cache_size,
-        )?;
+        let authz = Arc::new(authz::LivePolicies::new(
+            authz,
+            custom_permissions,
+            store.clone(),
+        ));
         let metrics = Metrics::new();
         let dropped = metrics.messages_dropped();
         let hub = router::Hub::with_counters(
@@ -219,6 +230,49 @@ impl Broker {
                 retained_full: Some(dropped.with_label_values(&["retained_full"])),
             },
         );
+        let sessions = SessionTable::new();
+        let fence = cluster::Fence::default();
+        let shutdown = CancellationToken::new();
+        // A shared registry: follow its change feed (and hold a lease)
+        // before anything changes it from here or anyone connects.
+        match settings.storage.backend {
+            config::StorageBackend::Sqlite => {}
+            config::StorageBackend::Postgres => {
+                let joined = cluster::Cluster::join(
+                    cluster::ClusterSettings {
+                        node_id: node_id.clone(),
+                        lease: settings.lease(),
+                        drop_timeout: settings.drop_timeout(),
+                    },
+                    store::postgres::config(&settings.storage.postgres_url)
+                        .map_err(RegistryError::from)?,
+                    registry.loaded_seq(),
+                    cluster::Local {
+                        registry: registry.clone(),
+                        sessions: sessions.clone(),
+                        hub: hub.clone(),
+                        authz: authz.clone(),
+                        store: store.clone(),
+                        drop_timeout: settings.drop_timeout(),
+                    },
+                    fence.clone(),
+                    metrics.cluster(),
+                    shutdown.clone(),
+                )
+                .await?;
+                registry.set_propagation(Arc::new(joined));
+            }
+        }
+        ca_files.extend(settings.tls.ca_files.iter().cloned());
+        for path in &ca_files {
+            register_ca_file(&registry, path).await?;
+        }
+        let tls = TlsContext::new(
+            registry.clone(),
+            &server_cert,
+            &server_key,
+            settings.tls.session_cache_size,
+        )?;
 
         let mqtt_listen = settings.mqtt_listen()?;
         let admin_listen = settings.admin_listen()?;
@@ -232,27 +286,21 @@ impl Broker {
             pid: std::process::id(),
         })?;
 
-        let mut authz = authz::PolicySet::from_settings(&settings.authz)
-            .map_err(|e| config::invalid(e.place, e.problem))?;
-        if let Some(dev) = &dev_pki {
-            authz
-                .attach_dev_pki_app(&settings.authz, &dev.ca_cert, pki::dev::DEV_APP_NAME)
-                .map_err(|e| config::invalid(e.place, e.problem))?;
-        }
         let refusals_per_second = settings.log.refusals_per_second;
         let ctx = Arc::new(Context {
             settings,
             instance,
             registry,
-            sessions: SessionTable::new(),
+            sessions,
             hub,
             tls,
             metrics,
-            authz: authz::LivePolicies::new(authz, custom_permissions, store),
+            authz,
+            fence,
+            node_id: Arc::from(node_id.as_str()),
             health: health::Health::default(),
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
         });
-        let shutdown = CancellationToken::new();
         let health = ctx.health.clone();
         let tasks = vec![
             tokio::spawn({
@@ -297,7 +345,7 @@ impl Broker {
                 shutdown.clone(),
             )),
         ];
-        info!(mqtt = %mqtt_addr, admin = %admin_addr, admin_tls = admin_tls.is_some(), cas = ctx.registry.ca_count(), "certmq started");
+        info!(node_id = %ctx.node_id, mqtt = %mqtt_addr, admin = %admin_addr, admin_tls = admin_tls.is_some(), cas = ctx.registry.ca_count(), "certmq started");
         Ok(Broker {
             ctx,
             mqtt_addr,

@@ -29,6 +29,20 @@ pub struct Metrics {
     audit_suppressed: IntCounter,
     registry_cas: IntGauge,
     registry_devices: IntGauge,
+    cluster: ClusterMetrics,
+}
+
+/// The metrics of a node sharing a PostgreSQL registry (see `cluster`).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// The number of the last change of the feed this node applied.
+    pub applied_seq: IntGauge,
+    /// 1 while this node is fenced (no lease, or not caught up).
+    pub fenced: IntGauge,
+    /// Catch-ups of the change feed, by what started them.
+    pub catch_ups: IntCounterVec,
+    /// Changes applied from the feed.
+    pub changes_applied: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -172,6 +186,31 @@ impl Metrics {
                 "certmq_audit_records_suppressed_total",
                 "Audit records not written for admin calls refused before their signature checked out, beyond 20 a second.",
             ),
+            cluster: ClusterMetrics {
+                applied_seq: gauge(
+                    r,
+                    "certmq_cluster_applied_seq",
+                    "The number of the last registry change this node applied (PostgreSQL registry).",
+                ),
+                fenced: gauge(
+                    r,
+                    "certmq_cluster_fenced",
+                    "1 while this node refuses connections: it holds no lease on the shared registry, or has not \
+                     caught up with its changes.",
+                ),
+                catch_ups: counter_vec(
+                    r,
+                    "certmq_cluster_catch_ups_total",
+                    "Reads of the registry's change feed, by trigger: notification, heartbeat (the node found \
+                     itself behind without a notification), reconnect.",
+                    &["trigger"],
+                ),
+                changes_applied: counter(
+                    r,
+                    "certmq_cluster_changes_applied_total",
+                    "Registry changes applied from the change feed.",
+                ),
+            },
             registry_cas: gauge(r, "certmq_registry_cas", "Registered CA certificates."),
             registry_devices: gauge(
                 r,
@@ -249,6 +288,11 @@ impl Metrics {
     /// The dropped-message counter, for a session to bump.
     pub(crate) fn messages_dropped(&self) -> IntCounterVec {
         self.messages_dropped.clone()
+    }
+
+    /// The cluster's metrics, for the cluster's tasks.
+    pub(crate) fn cluster(&self) -> ClusterMetrics {
+        self.cluster.clone()
     }
 
     /// Sessions that got CONNACK.

@@ -77,6 +77,8 @@ pub struct AuditRecord<'a> {
     pub req: &'a RpcRequest,
     /// Where the call came from (the TCP peer of the admin listener).
     pub peer: std::net::SocketAddr,
+    /// The node that took the call (`cluster.node_id`).
+    pub node: &'a str,
     pub action: &'a str,
     pub access_key_id: Option<&'a str>,
     pub account: Option<&'a str>,
@@ -106,6 +108,7 @@ impl AuditRecord<'_> {
             "time": time,
             "request_id": self.req.request_id,
             "peer": self.peer.to_string(),
+            "node": self.node,
             "access_key_id": self.access_key_id.map(|id| id.chars().take(64).collect::<String>()),
             "account": self.account,
             "action": self.action.chars().take(64).collect::<String>(),
@@ -295,6 +298,7 @@ mod tests {
         log.write(AuditRecord {
             req,
             peer: ([127, 0, 0, 1], 4242).into(),
+            node: "node-a",
             action: "InactivateDeviceCertificate",
             access_key_id: Some("LTAI1"),
             account: Some("acct"),

@@ -221,6 +221,7 @@ async fn run_call(
         let written = state.api.audit.write(audit::AuditRecord {
             req: &req,
             peer,
+            node: &state.ctx.node_id,
             action: action.unwrap_or_default(),
             access_key_id: caller
                 .as_ref()
@@ -288,6 +289,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
     if !state.ctx.registry.store_healthy() {
         return not_ready("the registry store is not available".into());
+    }
+    if let Some(why) = state.ctx.fence.refusal() {
+        return not_ready(format!("this node refuses connections: {why}"));
     }
     (StatusCode::OK, "ready\n").into_response()
 }

@@ -70,6 +70,14 @@ impl LivePolicies {
         self.put_in_force(|current| configured.with_custom(current.custom().clone()))
     }
 
+    /// Puts `custom` in force as read from the store after another broker
+    /// changed a custom permission (the change feed); returns the new
+    /// generation. Live sessions re-judge themselves under it.
+    pub async fn replace_custom(&self, custom: CustomPermissions) -> u64 {
+        let _serial = self.changes.lock().await;
+        self.put_in_force(|current| current.with_custom(custom))
+    }
+
     /// Adds a custom permission; refused if its identity and topic have one.
     pub async fn add(&self, record: PermissionRecord) -> Result<u64, ChangeError> {
         let _serial = self.changes.lock().await;

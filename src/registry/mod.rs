@@ -16,6 +16,14 @@
 //! are serialised (so the index and the store apply them in the same
 //! order); auto-registrations are not, and are grouped by the store.
 //!
+//! On a store several brokers share (PostgreSQL), the store numbers each
+//! change and the index is changed only by the change feed, in number
+//! order, on every broker alike (`cluster` calls [`Registry::apply`]): an
+//! admin change here waits, through the [`Propagation`] the cluster sets,
+//! until every broker holding a lease has applied it, this one included.
+//! Applying in one order everywhere is what keeps two changes of one
+//! device, made on two brokers, from ending differently on a third.
+//!
 //! It owns no sessions: dropping the live connections of a certificate that
 //! was just inactivated is the caller's job (see `admin` and
 //! `session::SessionTable`). The order matters and is documented on
@@ -35,7 +43,8 @@ pub use ca::{CaCert, CaCertError};
 
 use crate::identity::{DeviceCert, DeviceIdentity};
 use crate::serial::CaSn;
-use crate::store::{Change, Store, StoreError};
+use crate::store::feed::FeedChange;
+use crate::store::{Change, Committed, Store, StoreError};
 
 /// Why a registry change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +57,30 @@ pub enum RegistryError {
     CaAlreadyRegistered(CaSn),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Committed, but not known to be in force on every broker.
+    #[error("the change is committed but {0}")]
+    NotApplied(String),
+}
+
+/// A boxed future of [`Propagation::settle`].
+pub type SettleFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Waits until a change the store numbered is applied by every broker
+/// that shares the store (the `cluster` implements it).
+pub trait Propagation: Send + Sync {
+    /// Resolves once every live broker has applied change `seq`, or with
+    /// why that was not seen in time (naming the broker).
+    fn settle(&self, seq: u64) -> SettleFuture<'_>;
+}
+
+/// Where a committed change still has to go.
+enum Applied {
+    /// Nowhere yet: the caller applies it to this index.
+    ByCaller,
+    /// Applied by the change feed on every broker, this one's index
+    /// included.
+    Everywhere,
 }
 
 /// What registering a CA records.
@@ -140,6 +173,10 @@ struct Shared {
     /// Serialises admin changes (store commit + index update), so both
     /// apply them in one order. Never held on the handshake path.
     admin: tokio::sync::Mutex<()>,
+    /// Set by the cluster when the store has a change feed.
+    propagation: std::sync::OnceLock<Arc<dyn Propagation>>,
+    /// The feed number of the snapshot the index was loaded from.
+    loaded_seq: u64,
 }
 
 impl Shared {
@@ -192,9 +229,46 @@ impl Registry {
                 devices,
                 next_seq,
                 admin: tokio::sync::Mutex::new(()),
+                propagation: std::sync::OnceLock::new(),
+                loaded_seq: snapshot.seq,
             }),
         };
         Ok((registry, snapshot.registration_code))
+    }
+
+    /// The change feed's number of the snapshot the index was loaded from
+    /// (0 without a feed): the cluster follows the feed from there.
+    pub fn loaded_seq(&self) -> u64 {
+        self.shared.loaded_seq
+    }
+
+    /// Makes admin changes wait for `propagation` after their commit (see
+    /// the module doc). Set once, before the broker takes admin calls.
+    pub fn set_propagation(&self, propagation: Arc<dyn Propagation>) {
+        let _ = self.shared.propagation.set(propagation);
+    }
+
+    /// Commits an admin change and waits until it is in force everywhere
+    /// when the store numbered it. `None`: it touched nothing. Callers
+    /// hold the admin lock, so that one they apply themselves reaches the
+    /// index in the store's order.
+    async fn commit_admin(&self, change: Change) -> Result<Option<Applied>, RegistryError> {
+        match self.shared.store.commit(change).await? {
+            Committed { touched: 0, .. } => Ok(None),
+            Committed { seq: None, .. } => Ok(Some(Applied::ByCaller)),
+            Committed { seq: Some(seq), .. } => {
+                let Some(propagation) = self.shared.propagation.get() else {
+                    return Err(RegistryError::NotApplied(
+                        "this broker does not follow the store's change feed".into(),
+                    ));
+                };
+                propagation
+                    .settle(seq)
+                    .await
+                    .map_err(RegistryError::NotApplied)?;
+                Ok(Some(Applied::Everywhere))
+            }
+        }
     }
 
     /// Whether the store takes writes.
@@ -237,15 +311,13 @@ impl Registry {
             verification_pem: verification_pem.map(Arc::from),
             registration_code: registration_code.map(Arc::from),
         };
-        match self
-            .shared
-            .store
-            .commit(Change::RegisterCa(record.clone()))
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict(_)) => return Err(RegistryError::CaAlreadyRegistered(sn)),
-            Err(e) => return Err(e.into()),
+        match self.commit_admin(Change::RegisterCa(record.clone())).await {
+            Ok(Some(Applied::ByCaller)) => {}
+            Ok(Some(Applied::Everywhere)) => return Ok(sn),
+            Ok(None) | Err(RegistryError::Store(StoreError::Conflict(_))) => {
+                return Err(RegistryError::CaAlreadyRegistered(sn));
+            }
+            Err(e) => return Err(e),
         }
         self.shared.cas.insert(
             sn,
@@ -263,38 +335,49 @@ impl Registry {
     /// sessions *after* this returns (see [`Registry::set_device_status`]).
     pub async fn set_ca_status(&self, sn: &CaSn, status: CertStatus) -> Result<(), RegistryError> {
         let _serial = self.shared.admin.lock().await;
-        if !self.shared.cas.contains_key(sn) {
-            return Err(RegistryError::CaNotFound(*sn));
+        match self.commit_admin(Change::SetCaStatus(*sn, status)).await? {
+            None => Err(RegistryError::CaNotFound(*sn)),
+            Some(Applied::Everywhere) => Ok(()),
+            Some(Applied::ByCaller) => {
+                self.set_ca_status_here(sn, status);
+                Ok(())
+            }
         }
-        if self
-            .shared
-            .store
-            .commit(Change::SetCaStatus(*sn, status))
-            .await?
-            == 0
-        {
-            return Err(RegistryError::CaNotFound(*sn));
-        }
-        if let Some(mut entry) = self.shared.cas.get_mut(sn) {
-            entry.record.status = status;
-        }
-        Ok(())
     }
 
     /// Removes a CA and every device certificate it issued; returns how
     /// many devices went. Callers drop the CA's sessions *after* this.
     pub async fn delete_ca(&self, sn: &CaSn) -> Result<usize, RegistryError> {
         let _serial = self.shared.admin.lock().await;
-        if !self.shared.cas.contains_key(sn) {
-            return Err(RegistryError::CaNotFound(*sn));
+        let devices = self.devices_of(sn);
+        match self.commit_admin(Change::DeleteCa(*sn)).await? {
+            None => Err(RegistryError::CaNotFound(*sn)),
+            Some(Applied::Everywhere) => Ok(devices),
+            Some(Applied::ByCaller) => Ok(self.delete_ca_here(sn)),
         }
-        if self.shared.store.commit(Change::DeleteCa(*sn)).await? == 0 {
-            return Err(RegistryError::CaNotFound(*sn));
+    }
+
+    fn set_ca_status_here(&self, sn: &CaSn, status: CertStatus) {
+        if let Some(mut entry) = self.shared.cas.get_mut(sn) {
+            entry.record.status = status;
         }
+    }
+
+    /// Removes a CA and its devices from the index; how many devices went.
+    fn delete_ca_here(&self, sn: &CaSn) -> usize {
         self.shared.cas.remove(sn);
         let before = self.shared.devices.len();
         self.shared.devices.retain(|id, _| id.ca_sn != *sn);
-        Ok(before.saturating_sub(self.shared.devices.len()))
+        before.saturating_sub(self.shared.devices.len())
+    }
+
+    /// How many devices of a CA the index knows.
+    fn devices_of(&self, sn: &CaSn) -> usize {
+        self.shared
+            .devices
+            .iter()
+            .filter(|e| e.key().ca_sn == *sn)
+            .count()
     }
 
     /// Registered CAs in registration order.
@@ -439,21 +522,18 @@ impl Registry {
         status: CertStatus,
     ) -> Result<(), RegistryError> {
         let _serial = self.shared.admin.lock().await;
-        if !self.shared.devices.contains_key(id) {
-            return Err(RegistryError::DeviceNotFound(*id));
-        }
-        if self
-            .shared
-            .store
-            .commit(Change::SetDeviceStatus(*id, status))
+        // Nothing touched: not stored (perhaps still being registered).
+        match self
+            .commit_admin(Change::SetDeviceStatus(*id, status))
             .await?
-            == 0
         {
-            // Known to the index but not stored: still being registered.
-            return Err(RegistryError::DeviceNotFound(*id));
+            None => Err(RegistryError::DeviceNotFound(*id)),
+            Some(Applied::Everywhere) => Ok(()),
+            Some(Applied::ByCaller) => {
+                self.shared.devices.insert(*id, Slot::of(status));
+                Ok(())
+            }
         }
-        self.shared.devices.insert(*id, Slot::of(status));
-        Ok(())
     }
 
     /// Removes a device record. The device registers again on its next
@@ -461,17 +541,67 @@ impl Registry {
     /// a device out.
     pub async fn delete_device(&self, id: &DeviceIdentity) -> Result<(), RegistryError> {
         let _serial = self.shared.admin.lock().await;
-        if !self.shared.devices.contains_key(id) {
-            return Err(RegistryError::DeviceNotFound(*id));
+        match self.commit_admin(Change::DeleteDevice(*id)).await? {
+            None => Err(RegistryError::DeviceNotFound(*id)),
+            Some(Applied::Everywhere) => Ok(()),
+            Some(Applied::ByCaller) => {
+                self.shared.devices.remove(id);
+                Ok(())
+            }
         }
-        if self.shared.store.commit(Change::DeleteDevice(*id)).await? == 0 {
-            return Err(RegistryError::DeviceNotFound(*id));
-        }
-        self.shared.devices.remove(id);
-        Ok(())
     }
 
     pub fn device_count(&self) -> usize {
         self.shared.devices.len()
+    }
+
+    // ----- the change feed -------------------------------------------------
+
+    /// Applies one change of the store's feed to the index (every broker,
+    /// in the feed's order). Dropping the sessions it ends is the caller's
+    /// job, after this, as for the admin calls.
+    pub fn apply(&self, change: &FeedChange) -> Result<(), RegistryError> {
+        match change {
+            FeedChange::CaRegistered(_, None) => {}
+            FeedChange::CaRegistered(sn, Some(record)) => {
+                if !self.shared.cas.contains_key(sn) {
+                    let cert = CaCert::from_stored(&record.pem).map_err(|e| {
+                        StoreError::Read(format!("the stored CA {sn} is unusable: {e}"))
+                    })?;
+                    self.shared.cas.insert(
+                        *sn,
+                        CaEntry {
+                            seq: self.shared.seq(),
+                            record: (**record).clone(),
+                            subject_raw: cert.subject_raw,
+                            anchor: cert.anchor,
+                        },
+                    );
+                }
+            }
+            FeedChange::CaStatus(sn, status) => self.set_ca_status_here(sn, *status),
+            FeedChange::CaDeleted(sn) => {
+                self.delete_ca_here(sn);
+            }
+            FeedChange::DeviceRegistered(id, status) => match self.shared.devices.entry(*id) {
+                // A registration this broker is making: the admission
+                // finishes it.
+                Entry::Occupied(mut e) if *e.get() == Slot::Pending => {
+                    e.insert(Slot::of(*status));
+                }
+                Entry::Occupied(_) => {}
+                Entry::Vacant(e) => {
+                    e.insert(Slot::of(*status));
+                }
+            },
+            FeedChange::DeviceStatus(id, status) => {
+                self.shared.devices.insert(*id, Slot::of(*status));
+            }
+            FeedChange::DeviceDeleted(id) => {
+                self.shared.devices.remove(id);
+            }
+            FeedChange::Permissions => {}
+        }
+        Ok(())
     }
 }

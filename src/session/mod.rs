@@ -94,6 +94,7 @@ impl Exit {
             Exit::Killed(DropReason::Administrative) => DisconnectReasonCode::AdministrativeAction,
             Exit::Killed(DropReason::ShuttingDown) => DisconnectReasonCode::ServerShuttingDown,
             Exit::Killed(DropReason::TakenOver) => DisconnectReasonCode::SessionTakenOver,
+            Exit::Killed(DropReason::Fenced) => DisconnectReasonCode::UseAnotherServer,
             Exit::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
             Exit::Protocol(CodecError::TooLarge(_)) => DisconnectReasonCode::PacketTooLarge,
             Exit::Protocol(CodecError::Malformed(_)) => DisconnectReasonCode::MalformedPacket,
@@ -120,7 +121,7 @@ impl Exit {
         !matches!(
             self,
             Exit::ClientDisconnect { with_will: false }
-                | Exit::Killed(DropReason::Administrative)
+                | Exit::Killed(DropReason::Administrative | DropReason::Fenced)
                 | Exit::NotAuthorized
         )
     }
@@ -688,7 +689,11 @@ where
         // However the loop ended (the client may have closed its socket in
         // the same moment), a session an operator dropped leaves no will.
         let will = will.filter(|_| {
-            exit.publishes_will() && self.guard.drop_reason() != Some(DropReason::Administrative)
+            exit.publishes_will()
+                && !self
+                    .guard
+                    .drop_reason()
+                    .is_some_and(DropReason::silences_will)
         });
         // The router hears of the end before the table entry goes: whoever
         // waits for this session to close and then reuses its client id

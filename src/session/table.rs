@@ -39,6 +39,9 @@ pub enum DropReason {
     ShuttingDown,
     /// Another connection claimed the same client id (0x8E).
     TakenOver,
+    /// This node lost its lease on the shared registry and cannot know
+    /// whether the certificate is still active (0x9C, use another server).
+    Fenced,
 }
 
 impl DropReason {
@@ -47,6 +50,7 @@ impl DropReason {
             DropReason::Administrative => 1,
             DropReason::ShuttingDown => 2,
             DropReason::TakenOver => 3,
+            DropReason::Fenced => 4,
         }
     }
 
@@ -55,6 +59,7 @@ impl DropReason {
             1 => Some(DropReason::Administrative),
             2 => Some(DropReason::ShuttingDown),
             3 => Some(DropReason::TakenOver),
+            4 => Some(DropReason::Fenced),
             _ => None,
         }
     }
@@ -65,7 +70,15 @@ impl DropReason {
             DropReason::Administrative => "administrative",
             DropReason::ShuttingDown => "shutting_down",
             DropReason::TakenOver => "taken_over",
+            DropReason::Fenced => "fenced",
         }
+    }
+
+    /// Whether the session's will is withheld: the certificate lost its
+    /// access (or this node cannot tell whether it has), so its last word
+    /// must not reach the fleet.
+    pub fn silences_will(self) -> bool {
+        matches!(self, DropReason::Administrative | DropReason::Fenced)
     }
 }
 

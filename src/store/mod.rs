@@ -12,6 +12,7 @@
 //! one is in use.
 
 pub mod backup;
+pub mod feed;
 pub mod postgres;
 mod postgres_schema;
 mod schema;
@@ -94,6 +95,9 @@ pub struct Snapshot {
     pub cas: Vec<CaRecord>,
     /// Every device certificate's identity and status.
     pub devices: Vec<(DeviceIdentity, CertStatus)>,
+    /// The change feed's number of the last change the snapshot holds
+    /// (0 for a store without a feed).
+    pub seq: u64,
 }
 
 /// One durable change.
@@ -113,6 +117,25 @@ pub enum Change {
     DeletePermission(PermissionKey),
 }
 
+/// A change made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// How many records it touched (0: nothing to do, see [`Store::commit`]).
+    pub touched: u64,
+    /// Its number in the change feed, for a store several brokers share
+    /// (PostgreSQL): every broker applies it to its own index from the
+    /// feed, in this order. `None` (SQLite, or nothing touched): the
+    /// caller applies it to the index itself.
+    pub seq: Option<u64>,
+}
+
+impl Committed {
+    /// A change applied by the caller (no feed).
+    pub fn local(touched: u64) -> Self {
+        Committed { touched, seq: None }
+    }
+}
+
 /// A durable home for certificate state.
 pub trait Store: Send + Sync {
     /// Reads what the in-memory index needs.
@@ -120,8 +143,8 @@ pub trait Store: Send + Sync {
 
     /// Makes `change` durable; answers how many records it touched (0 for
     /// a status change or deletion of something absent, or a registration
-    /// of a device already stored).
-    fn commit(&self, change: Change) -> StoreFuture<'_, u64>;
+    /// of a device already stored) and its place in the change feed.
+    fn commit(&self, change: Change) -> StoreFuture<'_, Committed>;
 
     /// One device certificate, body included.
     fn device(&self, id: DeviceIdentity) -> StoreFuture<'_, Option<DeviceRecord>>;

@@ -16,13 +16,12 @@
 //! snapshot the in-memory index loads is read in one repeatable-read
 //! transaction when the store connects.
 //!
-//! One broker per database, for now: the writer's connection holds a
-//! session advisory lock, and a second broker on the same database is
-//! refused at start (and its writes, should it take over a database whose
-//! broker reconnects). Brokers sharing one registry need every node to hear
-//! of every change before an inactivation answers (the change feed and
-//! leases of issue 13); until then a second node would keep admitting a
-//! device the first inactivated.
+//! Several brokers share one database. Each change that touched something
+//! is numbered and logged in its transaction, and the transaction notifies
+//! the other brokers when it commits (`feed`); the store answers with the
+//! number, and the broker that made the change waits until every broker
+//! has applied it (`cluster`). The store itself never changes the
+//! in-memory index.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,11 +32,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 use tracing::{error, info, warn};
 
-use super::postgres_schema;
 use super::{
-    CA_COLUMNS, Change, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
+    CA_COLUMNS, Change, Committed, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
     StoreFuture, status_code, status_from,
 };
+use super::{feed, postgres_schema};
 use crate::identity::DeviceIdentity;
 use crate::record::{
     CaRecord, DeviceRecord, IdentityKind, Page, PermissionKey, PermissionRecord, PermitAction,
@@ -48,10 +47,6 @@ use crate::serial::{CaSn, DeviceSn};
 /// The registry schema version this certmq writes.
 pub const SCHEMA_VERSION: i64 = postgres_schema::VERSION;
 
-/// The session advisory lock one broker holds on its database while the
-/// registry is not yet shared between brokers ("certmq1").
-const SOLE_BROKER_LOCK: i64 = 0x0063_6572_746d_7131;
-
 /// Most changes committed in one transaction.
 const MAX_BATCH: usize = 1024;
 
@@ -61,7 +56,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Job {
     change: Change,
-    reply: oneshot::Sender<Result<u64, StoreError>>,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
 }
 
 /// The PostgreSQL store.
@@ -112,36 +107,32 @@ pub fn describe(config: &Config) -> String {
 }
 
 /// One connection that comes back after the database went away.
-struct Connection {
+pub(crate) struct Connection {
     config: Config,
     client: tokio::sync::Mutex<Option<Client>>,
-    /// The writer's: holds the sole-broker lock (taken again on reconnect).
-    sole: bool,
 }
 
 impl Connection {
-    fn new(config: Config) -> Self {
+    pub(crate) fn new(config: Config) -> Self {
         Connection {
             config,
             client: tokio::sync::Mutex::new(None),
-            sole: false,
         }
     }
 
     /// Drops the client (one that stopped answering): the next use
     /// connects again.
-    async fn reset(&self) {
+    pub(crate) async fn reset(&self) {
         *self.client.lock().await = None;
     }
 
     /// The live client, connecting first if there is none (or it closed).
-    async fn client(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, StoreError> {
+    pub(crate) async fn client(
+        &self,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, StoreError> {
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(Client::is_closed) {
             let client = connect(&self.config).await?;
-            if self.sole {
-                take_sole_lock(&client, &describe(&self.config)).await?;
-            }
             *slot = Some(client);
         }
         Ok(tokio::sync::MutexGuard::map(slot, |c| {
@@ -150,7 +141,7 @@ impl Connection {
     }
 }
 
-async fn connect(config: &Config) -> Result<Client, StoreError> {
+pub(crate) async fn connect(config: &Config) -> Result<Client, StoreError> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| StoreError::Open {
         path: describe(config).into(),
         reason: e.to_string(),
@@ -164,34 +155,11 @@ async fn connect(config: &Config) -> Result<Client, StoreError> {
     Ok(client)
 }
 
-/// Takes the session lock that keeps a second broker off this database:
-/// brokers do not share a registry's in-memory index yet, and one that
-/// did not hear of another's inactivation would admit the device.
-async fn take_sole_lock(client: &Client, location: &str) -> Result<(), StoreError> {
-    let taken: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_BROKER_LOCK])
-        .await
-        .map_err(|e| StoreError::Open {
-            path: location.into(),
-            reason: db_message(&e),
-        })?
-        .get(0);
-    if taken {
-        return Ok(());
-    }
-    Err(StoreError::Open {
-        path: location.into(),
-        reason: "another certmq broker is using this database; brokers cannot share one registry \
-                 database yet (an inactivation on one would not reach the other): stop the other \
-                 broker or give this one its own database"
-            .into(),
-    })
-}
-
 impl PgStore {
     /// Connects to the database at `url`, brings its schema up to date,
-    /// reads the snapshot and starts the writer.
-    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+    /// reads the snapshot and starts the writer. `origin` (the node id)
+    /// is recorded with each change in the log.
+    pub async fn connect(url: &str, origin: &str) -> Result<PgStore, StoreError> {
         let config = config(url)?;
         let location = describe(&config);
         let mut client = connect(&config).await?;
@@ -199,9 +167,6 @@ impl PgStore {
             path: location.clone().into(),
             reason: db_message(&e),
         };
-        // First: a broker refused here must not migrate the database from
-        // under the one using it.
-        take_sole_lock(&client, &location).await?;
         let found = postgres_schema::migrate(&mut client)
             .await
             .map_err(|e| match e {
@@ -232,10 +197,10 @@ impl PgStore {
             Connection {
                 config: config.clone(),
                 client: tokio::sync::Mutex::new(Some(client)),
-                sole: true,
             },
             rx,
             healthy.clone(),
+            Arc::from(origin),
         ));
         Ok(PgStore {
             location,
@@ -272,7 +237,7 @@ impl PgStore {
 
 /// The PostgreSQL error's own message (with its detail), not just "db
 /// error".
-fn db_message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{}: {detail}", db.message()),
@@ -314,17 +279,19 @@ async fn read_snapshot(client: &mut Client) -> Result<Snapshot, StoreError> {
     for row in &rows {
         devices.push((identity_from(row, 0, 1)?, status_from(row.get(2))));
     }
+    let seq = feed::head(&tx).await.map_err(read_err)?;
     tx.commit().await.map_err(read_err)?;
     Ok(Snapshot {
         registration_code,
         cas,
         devices,
+        seq,
     })
 }
 
 /// How often the writer checks the database while nothing is written
-/// (and tries it again while it is away): readiness and the sole-broker
-/// lock follow the database, not the next change.
+/// (and tries it again while it is away): readiness follows the database,
+/// not the next change.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest a batch, a probe or a read may take: a database that stops
@@ -333,12 +300,13 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The writer: group commit until every sender is gone. Between batches it
-/// checks the database every [`PROBE_EVERY`] (reconnecting, and taking the
-/// sole-broker lock again, when the connection was lost).
+/// checks the database every [`PROBE_EVERY`] (reconnecting when the
+/// connection was lost).
 async fn write_loop(
     conn: Connection,
     mut rx: mpsc::UnboundedReceiver<Job>,
     healthy: Arc<AtomicBool>,
+    origin: Arc<str>,
 ) {
     let at = describe(&conn.config);
     loop {
@@ -367,7 +335,7 @@ async fn write_loop(
         }
         let outcome = tokio::time::timeout(OPERATION_TIMEOUT, async {
             match conn.client().await {
-                Ok(mut client) => commit_batch(&mut client, &batch).await,
+                Ok(mut client) => commit_batch(&mut client, &batch, &origin).await,
                 Err(e) => {
                     let e = StoreError::Write(format!("the registry database is unreachable: {e}"));
                     (batch.iter().map(|_| Err(e.clone())).collect(), true)
@@ -411,15 +379,20 @@ async fn probe(conn: &Connection) -> bool {
     }
 }
 
-/// Applies each change in its own savepoint, commits all at once: each
-/// change's result, and whether the transaction itself failed (then every
-/// change of the batch fails, and the database is taken to be away).
+/// Applies each change in its own savepoint, logging it in the change feed
+/// when it touched something, commits all at once: each change's result,
+/// and whether the transaction itself failed (then every change of the
+/// batch fails, and the database is taken to be away).
 ///
 /// A connection lost during COMMIT leaves its outcome unknown: the server
 /// may have committed what is reported here as failed. The in-memory index
 /// then lags the database until the next start reads it again.
-async fn commit_batch(client: &mut Client, batch: &[Job]) -> (Vec<Result<u64, StoreError>>, bool) {
-    let whole = |e: &tokio_postgres::Error| -> (Vec<Result<u64, StoreError>>, bool) {
+async fn commit_batch(
+    client: &mut Client,
+    batch: &[Job],
+    origin: &str,
+) -> (Vec<Result<Committed, StoreError>>, bool) {
+    let whole = |e: &tokio_postgres::Error| -> (Vec<Result<Committed, StoreError>>, bool) {
         let e = StoreError::Write(db_message(e));
         (batch.iter().map(|_| Err(e.clone())).collect(), true)
     };
@@ -428,17 +401,30 @@ async fn commit_batch(client: &mut Client, batch: &[Job]) -> (Vec<Result<u64, St
         Err(e) => return whole(&e),
     };
     let mut results = Vec::with_capacity(batch.len());
+    let mut last_seq = None;
+    let now = crate::store::sqlite::now_ms();
     for job in batch {
         let mut savepoint = match tx.savepoint("change").await {
             Ok(sp) => sp,
             Err(e) => return whole(&e),
         };
-        match apply(&mut savepoint, &job.change).await {
-            Ok(n) => {
+        let applied = match apply(&mut savepoint, &job.change, now).await {
+            Ok(0) => Ok(Committed::local(0)),
+            Ok(touched) => feed::log(&savepoint, &job.change, origin, now)
+                .await
+                .map(|seq| Committed {
+                    touched,
+                    seq: Some(seq),
+                }),
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(committed) => {
                 if let Err(e) = savepoint.commit().await {
                     return whole(&e);
                 }
-                results.push(Ok(n));
+                last_seq = committed.seq.or(last_seq);
+                results.push(Ok(committed));
             }
             Err(e) => {
                 if e.code().is_none() || savepoint.rollback().await.is_err() {
@@ -450,6 +436,11 @@ async fn commit_batch(client: &mut Client, batch: &[Job]) -> (Vec<Result<u64, St
                 results.push(Err(change_error(&e)));
             }
         }
+    }
+    if let Some(seq) = last_seq
+        && let Err(e) = feed::notify(&tx, seq).await
+    {
+        return whole(&e);
     }
     match tx.commit().await {
         Ok(()) => (results, false),
@@ -476,8 +467,8 @@ fn change_error(e: &tokio_postgres::Error) -> StoreError {
 async fn apply(
     tx: &mut tokio_postgres::Transaction<'_>,
     change: &Change,
+    now: i64,
 ) -> Result<u64, tokio_postgres::Error> {
-    let now = crate::store::sqlite::now_ms();
     match change {
         Change::RegisterCa(ca) => {
             tx.execute(
@@ -591,16 +582,21 @@ fn identity_from(row: &Row, ca: usize, device: usize) -> Result<DeviceIdentity, 
 }
 
 fn ca_from_row(row: &Row) -> Result<CaRecord, StoreError> {
-    let sn: &str = row.get(0);
+    ca_from_row_at(row, 0)
+}
+
+/// A CA record from the [`CA_COLUMNS`] that start at column `at`.
+pub(crate) fn ca_from_row_at(row: &Row, at: usize) -> Result<CaRecord, StoreError> {
+    let sn: &str = row.get(at);
     Ok(CaRecord {
         sn: CaSn::parse(sn).map_err(|e| bad_serial("CA serial", sn, e))?,
-        name: row.get(1),
-        status: status_from(row.get(2)),
-        valid_begin_ms: row.get(3),
-        valid_end_ms: row.get(4),
-        pem: row.get::<_, String>(5).into(),
-        verification_pem: row.get::<_, Option<String>>(6).map(Into::into),
-        registration_code: row.get::<_, Option<String>>(7).map(Into::into),
+        name: row.get(at + 1),
+        status: status_from(row.get(at + 2)),
+        valid_begin_ms: row.get(at + 3),
+        valid_end_ms: row.get(at + 4),
+        pem: row.get::<_, String>(at + 5).into(),
+        verification_pem: row.get::<_, Option<String>>(at + 6).map(Into::into),
+        registration_code: row.get::<_, Option<String>>(at + 7).map(Into::into),
     })
 }
 
@@ -648,7 +644,7 @@ impl Store for PgStore {
             })
     }
 
-    fn commit(&self, change: Change) -> StoreFuture<'_, u64> {
+    fn commit(&self, change: Change) -> StoreFuture<'_, Committed> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
             self.writer

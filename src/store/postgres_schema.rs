@@ -61,6 +61,34 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (identity_type, identity, topic)
     );
     ",
+    // 2: the change feed and the nodes' leases (several brokers on one
+    // registry). `change_seq` is one counter row: each change takes the
+    // next number in its own transaction, holding the row until it
+    // commits, so numbers are gapless and in commit order (a SEQUENCE is
+    // neither: numbers are taken before commit and never given back).
+    "
+    CREATE TABLE change_seq (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        seq BIGINT NOT NULL
+    );
+    INSERT INTO change_seq (id, seq) VALUES (1, 0);
+    CREATE TABLE change_log (
+        seq       BIGINT PRIMARY KEY,
+        kind      TEXT NOT NULL,
+        ca_sn     TEXT,
+        device_sn TEXT,
+        status    SMALLINT,
+        origin    TEXT NOT NULL,
+        at_ms     BIGINT NOT NULL
+    );
+    CREATE TABLE node_lease (
+        node_id     TEXT PRIMARY KEY,
+        incarnation TEXT NOT NULL,
+        applied_seq BIGINT NOT NULL,
+        expires_at  TIMESTAMPTZ NOT NULL,
+        renewed_at  TIMESTAMPTZ NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this certmq writes.

@@ -18,7 +18,7 @@ use tracing::{error, info};
 
 use super::schema::{self, MigrateError};
 use super::{
-    CA_COLUMNS, Change, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
+    CA_COLUMNS, Change, Committed, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
     StoreFuture, status_code, status_from,
 };
 use crate::identity::DeviceIdentity;
@@ -453,17 +453,21 @@ impl Store for SqliteStore {
             registration_code,
             cas,
             devices,
+            seq: 0,
         })
     }
 
-    fn commit(&self, change: Change) -> StoreFuture<'_, u64> {
+    fn commit(&self, change: Change) -> StoreFuture<'_, Committed> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
             let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
             writer
                 .send(Job { change, reply })
                 .map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?
+            answer
+                .await
+                .map_err(|_| StoreError::Closed)?
+                .map(Committed::local)
         })
     }
 

@@ -64,6 +64,8 @@ pub enum Refusal {
     Invalid(String),
     #[error("the device could not be registered: {0}")]
     Unregistered(String),
+    #[error("this node admits no connections now ({0}); connect to another node")]
+    NodeFenced(String),
     #[error("the client sent {0} certificates; at most {MAX_CHAIN} are accepted")]
     ChainTooLong(usize),
     #[error("the certificate is {0} bytes; at most {MAX_CERT_BYTES} are accepted")]
@@ -86,6 +88,7 @@ impl Refusal {
             Refusal::UnsupportedAlgorithm => "unsupported_algorithm",
             Refusal::Invalid(_) => "invalid_chain",
             Refusal::Unregistered(_) => "unregistered",
+            Refusal::NodeFenced(_) => "node_fenced",
             Refusal::ChainTooLong(_) => "chain_too_long",
             Refusal::TooLarge(_) => "too_large",
         }
@@ -126,7 +129,7 @@ impl Refusal {
             Refusal::NotValidYet => CertificateError::NotValidYet,
             Refusal::WrongUsage | Refusal::CaAsDevice => CertificateError::InvalidPurpose,
             Refusal::UnsupportedAlgorithm => CertificateError::BadSignature,
-            Refusal::Invalid(_) | Refusal::Unregistered(_) => {
+            Refusal::Invalid(_) | Refusal::Unregistered(_) | Refusal::NodeFenced(_) => {
                 CertificateError::ApplicationVerificationFailure
             }
             Refusal::ChainTooLong(_) | Refusal::TooLarge(_) => CertificateError::BadEncoding,

@@ -9,6 +9,7 @@ mod admin_api;
 mod admin_tls;
 mod authz;
 mod cli;
+mod cluster;
 mod crash;
 mod curl;
 mod custom_permissions;

@@ -84,12 +84,12 @@ impl AsyncRead for Paced {
 
 /// What one connecting client saw.
 #[derive(Debug, Default, Clone, Copy)]
-struct Outcome {
+pub(crate) struct Outcome {
     /// It received CONNACK 0.
-    connacked: bool,
+    pub connacked: bool,
     /// Its connection was still open when the round ended (`NOTICE_CLOSE`
     /// after the revocation had answered).
-    open_at_end: bool,
+    pub open_at_end: bool,
 }
 
 fn connect_packet(client_id: &str) -> Vec<u8> {
@@ -101,7 +101,7 @@ fn connect_packet(client_id: &str) -> Vec<u8> {
     packet
 }
 
-async fn paced_client(
+pub(crate) async fn paced_client(
     port: u16,
     tls: Arc<ClientConfig>,
     client_id: String,
@@ -154,7 +154,7 @@ async fn paced_client(
 /// connection runs the verifier, so a refusal after the handshake can only
 /// come from the window under test); for TLS 1.3, small records and a small
 /// ClientHello (X25519 only).
-fn paced_config(
+pub(crate) fn paced_config(
     tb: &TestBroker,
     device: &Device,
     version: &'static SupportedProtocolVersion,

@@ -1,0 +1,333 @@
+//! Several brokers (nodes) on one PostgreSQL registry, with revocation as
+//! exact as on one: once an admin call that takes access away answers
+//! success on any node, no node holds a session of that certificate and no
+//! node admits it.
+//!
+//! Three parts, each in its file:
+//! - [`feed`]: every node LISTENs for the store's change notifications and
+//!   applies the change log to its in-memory index in number order (gapless,
+//!   commit-ordered numbers: `store::feed`), dropping the local sessions a
+//!   change ends before it records the number as applied;
+//! - [`lease`]: every node holds a lease row in `node_lease`, renewed about
+//!   three times per `cluster.lease_ms`, carrying the number it has applied.
+//!   The renewal is also the heartbeat: it reads the store's last number,
+//!   and a node found behind (a lost notification, a cut LISTEN connection)
+//!   catches up. A node that cannot renew in time fences itself: it drops
+//!   its sessions and refuses connections until it holds its lease again
+//!   and has applied everything committed before it did;
+//! - [`Cluster::settle`]: the node that made a change answers only once
+//!   every node with a live lease has applied it. The set of live leases is
+//!   read *after* the change committed, so a node that took its lease later
+//!   read the store's last number after that and applies the change before
+//!   it admits anyone; a node whose lease runs out has fenced itself first
+//!   (it fences a margin before its lease ends by its own clock).
+//!
+//! [`local`] is what applying means on this node: the registry's index,
+//! the sessions a change ends, the custom permissions in force.
+//!
+//! Messages are routed within a node; routing publishes to the nodes
+//! holding the matching subscriptions belongs to the router (see
+//! `router`'s module doc), not here.
+
+mod feed;
+mod lease;
+pub(crate) mod local;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tokio_postgres::Config;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics::ClusterMetrics;
+use crate::registry::{Propagation, SettleFuture};
+use crate::store::StoreError;
+use crate::store::postgres::Connection;
+
+pub use local::Local;
+
+/// Whether this node may admit connections. A node that does not share
+/// its registry is never fenced.
+#[derive(Clone, Default)]
+pub struct Fence {
+    inner: Arc<FenceInner>,
+}
+
+#[derive(Default)]
+struct FenceInner {
+    fenced: AtomicBool,
+    why: Mutex<String>,
+}
+
+impl Fence {
+    /// Why this node refuses connections now, if it does.
+    pub fn refusal(&self) -> Option<String> {
+        if !self.inner.fenced.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.inner
+                .why
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::Acquire)
+    }
+
+    /// Fences with `why`; true if it was not fenced before.
+    fn raise(&self, why: String) -> bool {
+        *self.inner.why.lock().unwrap_or_else(|p| p.into_inner()) = why;
+        !self.inner.fenced.swap(true, Ordering::AcqRel)
+    }
+
+    /// Lifts the fence; true if it was fenced.
+    fn lower(&self) -> bool {
+        self.inner.fenced.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Why the node could not join the cluster at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "cluster.node_id `{node_id}` is held by another running node (its lease did not run out within {waited_ms} ms); \
+         give every node its own cluster.node_id"
+    )]
+    NodeIdTaken { node_id: String, waited_ms: u128 },
+    #[error("could not catch up with the registry's changes at start: {0}")]
+    CatchUp(String),
+}
+
+/// How the cluster is set up.
+pub struct ClusterSettings {
+    pub node_id: String,
+    pub lease: Duration,
+    /// How long a change may take to be applied everywhere
+    /// (`mqtt.drop_timeout_ms`).
+    pub drop_timeout: Duration,
+}
+
+/// This node's view of the cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    node_id: Arc<str>,
+    /// Tells this process's lease from an earlier one's with the same
+    /// node id.
+    incarnation: String,
+    lease: Duration,
+    drop_timeout: Duration,
+    config: Config,
+    fence: Fence,
+    /// The number of the last change this node applied.
+    applied: watch::Sender<u64>,
+    /// Bumped on every "applied" notification of any node: settling
+    /// waits look again.
+    others_applied: watch::Sender<u64>,
+    /// Set while this node holds its lease: the store's last number read
+    /// right after the lease was taken. The fence lifts once `applied`
+    /// reaches it.
+    leased_at_head: Mutex<Option<u64>>,
+    /// The heartbeat found the feed behind: the feed task catches up.
+    behind: Notify,
+    /// Reads the live leases for [`Cluster::settle`].
+    settle_conn: Connection,
+    metrics: ClusterMetrics,
+}
+
+/// The notification channel of applied changes; the payload is
+/// `<node id> <number>`.
+const APPLIED_CHANNEL: &str = "certmq_applied";
+
+impl Cluster {
+    /// Joins the cluster: takes this node's lease and catches up from the
+    /// snapshot the registry was loaded from (`snapshot_seq`), then keeps
+    /// the feed and the lease going until `shutdown`. Returns once this
+    /// node may admit connections.
+    pub async fn join(
+        settings: ClusterSettings,
+        config: Config,
+        snapshot_seq: u64,
+        local: Local,
+        fence: Fence,
+        metrics: ClusterMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Cluster, ClusterError> {
+        fence.raise("this node is joining the cluster (taking its lease, catching up)".into());
+        metrics.fenced.set(1);
+        let cluster = Cluster {
+            shared: Arc::new(Shared {
+                node_id: Arc::from(settings.node_id.as_str()),
+                incarnation: uuid::Uuid::new_v4().simple().to_string(),
+                lease: settings.lease,
+                drop_timeout: settings.drop_timeout,
+                settle_conn: Connection::new(config.clone()),
+                config,
+                fence,
+                applied: watch::Sender::new(snapshot_seq),
+                others_applied: watch::Sender::new(0),
+                leased_at_head: Mutex::new(None),
+                behind: Notify::new(),
+                metrics,
+            }),
+        };
+        cluster.shared.metrics.applied_seq.set(snapshot_seq as i64);
+        let started = Instant::now();
+        // The lease first (waiting out the lease of an earlier process
+        // with this node id), then the catch-up, then the MQTT listener.
+        let lease_task = lease::take(&cluster).await?;
+        let feed_task = feed::start(&cluster, local.clone()).await?;
+        let head = cluster.leased_at_head().unwrap_or(snapshot_seq);
+        let mut applied = cluster.shared.applied.subscribe();
+        let caught_up = tokio::time::timeout(
+            settings.drop_timeout.max(Duration::from_secs(30)),
+            applied.wait_for(|seq| *seq >= head),
+        )
+        .await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            return Err(ClusterError::CatchUp(format!(
+                "applied change {} of {head} within {} s",
+                *cluster.shared.applied.borrow(),
+                settings.drop_timeout.max(Duration::from_secs(30)).as_secs()
+            )));
+        }
+        cluster.lift_fence_if_caught_up();
+        tokio::spawn(lease::run(
+            cluster.clone(),
+            lease_task,
+            local.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(feed::run(cluster.clone(), feed_task, local, shutdown));
+        info!(
+            node_id = %cluster.shared.node_id,
+            applied = *cluster.shared.applied.borrow(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "joined the cluster"
+        );
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The number of the last change this node applied.
+    pub fn applied(&self) -> u64 {
+        *self.shared.applied.borrow()
+    }
+
+    fn leased_at_head(&self) -> Option<u64> {
+        *self
+            .shared
+            .leased_at_head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the lease is held since the store's last number was
+    /// `head` (`None`: lost).
+    fn set_leased_at_head(&self, head: Option<u64>) {
+        *self
+            .shared
+            .leased_at_head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = head;
+    }
+
+    /// Records changes up to `seq` as applied here.
+    fn set_applied(&self, seq: u64) {
+        self.shared.applied.send_if_modified(|applied| {
+            let newer = seq > *applied;
+            if newer {
+                *applied = seq;
+            }
+            newer
+        });
+        self.shared.metrics.applied_seq.set(seq as i64);
+        self.lift_fence_if_caught_up();
+    }
+
+    /// Lifts the fence once the lease is held and everything committed
+    /// before it was taken is applied.
+    fn lift_fence_if_caught_up(&self) {
+        let Some(head) = self.leased_at_head() else {
+            return;
+        };
+        if self.applied() >= head && self.shared.fence.lower() {
+            self.shared.metrics.fenced.set(0);
+            info!(node_id = %self.shared.node_id, applied = self.applied(), "lease held and caught up: admitting connections");
+        }
+    }
+
+    /// Fences this node: it refuses connections from now on, then drops
+    /// every session it holds (in the background: the caller goes on
+    /// trying to renew the lease).
+    fn fence(&self, why: String, local: &Local) {
+        self.set_leased_at_head(None);
+        if self.shared.fence.raise(why.clone()) {
+            self.shared.metrics.fenced.set(1);
+            warn!(node_id = %self.shared.node_id, reason = %why, "fenced: dropping every session and refusing connections until the lease is back and the node has caught up");
+            let (local, timeout) = (local.clone(), self.shared.drop_timeout);
+            tokio::spawn(async move { local.drop_all(timeout).await });
+        }
+    }
+
+    /// Waits until every node with a live lease (and this one) has applied
+    /// change `seq`, or says which did not within `mqtt.drop_timeout_ms`.
+    async fn settle_inner(&self, seq: u64) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.shared.drop_timeout;
+        let mut local = self.shared.applied.subscribe();
+        let mut others = self.shared.others_applied.subscribe();
+        let mut lagging;
+        loop {
+            others.mark_unchanged();
+            lagging = match lease::lagging(self, seq).await {
+                Ok(lagging) => lagging,
+                Err(e) => vec![format!("the lease table could not be read ({e})")],
+            };
+            if *local.borrow_and_update() < seq {
+                lagging.push(format!("{} (this node)", self.shared.node_id));
+            }
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            let poll = tokio::time::sleep(SETTLE_POLL);
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = others.changed() => {}
+                _ = local.changed() => {}
+                _ = poll => {}
+            }
+        }
+        lagging.dedup();
+        Err(format!(
+            "it was not applied on every node within mqtt.drop_timeout_ms ({} ms): waiting for {}; \
+             sessions there may still be open: retry the call",
+            self.shared.drop_timeout.as_millis(),
+            lagging.join(", ")
+        ))
+    }
+}
+
+/// How often a settling wait looks at the lease table without a
+/// notification (one lost, or a node whose lease runs out).
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+
+impl Propagation for Cluster {
+    fn settle(&self, seq: u64) -> SettleFuture<'_> {
+        Box::pin(self.settle_inner(seq))
+    }
+}

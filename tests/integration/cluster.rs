@@ -1,0 +1,418 @@
+//! Several nodes on one PostgreSQL registry (issue 13, points 2 to 4): a
+//! change made on any node is in force on every node before it answers,
+//! under contention and through faults. Three nodes run in this process,
+//! each with its own listeners, data directory and node id, on one
+//! throwaway database (`support::postgres`).
+
+use std::time::Duration;
+
+use certmq::config::StorageBackend;
+use rustls::version::{TLS12, TLS13};
+use tokio_util::sync::CancellationToken;
+
+use crate::race::{paced_client, paced_config};
+use crate::support::mqtt::{Client, Version, connect};
+use crate::support::postgres::PgCluster;
+use crate::support::{self, Ca, Device, TestBroker};
+
+/// Starts `names.len()` nodes on the database at `url`, one after the
+/// other, each trusting `cas`.
+async fn nodes(url: &str, names: &[&str], cas: &[&Ca]) -> Vec<TestBroker> {
+    let mut started = Vec::new();
+    for name in names {
+        started.push(node(url, name, cas).await);
+    }
+    started
+}
+
+async fn node(url: &str, name: &str, cas: &[&Ca]) -> TestBroker {
+    let (url, name) = (url.to_owned(), name.to_owned());
+    support::start_with(cas, move |s| {
+        s.storage.backend = StorageBackend::Postgres;
+        s.storage.postgres_url = url;
+        s.cluster.node_id = name;
+        // Faster fencing, so that the fault tests stay short; still well
+        // inside the drop timeout.
+        s.cluster.lease_ms = 1500;
+    })
+    .await
+}
+
+async fn ca_call(tb: &TestBroker, action: &str, ca: &Ca) -> (u16, serde_json::Value) {
+    let instance = tb.instance();
+    let sn = ca.sn.to_string();
+    tb.admin(&[
+        ("Action", action),
+        ("MqttInstanceId", &instance),
+        ("Sn", &sn),
+    ])
+    .await
+}
+
+/// Connects `device` to every node in turn; how many admitted it.
+async fn admitted_by(nodes: &[TestBroker], device: &Device) -> usize {
+    let mut admitted = 0;
+    for (i, tb) in nodes.iter().enumerate() {
+        if let Ok(client) = connect(
+            tb,
+            device,
+            &format!("{}-probe-{i}", device.name),
+            Version::V4,
+        )
+        .await
+        {
+            client.disconnect().await;
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
+/// No node holds a session of `device` now (checked the moment a call
+/// answered: exact, not eventually).
+fn no_session_anywhere(nodes: &[TestBroker], device: &Device, what: &str) {
+    for tb in nodes {
+        assert_eq!(
+            tb.broker.sessions().sessions_of(&device.identity),
+            0,
+            "{what}: node {} still holds a session of {}",
+            tb.broker.settings().cluster.node_id,
+            device.name
+        );
+    }
+}
+
+async fn closed(client: &mut Client, what: &str) {
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), client.expect_closed())
+            .await
+            .is_ok(),
+        "{what}: the client's connection stayed open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_node_is_in_force_on_every_node() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("three_nodes").await;
+    let ca = Ca::new("cluster CA");
+    let cluster = nodes(&url, &["node-a", "node-b", "node-c"], &[&ca]).await;
+    let (a, b, c) = (&cluster[0], &cluster[1], &cluster[2]);
+
+    // A device registered on C is known everywhere.
+    let device = ca.device("roaming");
+    let mut on_c = connect(c, &device, "roaming", Version::V5).await.unwrap();
+    support::wait_until(
+        Duration::from_secs(5),
+        "every node knows the device",
+        async || {
+            cluster.iter().all(|tb| {
+                tb.broker
+                    .registry()
+                    .device_status(&device.identity)
+                    .is_some()
+            })
+        },
+    )
+    .await;
+
+    // Inactivated on A: C's session is gone when A answers, and no node
+    // admits the device.
+    a.inactivate(&device).await;
+    no_session_anywhere(&cluster, &device, "InactivateDeviceCertificate on A");
+    closed(&mut on_c, "inactivated on A, connected to C").await;
+    assert_eq!(
+        admitted_by(&cluster, &device).await,
+        0,
+        "refused everywhere"
+    );
+
+    // Activated on B: admitted everywhere.
+    b.activate(&device).await;
+    assert_eq!(
+        admitted_by(&cluster, &device).await,
+        3,
+        "admitted everywhere"
+    );
+
+    // The CA inactivated on B drops its devices' sessions on A and C.
+    let mut on_a = connect(a, &device, "roaming-a", Version::V4).await.unwrap();
+    let other = ca.device("other");
+    let mut other_on_c = connect(c, &other, "other-c", Version::V5).await.unwrap();
+    let (status, body) = ca_call(b, "InactivateCaCertificate", &ca).await;
+    assert_eq!(status, 200, "{body}");
+    no_session_anywhere(&cluster, &device, "InactivateCaCertificate on B");
+    no_session_anywhere(&cluster, &other, "InactivateCaCertificate on B");
+    closed(&mut on_a, "CA inactivated on B, connected to A").await;
+    closed(&mut other_on_c, "CA inactivated on B, connected to C").await;
+    assert_eq!(admitted_by(&cluster, &device).await, 0);
+    assert_eq!(admitted_by(&cluster, &other).await, 0);
+    let (status, body) = ca_call(c, "ActiveCaCertificate", &ca).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(admitted_by(&cluster, &device).await, 3);
+
+    // Deleted on C: the session on B goes (the device registers again on
+    // its next connection, as on one node).
+    let mut on_b = connect(b, &device, "roaming-b", Version::V4).await.unwrap();
+    let (status, body) = c.device_call("DeleteDeviceCertificate", &device).await;
+    assert_eq!(status, 200, "{body}");
+    no_session_anywhere(&cluster, &device, "DeleteDeviceCertificate on C");
+    closed(&mut on_b, "deleted on C, connected to B").await;
+    for tb in &cluster {
+        assert_eq!(tb.broker.registry().device_status(&device.identity), None);
+    }
+
+    // The CA deleted on A: its devices are refused everywhere, and a node
+    // restarted afterwards does not bring it back from its CA file (it is
+    // registered again, as a new CA, only by that node's file).
+    let mut on_c = connect(c, &device, "roaming-c", Version::V4).await.unwrap();
+    let (status, body) = ca_call(a, "DeleteCaCertificate", &ca).await;
+    assert_eq!(status, 200, "{body}");
+    no_session_anywhere(&cluster, &device, "DeleteCaCertificate on A");
+    closed(&mut on_c, "CA deleted on A, connected to C").await;
+    for tb in &cluster {
+        assert!(tb.broker.registry().ca(&ca.sn).is_none());
+    }
+    assert_eq!(admitted_by(&cluster, &device).await, 0);
+}
+
+/// The guarantee under contention, across nodes: connects to B and C
+/// against InactivateDeviceCertificate on A, many rounds. The moment A
+/// answers, no node may hold a session of the device (checked on each
+/// node's session table, by client id: a session that got its CONNACK
+/// holds its id until it is closed), and no client may stay connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactivation_on_one_node_wins_against_connects_on_the_others() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("cluster_race").await;
+    let ca = Ca::new("contested CA");
+    let cluster = nodes(&url, &["race-a", "race-b", "race-c"], &[&ca]).await;
+    let (a, targets) = (&cluster[0], &cluster[1..]);
+    let device = ca.device("contested");
+    connect(&cluster[1], &device, "warm-up", Version::V4)
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+    support::wait_until(
+        Duration::from_secs(5),
+        "every node knows the device",
+        async || {
+            cluster.iter().all(|tb| {
+                tb.broker
+                    .registry()
+                    .device_status(&device.identity)
+                    .is_some()
+            })
+        },
+    )
+    .await;
+    let configs: Vec<_> = targets
+        .iter()
+        .map(|tb| {
+            [
+                paced_config(tb, &device, &TLS12),
+                paced_config(tb, &device, &TLS13),
+            ]
+        })
+        .collect();
+    const ROUNDS: usize = 30;
+    const CLIENTS: usize = 6;
+    let mut violations = Vec::new();
+    let mut connacked = 0;
+    for round in 0..ROUNDS {
+        a.activate(&device).await;
+        let round_over = CancellationToken::new();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let target = i % targets.len();
+                let tls = configs[target][(i / 2) % 2].clone();
+                let port = targets[target].port();
+                let round_over = round_over.clone();
+                let start = Duration::from_millis(15 * i as u64);
+                let client_id = format!("r{round}-{i}");
+                tokio::spawn(async move {
+                    tokio::time::sleep(start).await;
+                    paced_client(port, tls, client_id, round_over).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50 + (round as u64 * 7) % 40)).await;
+        a.inactivate(&device).await;
+        // The answer is in: look at every node at once.
+        for i in 0..CLIENTS {
+            let client_id = format!("r{round}-{i}");
+            for tb in &cluster {
+                if tb.broker.sessions().is_online(&client_id) {
+                    violations.push(format!(
+                        "round {round}: {client_id} online on {} after the answer",
+                        tb.broker.settings().cluster.node_id
+                    ));
+                }
+            }
+        }
+        let grace = tokio::spawn({
+            let round_over = round_over.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                round_over.cancel();
+            }
+        });
+        for (i, client) in clients.into_iter().enumerate() {
+            let outcome = client.await.unwrap();
+            connacked += usize::from(outcome.connacked);
+            if outcome.open_at_end {
+                violations.push(format!("round {round}: client {i} still connected"));
+            }
+        }
+        grace.abort();
+        for tb in targets {
+            assert!(
+                connect(tb, &device, "after", Version::V4).await.is_err(),
+                "round {round}: the device connected after the answer"
+            );
+        }
+    }
+    let refused: u64 = targets
+        .iter()
+        .map(|tb| tb.broker.metrics().refused_after_handshake())
+        .sum();
+    println!(
+        "{ROUNDS} rounds over 3 nodes: {connacked} sessions opened and dropped, {refused} connections refused after a successful verification"
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        connacked > 0,
+        "no session was ever established before the call"
+    );
+    assert!(
+        refused > 0,
+        "the handshake-in-flight window was never exercised"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_misses_notifications_catches_up_by_its_heartbeat() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("lost_notifications").await;
+    let ca = Ca::new("heartbeat CA");
+    let cluster = nodes(&url, &["hb-a", "hb-c"], &[&ca]).await;
+    let (a, c) = (&cluster[0], &cluster[1]);
+    let device = ca.device("quiet");
+    let mut on_c = connect(c, &device, "quiet", Version::V4).await.unwrap();
+    support::wait_until(Duration::from_secs(5), "A knows the device", async || {
+        a.broker
+            .registry()
+            .device_status(&device.identity)
+            .is_some()
+    })
+    .await;
+    const HEARTBEATS: &str = r#"certmq_cluster_catch_ups_total{trigger="heartbeat"}"#;
+    let before = support::metric(&support::scrape(c).await, HEARTBEATS);
+    // C hears nothing of the inactivation: its heartbeat finds it behind,
+    // it catches up, and only then does A answer.
+    certmq::fault::lose_change_notifications("hb-c", 1);
+    a.inactivate(&device).await;
+    no_session_anywhere(
+        &cluster,
+        &device,
+        "inactivated while C missed the notification",
+    );
+    closed(&mut on_c, "C missed the notification").await;
+    assert!(
+        support::metric(&support::scrape(c).await, HEARTBEATS) > before,
+        "the heartbeat caught C up"
+    );
+
+    // C's LISTEN connection cut: it connects again and catches up.
+    a.activate(&device).await;
+    let mut on_c = connect(c, &device, "quiet-2", Version::V4).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let cut: i64 = client
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'certmq feed hb-c'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1, "C's feed connection was found and cut");
+    a.inactivate(&device).await;
+    no_session_anywhere(&cluster, &device, "inactivated after C's feed was cut");
+    closed(&mut on_c, "C's feed was cut").await;
+    assert!(connect(c, &device, "quiet-3", Version::V4).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_fence_themselves_while_postgres_is_down_and_recover() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("cluster_outage").await;
+    let ca = Ca::new("outage CA");
+    let cluster = nodes(&url, &["out-a", "out-b"], &[&ca]).await;
+    let (a, b) = (&cluster[0], &cluster[1]);
+    let device = ca.device("survivor");
+    let kept = ca.device("kept");
+    let mut on_b = connect(b, &device, "survivor", Version::V5).await.unwrap();
+    connect(a, &kept, "kept", Version::V4)
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+    // An acknowledged change before the outage.
+    a.inactivate(&kept).await;
+
+    pg.pg_ctl_stop();
+    let stopped = std::time::Instant::now();
+    // A call during the outage fails, saying so.
+    let (status, body) = a.device_call("InactivateDeviceCertificate", &device).await;
+    assert_ne!(status, 200, "no success without the database: {body}");
+    // Both nodes fence themselves: B's session is dropped (MQTT 5: use
+    // another server), new connections are refused, /readyz says why.
+    closed(&mut on_b, "B fenced").await;
+    for tb in &cluster {
+        support::wait_until(Duration::from_secs(10), "fenced", async || {
+            support::metric(&support::scrape(tb).await, "certmq_cluster_fenced") == 1.0
+        })
+        .await;
+        assert_eq!(readyz(tb).await.0, 503);
+        assert!(connect(tb, &device, "during", Version::V4).await.is_err());
+    }
+    // Keep it down for 5 s in all.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
+    pg.pg_ctl_start();
+    for tb in &cluster {
+        support::wait_until(Duration::from_secs(20), "ready again", async || {
+            readyz(tb).await.0 == 200
+        })
+        .await;
+    }
+    // Nothing acknowledged was lost, nothing refused was done.
+    for tb in &cluster {
+        assert_eq!(admitted_by(std::slice::from_ref(tb), &kept).await, 0);
+        assert_eq!(admitted_by(std::slice::from_ref(tb), &device).await, 1);
+    }
+    b.inactivate(&device).await;
+    assert_eq!(admitted_by(&cluster, &device).await, 0);
+}
+
+async fn readyz(tb: &TestBroker) -> (u16, String) {
+    match reqwest::get(format!("http://{}/readyz", tb.broker.admin_addr())).await {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
