@@ -233,12 +233,15 @@ impl Broker {
         let sessions = SessionTable::new();
         let fence = cluster::Fence::default();
         let shutdown = CancellationToken::new();
+        // A start that fails from here on stops what it started.
+        let stop_on_failure = shutdown.clone().drop_guard();
+        let health = health::Health::default();
         // A shared registry: follow its change feed (and hold a lease)
         // before anything changes it from here or anyone connects.
-        match settings.storage.backend {
-            config::StorageBackend::Sqlite => {}
+        let cluster_tasks = match settings.storage.backend {
+            config::StorageBackend::Sqlite => Vec::new(),
             config::StorageBackend::Postgres => {
-                let joined = cluster::Cluster::join(
+                let (joined, tasks) = cluster::Cluster::join(
                     cluster::ClusterSettings {
                         node_id: node_id.clone(),
                         lease: settings.lease(),
@@ -252,7 +255,6 @@ impl Broker {
                         sessions: sessions.clone(),
                         hub: hub.clone(),
                         authz: authz.clone(),
-                        store: store.clone(),
                         drop_timeout: settings.drop_timeout(),
                     },
                     fence.clone(),
@@ -261,8 +263,20 @@ impl Broker {
                 )
                 .await?;
                 registry.set_propagation(Arc::new(joined));
+                // Running before anything here changes the registry: the
+                // CA files below wait for this node's feed too.
+                tasks
+                    .into_iter()
+                    .map(|(component, task)| {
+                        let vital = health.vital(component, shutdown.clone());
+                        tokio::spawn(async move {
+                            let _vital = vital;
+                            task.await
+                        })
+                    })
+                    .collect()
             }
-        }
+        };
         ca_files.extend(settings.tls.ca_files.iter().cloned());
         for path in &ca_files {
             register_ca_file(&registry, path).await?;
@@ -298,11 +312,11 @@ impl Broker {
             authz,
             fence,
             node_id: Arc::from(node_id.as_str()),
-            health: health::Health::default(),
+            health,
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
         });
         let health = ctx.health.clone();
-        let tasks = vec![
+        let mut tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn({
                 let vital = health.vital("MQTT listener", shutdown.clone());
                 let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
@@ -340,11 +354,13 @@ impl Broker {
                 }
             }),
             tokio::spawn(health::watch(
-                health,
+                health.clone(),
                 ctx.registry.clone(),
                 shutdown.clone(),
             )),
         ];
+        tasks.extend(cluster_tasks);
+        stop_on_failure.disarm();
         info!(node_id = %ctx.node_id, mqtt = %mqtt_addr, admin = %admin_addr, admin_tls = admin_tls.is_some(), cas = ctx.registry.ca_count(), "certmq started");
         Ok(Broker {
             ctx,

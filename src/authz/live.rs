@@ -70,12 +70,16 @@ impl LivePolicies {
         self.put_in_force(|current| configured.with_custom(current.custom().clone()))
     }
 
-    /// Puts `custom` in force as read from the store after another broker
-    /// changed a custom permission (the change feed); returns the new
-    /// generation. Live sessions re-judge themselves under it.
-    pub async fn replace_custom(&self, custom: CustomPermissions) -> u64 {
+    /// Reads the custom permissions from the store again and puts them in
+    /// force, after a broker sharing the store changed one (the change
+    /// feed); returns the new generation. Live sessions re-judge
+    /// themselves under it. Read under the change lock, so that a change
+    /// made here meanwhile is either in what is read or made after it.
+    pub async fn refresh_custom(&self) -> Result<u64, String> {
         let _serial = self.changes.lock().await;
-        self.put_in_force(|current| current.with_custom(custom))
+        let records = self.store.permissions().await.map_err(|e| e.to_string())?;
+        let custom = CustomPermissions::from_records(records).map_err(|e| e.to_string())?;
+        Ok(self.put_in_force(|current| current.with_custom(custom)))
     }
 
     /// Adds a custom permission; refused if its identity and topic have one.

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
-use crate::authz::{CustomPermissions, LivePolicies};
+use crate::authz::LivePolicies;
 use crate::record::CertStatus;
 use crate::registry::Registry;
 use crate::router::Hub;
 use crate::session::DropReason;
 use crate::session::table::{SessionTable, wait_all};
-use crate::store::Store;
 use crate::store::feed::{FeedChange, FeedEntry};
 
 /// The parts of this node a change reaches.
@@ -25,7 +24,6 @@ pub struct Local {
     pub sessions: SessionTable,
     pub hub: Hub,
     pub authz: Arc<LivePolicies>,
-    pub store: Arc<dyn Store>,
     pub drop_timeout: Duration,
 }
 
@@ -72,21 +70,8 @@ impl Local {
     /// Reads the custom permissions again and puts them in force: live
     /// sessions re-judge their subscriptions under them.
     async fn reload_permissions(&self, seq: u64) {
-        let loaded = self
-            .store
-            .permissions()
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|records| {
-                CustomPermissions::from_records(records).map_err(|e| e.to_string())
-            });
-        match loaded {
-            Ok(custom) => {
-                self.authz.replace_custom(custom).await;
-            }
-            Err(e) => {
-                error!(seq, error = %e, "custom permissions changed on another node could not be read")
-            }
+        if let Err(e) = self.authz.refresh_custom().await {
+            error!(seq, error = %e, "custom permissions changed on another node could not be read");
         }
     }
 

@@ -107,6 +107,12 @@ pub enum ClusterError {
     CatchUp(String),
 }
 
+/// A task the node cannot run without, named for the health report.
+pub type Task = (
+    &'static str,
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+);
+
 /// How the cluster is set up.
 pub struct ClusterSettings {
     pub node_id: String,
@@ -153,9 +159,9 @@ const APPLIED_CHANNEL: &str = "certmq_applied";
 
 impl Cluster {
     /// Joins the cluster: takes this node's lease and catches up from the
-    /// snapshot the registry was loaded from (`snapshot_seq`), then keeps
-    /// the feed and the lease going until `shutdown`. Returns once this
-    /// node may admit connections.
+    /// snapshot the registry was loaded from (`snapshot_seq`). Returns once
+    /// this node may admit connections, with the two tasks that keep the
+    /// lease and the feed going until `shutdown` (the caller runs them).
     pub async fn join(
         settings: ClusterSettings,
         config: Config,
@@ -164,7 +170,7 @@ impl Cluster {
         fence: Fence,
         metrics: ClusterMetrics,
         shutdown: CancellationToken,
-    ) -> Result<Cluster, ClusterError> {
+    ) -> Result<(Cluster, [Task; 2]), ClusterError> {
         fence.raise("this node is joining the cluster (taking its lease, catching up)".into());
         metrics.fenced.set(1);
         let cluster = Cluster {
@@ -204,20 +210,28 @@ impl Cluster {
             )));
         }
         cluster.lift_fence_if_caught_up();
-        tokio::spawn(lease::run(
-            cluster.clone(),
-            lease_task,
-            local.clone(),
-            shutdown.clone(),
-        ));
-        tokio::spawn(feed::run(cluster.clone(), feed_task, local, shutdown));
+        let tasks: [Task; 2] = [
+            (
+                "cluster lease",
+                Box::pin(lease::run(
+                    cluster.clone(),
+                    lease_task,
+                    local.clone(),
+                    shutdown.clone(),
+                )),
+            ),
+            (
+                "cluster change feed",
+                Box::pin(feed::run(cluster.clone(), feed_task, local, shutdown)),
+            ),
+        ];
         info!(
             node_id = %cluster.shared.node_id,
             applied = *cluster.shared.applied.borrow(),
             took_ms = started.elapsed().as_millis() as u64,
             "joined the cluster"
         );
-        Ok(cluster)
+        Ok((cluster, tasks))
     }
 
     pub fn node_id(&self) -> &str {

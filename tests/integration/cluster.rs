@@ -416,3 +416,117 @@ async fn readyz(tb: &TestBroker) -> (u16, String) {
         Err(e) => (0, e.to_string()),
     }
 }
+
+/// A `certmq serve` process, one node of the cluster, killed with SIGKILL.
+struct Process {
+    child: std::process::Child,
+    mqtt: u16,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(work: &std::path::Path, url: &str) -> Process {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
+        .args(["serve", "--config", "certmq.toml"])
+        .current_dir(work)
+        .env("CERTMQ__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("CERTMQ__STORAGE__POSTGRES_URL", url)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let listening =
+        support::wait_listening(&work.join("data"), child.id(), || child.try_wait().unwrap())
+            .unwrap_or_else(|status| {
+                panic!("certmq serve exited with {status} (its stderr is above)")
+            });
+    Process {
+        child,
+        mqtt: listening.mqtt.port(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_restarted_catches_up() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("killed_node").await;
+    let ca = Ca::new("kill CA");
+    let a = node(&url, "kill-a", &[&ca]).await;
+    let work = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new("kill server CA");
+    let (server_cert, server_key) = server_ca.server();
+    std::fs::write(work.path().join("server.pem"), server_cert).unwrap();
+    std::fs::write(work.path().join("server.key"), server_key).unwrap();
+    std::fs::write(work.path().join("devices-ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(
+        work.path().join("certmq.toml"),
+        r#"
+[tls]
+server_cert = "server.pem"
+server_key = "server.key"
+ca_files = ["devices-ca.pem"]
+
+[storage]
+backend = "postgres"
+
+[cluster]
+node_id = "kill-k"
+lease_ms = 1500
+"#,
+    )
+    .unwrap();
+    let device = ca.device("killed");
+    let kept_out = ca.device("kept-out");
+    let connect_k = async |k: &Process, device: &Device, id: &str| {
+        let tls = crate::support::pki::client_config(&server_ca, Some(device));
+        crate::support::mqtt::connect_with(k.mqtt, tls, id, Version::V4, |_| {}).await
+    };
+    let mut k = serve(work.path(), &url);
+    connect_k(&k, &device, "before")
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+    connect_k(&k, &kept_out, "kept-out")
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+
+    // Killed while its lease is live, started again at once: it waits out
+    // its old lease. A's inactivation meanwhile answers once the dead
+    // lease ran out (and the new process, if it took its lease by then,
+    // applied the change).
+    drop(k);
+    let restarted = std::thread::spawn({
+        let (work, url) = (work.path().to_owned(), url.clone());
+        move || serve(&work, &url)
+    });
+    a.inactivate(&device).await;
+    k = restarted.join().unwrap();
+    // And a change after it is back.
+    a.inactivate(&kept_out).await;
+    assert!(
+        connect_k(&k, &device, "after").await.is_err(),
+        "K applied the change made while it was down"
+    );
+    assert!(
+        connect_k(&k, &kept_out, "after-2").await.is_err(),
+        "K follows the feed again"
+    );
+    a.activate(&device).await;
+    connect_k(&k, &device, "back")
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+}
