@@ -104,6 +104,50 @@ pub(super) async fn log(
     Ok(seq as u64)
 }
 
+/// Records `changes` in the log under the next numbers, in order, with
+/// one statement; returns their numbers.
+pub(super) async fn log_many(
+    tx: &impl GenericClient,
+    changes: &[&Change],
+    origin: &str,
+    at_ms: i64,
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<_> = changes.iter().map(|c| log_row(c)).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let ca_sns: Vec<Option<String>> = rows.iter().map(|r| r.1.clone()).collect();
+    let device_sns: Vec<Option<String>> = rows.iter().map(|r| r.2.clone()).collect();
+    let statuses: Vec<Option<i16>> = rows.iter().map(|r| r.3).collect();
+    let count = changes.len() as i64;
+    let last: i64 = tx
+        .query_one(
+            "UPDATE change_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq",
+            &[&count],
+        )
+        .await?
+        .get(0);
+    let first = last - count + 1;
+    tx.execute(
+        "INSERT INTO change_log (seq, kind, ca_sn, device_sn, status, origin, at_ms)
+         SELECT $1 + r.n - 1, r.kind, r.ca_sn, r.device_sn, r.status, $6, $7
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::int2[])
+              WITH ORDINALITY AS r(kind, ca_sn, device_sn, status, n)",
+        &[
+            &first,
+            &kinds,
+            &ca_sns,
+            &device_sns,
+            &statuses,
+            &origin,
+            &at_ms,
+        ],
+    )
+    .await?;
+    Ok((first..=last).map(|seq| seq as u64).collect())
+}
+
 /// Tells every listening broker that changes up to `seq` are committed
 /// (delivered when the caller's transaction commits).
 pub(super) async fn notify(tx: &impl GenericClient, seq: u64) -> Result<(), tokio_postgres::Error> {

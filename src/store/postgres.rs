@@ -403,6 +403,33 @@ async fn commit_batch(
     let mut results = Vec::with_capacity(batch.len());
     let mut last_seq = None;
     let now = crate::store::sqlite::now_ms();
+    // A burst of first connections: one statement for all of them.
+    if batch.len() > 1
+        && batch
+            .iter()
+            .all(|j| matches!(j.change, Change::RegisterDevice(_)))
+    {
+        match register_devices(&mut tx, batch, origin, now).await {
+            Ok(Some(results)) => {
+                let last = results.iter().filter_map(|r| r.seq).max();
+                if let Some(seq) = last
+                    && let Err(e) = feed::notify(&tx, seq).await
+                {
+                    return whole(&e);
+                }
+                return match tx.commit().await {
+                    Ok(()) => (results.into_iter().map(Ok).collect(), false),
+                    Err(e) => {
+                        error!(error = %db_message(&e), changes = batch.len(), "registry commit failed");
+                        whole(&e)
+                    }
+                };
+            }
+            // One of them failed (its CA was deleted): one at a time below.
+            Ok(None) => {}
+            Err(e) => return whole(&e),
+        }
+    }
     for job in batch {
         let mut savepoint = match tx.savepoint("change").await {
             Ok(sp) => sp,
@@ -449,6 +476,90 @@ async fn commit_batch(
             whole(&e)
         }
     }
+}
+
+/// Registers every device of `batch` (all `RegisterDevice`) in one
+/// statement, in a savepoint, and logs those that were new. `None`: the
+/// statement failed for a reason of the changes' own (rolled back; the
+/// caller goes one change at a time to find which); `Err`: the database
+/// failed.
+async fn register_devices(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    batch: &[Job],
+    origin: &str,
+    now: i64,
+) -> Result<Option<Vec<Committed>>, tokio_postgres::Error> {
+    let devices: Vec<&DeviceRecord> = batch
+        .iter()
+        .filter_map(|j| match &j.change {
+            Change::RegisterDevice(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    let column = |f: &dyn Fn(&DeviceRecord) -> String| -> Vec<String> {
+        devices.iter().map(|d| f(d)).collect()
+    };
+    let ca_sns = column(&|d| d.identity.ca_sn.to_string());
+    let device_sns = column(&|d| d.identity.device_sn.to_string());
+    let names = column(&|d| d.name.to_string());
+    let pems = column(&|d| d.pem.to_string());
+    let statuses: Vec<i16> = devices.iter().map(|d| status_code(d.status)).collect();
+    let begins: Vec<i64> = devices.iter().map(|d| d.valid_begin_ms).collect();
+    let ends: Vec<i64> = devices.iter().map(|d| d.valid_end_ms).collect();
+    let savepoint = tx.savepoint("registrations").await?;
+    let inserted = savepoint
+        .query(
+            "INSERT INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
+                                 first_seen_ms, updated_at_ms)
+             SELECT r.ca_sn, r.device_sn, r.name, r.status, r.b, r.e, r.pem, $8, $8
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int8[], $7::text[])
+                  WITH ORDINALITY AS r(ca_sn, device_sn, name, status, b, e, pem, n)
+             ORDER BY r.n
+             ON CONFLICT (ca_sn, device_sn) DO NOTHING
+             RETURNING ca_sn, device_sn",
+            &[&ca_sns, &device_sns, &names, &statuses, &begins, &ends, &pems, &now],
+        )
+        .await;
+    let inserted = match inserted {
+        Ok(rows) => rows,
+        Err(e) if e.code().is_some() => {
+            savepoint.rollback().await?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut new: std::collections::HashSet<(String, String)> = inserted
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    // In batch order; a device twice in the batch was new for its first.
+    let fresh: Vec<bool> = ca_sns
+        .iter()
+        .zip(&device_sns)
+        .map(|(ca, dev)| new.remove(&(ca.clone(), dev.clone())))
+        .collect();
+    let logged: Vec<&Change> = batch
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, fresh)| **fresh)
+        .map(|(job, _)| &job.change)
+        .collect();
+    let mut seqs = feed::log_many(&savepoint, &logged, origin, now)
+        .await?
+        .into_iter();
+    savepoint.commit().await?;
+    Ok(Some(
+        fresh
+            .into_iter()
+            .map(|fresh| match fresh {
+                true => Committed {
+                    touched: 1,
+                    seq: seqs.next(),
+                },
+                false => Committed::local(0),
+            })
+            .collect(),
+    ))
 }
 
 fn change_error(e: &tokio_postgres::Error) -> StoreError {

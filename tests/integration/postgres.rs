@@ -274,3 +274,105 @@ fn registry_export_and_import_refuse_a_postgres_configuration() {
         );
     }
 }
+
+/// First connections in a burst are registered by one statement per
+/// batch: each distinct device once (the second connection of a device
+/// finds it registered), each with its own number in the change feed, no
+/// gap; a batch holding a device whose CA is gone falls back to one change
+/// at a time, and only that device fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_connections_is_numbered_once_per_device() {
+    use std::sync::Arc;
+
+    use certmq::record::{CaRecord, CertStatus, DeviceRecord};
+    use certmq::serial::{CaSn, DeviceSn};
+    use certmq::store::{Change, StoreError};
+
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("burst").await;
+    let store = Arc::new(PgStore::connect(&url, "burst").await.unwrap());
+    let ca_sn = CaSn::parse("0A").unwrap();
+    let ca = CaRecord {
+        sn: ca_sn,
+        name: "burst CA".into(),
+        status: CertStatus::Active,
+        valid_begin_ms: 0,
+        valid_end_ms: i64::MAX,
+        pem: Arc::from("-"),
+        verification_pem: None,
+        registration_code: None,
+    };
+    let first = store.commit(Change::RegisterCa(ca)).await.unwrap();
+    assert_eq!((first.touched, first.seq), (1, Some(1)));
+    let device = |ca: CaSn, n: u32| DeviceRecord {
+        identity: certmq::identity::DeviceIdentity {
+            ca_sn: ca,
+            device_sn: DeviceSn::parse(&format!("{n:X}")).unwrap(),
+        },
+        name: Arc::from(format!("d{n}").as_str()),
+        status: CertStatus::Active,
+        valid_begin_ms: 0,
+        valid_end_ms: i64::MAX,
+        pem: Arc::from("-"),
+    };
+    // A burst of 400 devices, each twice; then one of 100 more and a
+    // device of an unknown CA.
+    let orphan = CaSn::parse("0B").unwrap();
+    let burst = |records: Vec<DeviceRecord>| {
+        let jobs: Vec<_> = records
+            .into_iter()
+            .map(|record| {
+                let each = store.clone();
+                tokio::spawn(async move { each.commit(Change::RegisterDevice(record)).await })
+            })
+            .collect();
+        async move {
+            let mut outcomes = Vec::new();
+            for job in jobs {
+                outcomes.push(job.await.unwrap());
+            }
+            outcomes
+        }
+    };
+    let mut outcomes = burst((0..800).map(|n| device(ca_sn, n % 400 + 1)).collect()).await;
+    let mut second: Vec<_> = (401..=500).map(|n| device(ca_sn, n)).collect();
+    second.insert(50, device(orphan, 1));
+    outcomes.extend(burst(second).await);
+    let (mut seqs, mut already, mut refused) = (Vec::new(), 0, 0);
+    for outcome in outcomes {
+        match outcome {
+            Ok(c) if c.touched == 1 => seqs.push(c.seq.expect("numbered")),
+            Ok(c) => {
+                assert_eq!(c.seq, None);
+                already += 1;
+            }
+            Err(StoreError::Conflict(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((seqs.len(), already, refused), (500, 400, 1));
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (2..=501).collect::<Vec<u64>>(),
+        "gapless, after the CA's"
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let logged: i64 = client
+        .query_one("SELECT COUNT(*) FROM change_log WHERE kind = 'device'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 500);
+    let head: i64 = client
+        .query_one("SELECT seq FROM change_seq", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(head, 501);
+}

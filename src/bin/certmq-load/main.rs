@@ -46,6 +46,10 @@ struct Common {
     /// The broker's MQTT over TLS address.
     #[arg(long, default_value = "127.0.0.1:8883", global = true)]
     target: SocketAddr,
+    /// More brokers (nodes of one cluster): sessions go to --target and
+    /// these in turn.
+    #[arg(long, global = true)]
+    also_target: Vec<SocketAddr>,
     /// The CA of the broker's server certificate.
     #[arg(long, global = true, default_value = "certs/dev/ca.pem")]
     server_ca: PathBuf,
@@ -166,6 +170,10 @@ enum Mode {
         /// `devices/<its CN>/other<i>`.
         #[arg(long, default_value_t = false)]
         subscribe: bool,
+        /// The inactivated sessions connect here (another node of the
+        /// cluster the admin call goes to) rather than to the targets.
+        #[arg(long)]
+        revoked_at: Option<SocketAddr>,
     },
     /// N distinct devices (N = --pool), each connecting once, subscribing
     /// to its own `devices/<CN>/cmd` and disconnecting: the broker's
@@ -187,6 +195,15 @@ enum Mode {
         /// broker's first connections page in code and fill bounded caches.
         #[arg(long, default_value_t = 0)]
         warm_up: usize,
+    },
+    /// N registry changes through the admin API, one at a time: devices
+    /// 0, 1, ... (registered, e.g. by an earlier run) inactivated and
+    /// activated again in turn. Their rate, and each call's latency.
+    Changes {
+        #[command(flatten)]
+        admin: Admin,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
     },
     /// N live sessions under one CA, then InactivateCaCertificate: time
     /// until every socket is closed.
@@ -289,8 +306,10 @@ async fn run(cli: Cli) -> Result<Value> {
             others,
             count,
             subscribe,
-        } => revoke(c, pool, &admin, others, count, subscribe).await?,
+            revoked_at,
+        } => revoke(c, pool, &admin, others, count, subscribe, revoked_at).await?,
         Mode::MassDrop { admin, count } => mass_drop(c, pool, &admin, count).await?,
+        Mode::Changes { admin, count } => changes(pool, &admin, count).await?,
         Mode::Churn {
             concurrency,
             expiry_secs,
@@ -339,8 +358,12 @@ async fn open(
     keep_alive: u16,
 ) -> Result<mqtt::Stream> {
     let device = &pool.devices[i % pool.devices.len()];
+    let target = match i % (c.also_target.len() + 1) {
+        0 => c.target,
+        k => c.also_target[k - 1],
+    };
     let mut stream =
-        mqtt::tls_connect(c.target, mqtt::source(i, c.spread), device.tls.clone()).await?;
+        mqtt::tls_connect(target, mqtt::source(i, c.spread), device.tls.clone()).await?;
     mqtt::mqtt_connect(&mut stream, c.mqtt, client_id, keep_alive).await?;
     Ok(stream)
 }
@@ -667,12 +690,18 @@ async fn revoke(
     others: usize,
     count: usize,
     subscribe: bool,
+    revoked_at: Option<SocketAddr>,
 ) -> Result<Value> {
     let client = admin_client(admin)?;
     let bar = progress(c, (others + count) as u64, "sessions");
     // Targets use devices 0..count, the others count..count+others: one
     // session per device, so an inactivation drops exactly one session.
-    let targets = open_many(c, &pool, count, 64, "target", 0, &bar).await?;
+    let mut at = c.clone();
+    if let Some(node) = revoked_at {
+        at.target = node;
+        at.also_target.clear();
+    }
+    let targets = open_many(&at, &pool, count, 64, "target", 0, &bar).await?;
     let mut other_sessions = open_many(c, &pool, others, 64, "other", count, &bar).await?;
     bar.finish_and_clear();
     if subscribe {
@@ -706,11 +735,50 @@ async fn revoke(
     drop(other_sessions);
     Ok(json!({
         "mode": "revoke",
+        "nodes": c.also_target.len() + 1,
+        "revoked_at_another_node": revoked_at.is_some(),
         "other_sessions": still_open,
         "others_subscribed": subscribe,
         "count": count,
         "call_to_socket_closed_ms": percentiles(latencies),
         "call_to_answer_ms": percentiles(answers),
+    }))
+}
+
+async fn changes(pool: Arc<Pool>, admin: &Admin, count: usize) -> Result<Value> {
+    let client = admin_client(admin)?;
+    let devices = count.div_ceil(2).min(pool.devices.len()).max(1);
+    let mut latencies = Vec::with_capacity(count);
+    let started = Instant::now();
+    for i in 0..count {
+        let device = &pool.devices[(i / 2) % devices];
+        let action = if i % 2 == 0 {
+            "InactivateDeviceCertificate"
+        } else {
+            "ActiveDeviceCertificate"
+        };
+        let params: Vec<(String, String)> = [
+            ("MqttInstanceId", admin.instance.clone()),
+            ("CaSn", device.ca_sn.clone()),
+            ("DeviceSn", device.device_sn.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let t0 = Instant::now();
+        let (status, body) = client.call(action, &params).await?;
+        if status != 200 {
+            bail!("{action} answered {status}: {body}");
+        }
+        latencies.push(t0.elapsed());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "mode": "changes",
+        "count": count,
+        "seconds": elapsed,
+        "changes_per_second": count as f64 / elapsed,
+        "call_ms": percentiles(latencies),
     }))
 }
 
