@@ -130,8 +130,9 @@ enum ExplainAction {
 
 #[derive(Subcommand)]
 enum RegistryCommand {
-    /// Write the registry (instance, CAs, device certificates) as JSON
-    /// lines. Safe while the broker runs: it reads a consistent snapshot.
+    /// Write the registry (instance, CAs, device certificates, custom
+    /// permissions) as JSON lines, from SQLite or PostgreSQL. Safe while
+    /// brokers run: it reads a consistent snapshot.
     Export {
         /// The broker's configuration file (for storage.data_dir).
         #[arg(long, value_name = "PATH")]
@@ -140,8 +141,9 @@ enum RegistryCommand {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// Read a backup into the registry, all or nothing; records that exist
-    /// are updated. The broker must be stopped.
+    /// Read a backup into the registry (SQLite or PostgreSQL), all or
+    /// nothing; records that exist are updated. The brokers must be
+    /// stopped.
     Import {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
@@ -373,57 +375,73 @@ fn admin_scheme(settings: &Settings) -> &'static str {
     }
 }
 
-/// `certmq registry export/import` read and write the SQLite store; a
-/// configuration on PostgreSQL is refused rather than pointed at a
-/// registry.db that is not the broker's.
-fn sqlite_only(settings: &Settings, what: &str) -> Result<()> {
-    if settings.storage.backend == certmq::config::StorageBackend::Postgres {
-        anyhow::bail!(
-            "certmq registry {what} works on the SQLite store only for now; this configuration \
-             keeps the registry in PostgreSQL (storage.backend = \"postgres\"): back it up with \
-             pg_dump"
-        );
-    }
-    Ok(())
+/// A small runtime for the PostgreSQL store's export and import.
+fn pg_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
+/// `certmq registry export/import`: the same JSON lines from and to either
+/// store, so that a SQLite registry moves to PostgreSQL by export + import.
 fn registry(cmd: RegistryCommand) -> Result<()> {
-    use certmq::store::{backup, sqlite};
+    use certmq::config::StorageBackend;
+    use certmq::store::{backup, postgres_backup, sqlite};
     match cmd {
         RegistryCommand::Export { config, output } => {
             let settings = Settings::load(config.as_deref())?;
-            sqlite_only(&settings, "export")?;
-            let db = settings.storage.data_dir.join(sqlite::FILE_NAME);
-            let lines = match output {
-                Some(path) => {
-                    let mut file = std::io::BufWriter::new(
-                        std::fs::File::create(&path)
-                            .with_context(|| format!("cannot create {}", path.display()))?,
-                    );
-                    backup::export(&db, &mut file)?
-                }
-                None => backup::export(&db, &mut std::io::stdout().lock())?,
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
             };
-            eprintln!("exported {lines} records from {}", db.display());
+            let (lines, from) = match settings.storage.backend {
+                StorageBackend::Sqlite => {
+                    let db = settings.storage.data_dir.join(sqlite::FILE_NAME);
+                    (backup::export(&db, &mut out)?, db.display().to_string())
+                }
+                StorageBackend::Postgres => {
+                    let url = &settings.storage.postgres_url;
+                    let lines = pg_runtime()?.block_on(postgres_backup::export(url, &mut out))?;
+                    (lines, location(url))
+                }
+            };
+            eprintln!("exported {lines} records from {from}");
         }
         RegistryCommand::Import { config, file } => {
             let settings = Settings::load(config.as_deref())?;
-            sqlite_only(&settings, "import")?;
-            let data_dir = certmq::instance::DataDir::lock(&settings.storage.data_dir)?;
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
-            let imported =
-                backup::import(&data_dir.registry_db(), &mut std::io::BufReader::new(input))?;
+            let mut input = std::io::BufReader::new(input);
+            let (imported, into) = match settings.storage.backend {
+                StorageBackend::Sqlite => {
+                    let data_dir = certmq::instance::DataDir::lock(&settings.storage.data_dir)?;
+                    let db = data_dir.registry_db();
+                    (backup::import(&db, &mut input)?, db.display().to_string())
+                }
+                StorageBackend::Postgres => {
+                    let url = &settings.storage.postgres_url;
+                    let imported =
+                        pg_runtime()?.block_on(postgres_backup::import(url, &mut input))?;
+                    (imported, location(url))
+                }
+            };
             eprintln!(
-                "imported {} CAs, {} device certificates and {} custom permissions into {}",
-                imported.cas,
-                imported.devices,
-                imported.permissions,
-                data_dir.registry_db().display()
+                "imported {} CAs, {} device certificates and {} custom permissions into {into}",
+                imported.cas, imported.devices, imported.permissions,
             );
         }
     }
     Ok(())
+}
+
+/// Where a PostgreSQL URL points, without its password.
+fn location(url: &str) -> String {
+    certmq::store::postgres::config(url)
+        .map(|c| certmq::store::postgres::describe(&c))
+        .unwrap_or_else(|_| "storage.postgres_url".into())
 }
 
 /// `--Name value` and `--Name=value` pairs.

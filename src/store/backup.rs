@@ -16,9 +16,10 @@ use super::sqlite::{
     ca_from_row, device_from_row, now_ms, permission_from_row, put_permission, registration_code,
 };
 use super::{CA_COLUMNS, DEVICE_COLUMNS, PERMISSION_COLUMNS};
+use crate::identity::DeviceIdentity;
 use crate::record::{
-    CaRecord, DeviceRecord, IdentityKind, PermissionKey, PermissionRecord, PermitAction,
-    PermitEffect,
+    CaRecord, CertStatus, DeviceRecord, IdentityKind, PermissionKey, PermissionRecord,
+    PermitAction, PermitEffect,
 };
 use crate::serial::{CaSn, DeviceSn};
 
@@ -151,8 +152,7 @@ pub fn export(db: &Path, out: &mut dyn Write) -> Result<usize, BackupError> {
     conn.execute_batch("BEGIN").map_err(read)?;
     let mut lines = 0;
     let mut emit = |line: &Line, out: &mut dyn Write| -> Result<(), BackupError> {
-        serde_json::to_writer(&mut *out, line).map_err(|e| BackupError::Output(e.into()))?;
-        out.write_all(b"\n").map_err(BackupError::Output)?;
+        emit(line, out)?;
         lines += 1;
         Ok(())
     };
@@ -190,10 +190,10 @@ pub fn export(db: &Path, out: &mut dyn Write) -> Result<usize, BackupError> {
     Ok(lines)
 }
 
-fn status_code(line: usize, status: &str) -> Result<i64, BackupError> {
+fn status(line: usize, status: &str) -> Result<CertStatus, BackupError> {
     match status {
-        "1" => Ok(1),
-        "0" => Ok(0),
+        "1" => Ok(CertStatus::Active),
+        "0" => Ok(CertStatus::Inactive),
         other => Err(BackupError::Line {
             line,
             reason: format!("status must be \"1\" or \"0\", not {other:?}"),
@@ -241,6 +241,86 @@ fn permission(
     })
 }
 
+/// One line of a backup, checked.
+pub(crate) enum Record {
+    Instance(String),
+    Ca(CaRecord),
+    Device(DeviceRecord),
+    Permission(PermissionRecord),
+}
+
+/// Reads line `number` of a backup; `None` for a blank line.
+pub(crate) fn parse_line(number: usize, text: &str) -> Result<Option<Record>, BackupError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let line: Line = serde_json::from_str(text).map_err(|e| BackupError::Line {
+        line: number,
+        reason: e.to_string(),
+    })?;
+    Ok(Some(match line {
+        Line::Instance { registration_code } => Record::Instance(registration_code),
+        Line::Ca {
+            sn,
+            name,
+            status: code,
+            valid_begin_ms,
+            valid_end_ms,
+            pem,
+            verification_pem,
+            registration_code,
+        } => Record::Ca(CaRecord {
+            sn: serial(number, "sn", &sn, CaSn::parse)?,
+            name,
+            status: status(number, &code)?,
+            valid_begin_ms,
+            valid_end_ms,
+            pem: pem.into(),
+            verification_pem: verification_pem.map(Into::into),
+            registration_code: registration_code.map(Into::into),
+        }),
+        Line::Device {
+            ca_sn,
+            device_sn,
+            name,
+            status: code,
+            valid_begin_ms,
+            valid_end_ms,
+            pem,
+        } => Record::Device(DeviceRecord {
+            identity: DeviceIdentity {
+                ca_sn: serial(number, "ca_sn", &ca_sn, CaSn::parse)?,
+                device_sn: serial(number, "device_sn", &device_sn, DeviceSn::parse)?,
+            },
+            name: name.into(),
+            status: status(number, &code)?,
+            valid_begin_ms,
+            valid_end_ms,
+            pem: pem.into(),
+        }),
+        Line::Permission {
+            identity_type,
+            identity,
+            topic,
+            permit_action,
+            effect,
+        } => Record::Permission(permission(
+            number,
+            &identity_type,
+            &identity,
+            &topic,
+            &permit_action,
+            &effect,
+        )?),
+    }))
+}
+
+/// Writes one line of a backup.
+pub(crate) fn emit(line: &Line, out: &mut dyn Write) -> Result<(), BackupError> {
+    serde_json::to_writer(&mut *out, line).map_err(|e| BackupError::Output(e.into()))?;
+    out.write_all(b"\n").map_err(BackupError::Output)
+}
+
 /// Reads a backup into the database at `db` (created if missing), all or
 /// nothing. The caller must hold the data directory (no broker running).
 pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupError> {
@@ -274,12 +354,11 @@ pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupErro
         if text.trim().is_empty() {
             continue;
         }
-        let line: Line = serde_json::from_str(&text).map_err(|e| BackupError::Line {
-            line: number,
-            reason: e.to_string(),
-        })?;
-        match line {
-            Line::Instance { registration_code } => {
+        let Some(record) = parse_line(number, &text)? else {
+            continue;
+        };
+        match record {
+            Record::Instance(registration_code) => {
                 tx.execute(
                     "INSERT INTO instance (id, registration_code) VALUES (1, ?1)
                      ON CONFLICT (id) DO UPDATE SET registration_code = excluded.registration_code",
@@ -287,17 +366,7 @@ pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupErro
                 )
                 .map_err(|e| import_err(number, e))?;
             }
-            Line::Ca {
-                sn,
-                name,
-                status,
-                valid_begin_ms,
-                valid_end_ms,
-                pem,
-                verification_pem,
-                registration_code,
-            } => {
-                let sn = serial(number, "sn", &sn, CaSn::parse)?;
+            Record::Ca(ca) => {
                 tx.execute(
                     "INSERT INTO ca (sn, name, status, valid_begin_ms, valid_end_ms, pem, verification_pem,
                                      registration_code, registered_at_ms, updated_at_ms)
@@ -307,31 +376,21 @@ pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupErro
                         pem = excluded.pem, verification_pem = excluded.verification_pem,
                         registration_code = excluded.registration_code, updated_at_ms = excluded.updated_at_ms",
                     params![
-                        sn.to_string(),
-                        name,
-                        status_code(number, &status)?,
-                        valid_begin_ms,
-                        valid_end_ms,
-                        pem,
-                        verification_pem,
-                        registration_code,
+                        ca.sn.to_string(),
+                        ca.name,
+                        i64::from(super::status_code(ca.status)),
+                        ca.valid_begin_ms,
+                        ca.valid_end_ms,
+                        &*ca.pem,
+                        ca.verification_pem.as_deref(),
+                        ca.registration_code.as_deref(),
                         now
                     ],
                 )
                 .map_err(|e| import_err(number, e))?;
                 imported.cas += 1;
             }
-            Line::Device {
-                ca_sn,
-                device_sn,
-                name,
-                status,
-                valid_begin_ms,
-                valid_end_ms,
-                pem,
-            } => {
-                let ca_sn = serial(number, "ca_sn", &ca_sn, CaSn::parse)?;
-                let device_sn = serial(number, "device_sn", &device_sn, DeviceSn::parse)?;
+            Record::Device(device) => {
                 tx.execute(
                     "INSERT INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
                                          first_seen_ms, updated_at_ms)
@@ -340,13 +399,13 @@ pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupErro
                         valid_begin_ms = excluded.valid_begin_ms, valid_end_ms = excluded.valid_end_ms,
                         pem = excluded.pem, updated_at_ms = excluded.updated_at_ms",
                     params![
-                        ca_sn.to_string(),
-                        device_sn.to_string(),
-                        name,
-                        status_code(number, &status)?,
-                        valid_begin_ms,
-                        valid_end_ms,
-                        pem,
+                        device.identity.ca_sn.to_string(),
+                        device.identity.device_sn.to_string(),
+                        &*device.name,
+                        i64::from(super::status_code(device.status)),
+                        device.valid_begin_ms,
+                        device.valid_end_ms,
+                        &*device.pem,
                         now
                     ],
                 )
@@ -356,21 +415,7 @@ pub fn import(db: &Path, input: &mut dyn BufRead) -> Result<Imported, BackupErro
                 })?;
                 imported.devices += 1;
             }
-            Line::Permission {
-                identity_type,
-                identity,
-                topic,
-                permit_action,
-                effect,
-            } => {
-                let record = permission(
-                    number,
-                    &identity_type,
-                    &identity,
-                    &topic,
-                    &permit_action,
-                    &effect,
-                )?;
+            Record::Permission(record) => {
                 put_permission(&tx, &record, now).map_err(|e| import_err(number, e))?;
                 imported.permissions += 1;
             }

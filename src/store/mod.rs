@@ -14,6 +14,7 @@
 pub mod backup;
 pub mod feed;
 pub mod postgres;
+pub mod postgres_backup;
 mod postgres_schema;
 mod schema;
 pub mod sqlite;

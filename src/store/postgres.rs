@@ -711,7 +711,7 @@ pub(crate) fn ca_from_row_at(row: &Row, at: usize) -> Result<CaRecord, StoreErro
     })
 }
 
-fn device_from_row(row: &Row) -> Result<DeviceRecord, StoreError> {
+pub(crate) fn device_from_row(row: &Row) -> Result<DeviceRecord, StoreError> {
     Ok(DeviceRecord {
         identity: identity_from(row, 0, 1)?,
         name: row.get::<_, String>(2).into(),
@@ -722,7 +722,7 @@ fn device_from_row(row: &Row) -> Result<DeviceRecord, StoreError> {
     })
 }
 
-fn permission_from_row(row: &Row) -> Result<PermissionRecord, StoreError> {
+pub(crate) fn permission_from_row(row: &Row) -> Result<PermissionRecord, StoreError> {
     let unknown =
         |what: &str, value: &str| StoreError::Read(format!("stored {what} `{value}` is unknown"));
     let kind: &str = row.get(0);

@@ -246,33 +246,119 @@ async fn check_config_checks_the_database() {
     assert!(out.contains("is the server running"), "{out}");
 }
 
-#[test]
-fn registry_export_and_import_refuse_a_postgres_configuration() {
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        "[storage]\nbackend = \"postgres\"\npostgres_url = \"host=/nonexistent dbname=x\"\n";
-    std::fs::write(dir.path().join("c.toml"), config).unwrap();
-    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
-    for args in [
-        &["registry", "export", "--config", "c.toml"][..],
-        &["registry", "import", "--config", "c.toml", "in.jsonl"][..],
-    ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("SQLite store only") && stderr.contains("pg_dump"),
-            "{stderr}"
-        );
-        assert!(
-            !dir.path().join("data").join("registry.db").exists(),
-            "no stray SQLite file"
-        );
+/// `certmq registry export` / `import` with `--config`-less settings from
+/// the environment, as an operator would run them.
+fn registry_cli(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "certmq {args:?}: {stderr}");
+    stderr
+}
+
+/// A SQLite deployment moves to PostgreSQL by export and import (issue 13
+/// point 6): statuses, the registration code and custom permissions come
+/// along; the PostgreSQL export holds the same lines; an import while a
+/// node runs is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_registry_moves_to_postgres_by_export_and_import() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("moved").await;
+    let ca = Ca::new("moving CA");
+    let tb = support::start(&[&ca]).await;
+    let devices: Vec<_> = (0..3).map(|i| ca.device(&format!("mover-{i}"))).collect();
+    for d in &devices {
+        connect(&tb, d, &d.name, Version::V4)
+            .await
+            .unwrap()
+            .disconnect()
+            .await;
     }
+    tb.inactivate(&devices[1]).await;
+    let instance = tb.instance();
+    let (status, body) = tb
+        .admin(&[
+            ("Action", "AddCustomAuthPermission"),
+            ("InstanceId", &instance),
+            ("IdentityType", "CLIENT"),
+            ("Identity", "mover-2"),
+            ("Topic", "fleet/#"),
+            ("PermitAction", "PUB_SUB"),
+            ("Effect", "ALLOW"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut settings, server_ca, dir) = tb.stop().await;
+    let data_dir = settings.storage.data_dir.display().to_string();
+    let from_sqlite = dir.path().join("sqlite.jsonl");
+    let from_pg = dir.path().join("postgres.jsonl");
+    registry_cli(
+        &[
+            "registry",
+            "export",
+            "--output",
+            from_sqlite.to_str().unwrap(),
+        ],
+        &[("CERTMQ__STORAGE__DATA_DIR", &data_dir)],
+    );
+    let on_pg = [
+        ("CERTMQ__STORAGE__BACKEND", "postgres"),
+        ("CERTMQ__STORAGE__POSTGRES_URL", url.as_str()),
+    ];
+    let said = registry_cli(
+        &["registry", "import", from_sqlite.to_str().unwrap()],
+        &on_pg,
+    );
+    assert!(
+        said.contains("imported 1 CAs, 3 device certificates and 1 custom permissions"),
+        "{said}"
+    );
+    // The same lines back out of PostgreSQL.
+    registry_cli(
+        &["registry", "export", "--output", from_pg.to_str().unwrap()],
+        &on_pg,
+    );
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
+    assert_eq!(read(&from_pg), read(&from_sqlite));
+
+    // A node on the moved registry: statuses and permissions as they were.
+    settings.storage.backend = StorageBackend::Postgres;
+    settings.storage.postgres_url = url.clone();
+    let tb = support::TestBroker::launch(settings, server_ca, dir).await;
+    assert_eq!(tb.broker.registry().device_count(), 3);
+    assert!(
+        connect(&tb, &devices[1], "mover-1", Version::V4)
+            .await
+            .is_err()
+    );
+    connect(&tb, &devices[0], "mover-0", Version::V4)
+        .await
+        .unwrap()
+        .disconnect()
+        .await;
+    let (status, body) = tb
+        .admin(&[
+            ("Action", "QueryCustomAuthPermission"),
+            ("InstanceId", &instance),
+            ("Size", "10"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("fleet/#"), "{body}");
+    // Importing into a registry in use is refused, saying why.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
+        .args(["registry", "import", from_sqlite.to_str().unwrap()])
+        .envs(on_pg)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stop every node first"), "{stderr}");
 }
 
 /// First connections in a burst are registered by one statement per

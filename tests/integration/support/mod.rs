@@ -119,7 +119,7 @@ impl TestBroker {
     }
 
     /// Starts a broker on `settings`, with an admin client for it.
-    async fn launch(settings: Settings, server_ca: Ca, dir: TempDir) -> TestBroker {
+    pub async fn launch(settings: Settings, server_ca: Ca, dir: TempDir) -> TestBroker {
         let broker = Broker::start(settings).await.unwrap();
         let client = AdminClient::new(
             &broker.admin_addr().to_string(),
@@ -141,6 +141,13 @@ impl TestBroker {
         let settings = self.broker.settings().clone();
         self.broker.shutdown().await;
         TestBroker::launch(settings, self.server_ca, self.dir).await
+    }
+
+    /// Stops the broker; what it ran on, to launch another.
+    pub async fn stop(self) -> (Settings, Ca, TempDir) {
+        let settings = self.broker.settings().clone();
+        self.broker.shutdown().await;
+        (settings, self.server_ca, self.dir)
     }
 
     /// The instance id of this broker.
