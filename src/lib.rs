@@ -133,6 +133,9 @@ pub(crate) struct Context {
     pub(crate) fence: cluster::Fence,
     /// This node's name (`cluster.node_id`, or the host name).
     pub(crate) node_id: Arc<str>,
+    /// The other brokers on a shared registry (PostgreSQL), for the
+    /// session operations that look at every node.
+    pub(crate) cluster: Option<cluster::Cluster>,
     /// Whether a component the broker cannot run without has stopped.
     pub(crate) health: health::Health,
     /// Refused handshakes are logged at most this often.
@@ -238,8 +241,8 @@ impl Broker {
         let health = health::Health::default();
         // A shared registry: follow its change feed (and hold a lease)
         // before anything changes it from here or anyone connects.
-        let cluster_tasks = match settings.storage.backend {
-            config::StorageBackend::Sqlite => Vec::new(),
+        let (cluster, cluster_tasks) = match settings.storage.backend {
+            config::StorageBackend::Sqlite => (None, Vec::new()),
             config::StorageBackend::Postgres => {
                 let (joined, tasks) = cluster::Cluster::join(
                     cluster::ClusterSettings {
@@ -262,10 +265,10 @@ impl Broker {
                     shutdown.clone(),
                 )
                 .await?;
-                registry.set_propagation(Arc::new(joined));
+                registry.set_propagation(joined.propagation());
                 // Running before anything here changes the registry: the
                 // CA files below wait for this node's feed too.
-                tasks
+                let tasks = tasks
                     .into_iter()
                     .map(|(component, task)| {
                         let vital = health.vital(component, shutdown.clone());
@@ -274,7 +277,8 @@ impl Broker {
                             task.await
                         })
                     })
-                    .collect()
+                    .collect();
+                (Some(joined), tasks)
             }
         };
         ca_files.extend(settings.tls.ca_files.iter().cloned());
@@ -312,6 +316,7 @@ impl Broker {
             authz,
             fence,
             node_id: Arc::from(node_id.as_str()),
+            cluster,
             health,
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
         });

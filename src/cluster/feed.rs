@@ -15,6 +15,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use super::sessions::{REPLIES, REQUESTS};
 use super::{APPLIED_CHANNEL, Cluster, ClusterError, Local};
 use crate::store::StoreError;
 use crate::store::feed::{self, CHANNEL};
@@ -35,6 +36,10 @@ enum Note {
     Change(u64),
     /// Some node applied changes.
     Applied,
+    /// A node asks about sessions (see `sessions`).
+    SessionRequest(String),
+    /// A node answers this one's question.
+    SessionReply(String),
 }
 
 /// The LISTEN connection and what it heard.
@@ -100,6 +105,12 @@ async fn listen(cluster: &Cluster) -> Result<FeedTask, StoreError> {
                         Err(_) => continue,
                     }
                 }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == REQUESTS => {
+                    Note::SessionRequest(n.payload().to_owned())
+                }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == REPLIES => {
+                    Note::SessionReply(n.payload().to_owned())
+                }
                 Some(Ok(AsyncMessage::Notification(_))) => Note::Applied,
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
@@ -114,7 +125,9 @@ async fn listen(cluster: &Cluster) -> Result<FeedTask, StoreError> {
         }
     });
     client
-        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {APPLIED_CHANNEL};"))
+        .batch_execute(&format!(
+            "LISTEN {CHANNEL}; LISTEN {APPLIED_CHANNEL}; LISTEN {REQUESTS}; LISTEN {REPLIES};"
+        ))
         .await
         .map_err(open_err)?;
     Ok(FeedTask { client, notes })
@@ -274,6 +287,8 @@ async fn follow(
                         Note::Applied => {
                             shared.others_applied.send_modify(|n| *n = n.wrapping_add(1));
                         }
+                        Note::SessionRequest(payload) => cluster.on_request(&payload),
+                        Note::SessionReply(payload) => cluster.on_reply(&payload),
                     }
                     note = task.notes.try_recv().ok();
                 }

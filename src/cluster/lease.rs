@@ -150,6 +150,26 @@ pub(super) async fn lagging(cluster: &Cluster, seq: u64) -> Result<Vec<String>, 
     }
 }
 
+/// The nodes with a live lease now.
+pub(super) async fn live_nodes(cluster: &Cluster) -> Result<Vec<String>, StoreError> {
+    let answer = async {
+        let client = cluster.shared.settle_conn.client().await?;
+        let rows = client
+            .query(
+                "SELECT node_id FROM node_lease WHERE expires_at > clock_timestamp()",
+                &[],
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+    .await;
+    if answer.is_err() {
+        cluster.shared.settle_conn.reset().await;
+    }
+    answer
+}
+
 /// The longest one lease-table query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 

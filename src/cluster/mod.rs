@@ -32,6 +32,7 @@
 mod feed;
 mod lease;
 pub(crate) mod local;
+mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,7 @@ use crate::store::StoreError;
 use crate::store::postgres::Connection;
 
 pub use local::Local;
+pub use sessions::SessionAnswer;
 
 /// Whether this node may admit connections. A node that does not share
 /// its registry is never fenced.
@@ -148,8 +150,13 @@ struct Shared {
     leased_at_head: Mutex<Option<u64>>,
     /// The heartbeat found the feed behind: the feed task catches up.
     behind: Notify,
-    /// Reads the live leases for [`Cluster::settle`].
+    /// Reads the live leases for [`Cluster::settle`], sends session
+    /// requests and answers.
     settle_conn: Connection,
+    /// Session requests of this node waiting for the other nodes.
+    waiters: sessions::Waiters,
+    /// This node's sessions and index, for the session requests.
+    local: Local,
     metrics: ClusterMetrics,
 }
 
@@ -186,6 +193,8 @@ impl Cluster {
                 others_applied: watch::Sender::new(0),
                 leased_at_head: Mutex::new(None),
                 behind: Notify::new(),
+                waiters: Default::default(),
+                local: local.clone(),
                 metrics,
             }),
         };
@@ -340,8 +349,23 @@ impl Cluster {
 /// notification (one lost, or a node whose lease runs out).
 const SETTLE_POLL: Duration = Duration::from_millis(50);
 
-impl Propagation for Cluster {
+impl Cluster {
+    /// What the registry waits on after a change: this cluster, held
+    /// weakly (the cluster holds the registry).
+    pub fn propagation(&self) -> Arc<dyn Propagation> {
+        Arc::new(Settler(Arc::downgrade(&self.shared)))
+    }
+}
+
+struct Settler(std::sync::Weak<Shared>);
+
+impl Propagation for Settler {
     fn settle(&self, seq: u64) -> SettleFuture<'_> {
-        Box::pin(self.settle_inner(seq))
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(shared) => Cluster { shared }.settle_inner(seq).await,
+                None => Err("this node has left the cluster (it is stopping)".into()),
+            }
+        })
     }
 }

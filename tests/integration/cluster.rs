@@ -178,6 +178,65 @@ async fn a_change_on_one_node_is_in_force_on_every_node() {
     assert_eq!(admitted_by(&cluster, &device).await, 0);
 }
 
+/// The session operations by client id look at every node (issue 13
+/// point 7): a client connected to C is online for A and B, and closed
+/// through A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_operations_look_at_every_node() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("cluster_sessions").await;
+    let ca = Ca::new("sessions CA");
+    let cluster = nodes(&url, &["ses-a", "ses-b", "ses-c"], &[&ca]).await;
+    let (a, b, c) = (&cluster[0], &cluster[1], &cluster[2]);
+    let device = ca.device("far-away");
+    let mut on_c = connect(c, &device, "far-away", Version::V5).await.unwrap();
+    let instance = a.instance();
+    let (status, body) = a
+        .admin(&[
+            ("Action", "QuerySessionByClientId"),
+            ("InstanceId", &instance),
+            ("ClientId", "far-away"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["OnlineStatus"], true, "online on C, asked on A");
+    let (status, body) = b
+        .admin(&[
+            ("Action", "BatchQuerySessionByClientIds"),
+            ("InstanceId", &instance),
+            ("ClientIdList.1", "nobody"),
+            ("ClientIdList.2", "far-away"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let list = body["OnlineStatusList"].as_array().unwrap();
+    assert_eq!(list[0]["OnlineStatus"], false);
+    assert_eq!(list[1]["OnlineStatus"], true);
+    let (status, body) = a
+        .admin(&[
+            ("Action", "CloseConnection"),
+            ("InstanceId", &instance),
+            ("ClientId", "far-away"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !c.broker.sessions().is_online("far-away"),
+        "closed on C before A answered"
+    );
+    closed(&mut on_c, "closed through A").await;
+    let (_, body) = b
+        .admin(&[
+            ("Action", "QuerySessionByClientId"),
+            ("InstanceId", &instance),
+            ("ClientId", "far-away"),
+        ])
+        .await;
+    assert_eq!(body["OnlineStatus"], false);
+}
+
 /// The guarantee under contention, across nodes: connects to B and C
 /// against InactivateDeviceCertificate on A, many rounds. The moment A
 /// answers, no node may hold a session of the device (checked on each
