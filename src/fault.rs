@@ -92,3 +92,26 @@ pub(crate) fn loses_change_notification(node_id: &str) -> bool {
         None => false,
     }
 }
+
+/// Node ids whose change feed applies nothing while listed: what a node
+/// that stopped applying (stuck, or too slow) looks like to the node
+/// waiting for it. Its lease stays live.
+static STALLED_FEEDS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Stalls (or resumes) node `node_id`'s change feed.
+pub fn stall_feed(node_id: &str, stalled: bool) {
+    let mut feeds = STALLED_FEEDS.lock().unwrap_or_else(|p| p.into_inner());
+    feeds.retain(|id| id != node_id);
+    if stalled {
+        feeds.push(node_id.to_owned());
+    }
+}
+
+/// Whether node `node_id`'s change feed is stalled.
+pub(crate) fn feed_stalled(node_id: &str) -> bool {
+    STALLED_FEEDS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|id| id == node_id)
+}

@@ -221,6 +221,7 @@ impl Broker {
             store.clone(),
         ));
         let metrics = Metrics::new();
+        metrics.name_node(&node_id);
         let dropped = metrics.messages_dropped();
         let hub = router::Hub::with_counters(
             router::hub::HubSettings {

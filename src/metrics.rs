@@ -30,6 +30,7 @@ pub struct Metrics {
     registry_cas: IntGauge,
     registry_devices: IntGauge,
     cluster: ClusterMetrics,
+    node_info: prometheus::IntGaugeVec,
 }
 
 /// The metrics of a node sharing a PostgreSQL registry (see `cluster`).
@@ -211,6 +212,18 @@ impl Metrics {
                     "Registry changes applied from the change feed.",
                 ),
             },
+            node_info: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "certmq_node_info",
+                        "1, labelled with this node's name (cluster.node_id, or the host name).",
+                    ),
+                    &["node_id"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry_cas: gauge(r, "certmq_registry_cas", "Registered CA certificates."),
             registry_devices: gauge(
                 r,
@@ -288,6 +301,12 @@ impl Metrics {
     /// The dropped-message counter, for a session to bump.
     pub(crate) fn messages_dropped(&self) -> IntCounterVec {
         self.messages_dropped.clone()
+    }
+
+    /// Names this node in the metrics (`certmq_node_info`); the node id
+    /// is checked configuration, not client input.
+    pub(crate) fn name_node(&self, node_id: &str) {
+        self.node_info.with_label_values(&[node_id]).set(1);
     }
 
     /// The cluster's metrics, for the cluster's tasks.

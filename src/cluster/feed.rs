@@ -302,6 +302,10 @@ async fn follow(
         if task.client.is_closed() {
             return Stop::Lost("the LISTEN connection closed".into());
         }
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::feed_stalled(&shared.node_id) {
+            continue;
+        }
         match catch_up(cluster, &task.client, local, trigger).await {
             Ok(()) => {}
             Err(CatchUpError::Failed(why)) => return Stop::Lost(why),

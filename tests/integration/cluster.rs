@@ -26,6 +26,15 @@ async fn nodes(url: &str, names: &[&str], cas: &[&Ca]) -> Vec<TestBroker> {
 }
 
 async fn node(url: &str, name: &str, cas: &[&Ca]) -> TestBroker {
+    node_with(url, name, cas, |_| {}).await
+}
+
+async fn node_with(
+    url: &str,
+    name: &str,
+    cas: &[&Ca],
+    tweak: impl FnOnce(&mut certmq::config::Settings),
+) -> TestBroker {
     let (url, name) = (url.to_owned(), name.to_owned());
     support::start_with(cas, move |s| {
         s.storage.backend = StorageBackend::Postgres;
@@ -34,6 +43,7 @@ async fn node(url: &str, name: &str, cas: &[&Ca]) -> TestBroker {
         // Faster fencing, so that the fault tests stay short; still well
         // inside the drop timeout.
         s.cluster.lease_ms = 1500;
+        tweak(s);
     })
     .await
 }
@@ -101,6 +111,14 @@ async fn a_change_on_one_node_is_in_force_on_every_node() {
     let cluster = nodes(&url, &["node-a", "node-b", "node-c"], &[&ca]).await;
     let (a, b, c) = (&cluster[0], &cluster[1], &cluster[2]);
 
+    // Each node names itself in its metrics.
+    assert_eq!(
+        support::metric(
+            &support::scrape(b).await,
+            r#"certmq_node_info{node_id="node-b"}"#
+        ),
+        1.0
+    );
     // A device registered on C is known everywhere.
     let device = ca.device("roaming");
     let mut on_c = connect(c, &device, "roaming", Version::V5).await.unwrap();
@@ -588,4 +606,46 @@ lease_ms = 1500
         .unwrap()
         .disconnect()
         .await;
+}
+
+/// A node with a live lease that does not apply a change in
+/// `mqtt.drop_timeout_ms`: the call answers an error naming it, never
+/// success; once the node applies again, it drops the session, and the
+/// call retried succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_not_applied_everywhere_in_time_answers_an_error() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("not_applied").await;
+    let ca = Ca::new("stalled CA");
+    let short = |s: &mut certmq::config::Settings| s.mqtt.drop_timeout_ms = 2000;
+    let a = node_with(&url, "stall-a", &[&ca], short).await;
+    let c = node_with(&url, "stall-c", &[&ca], short).await;
+    let device = ca.device("stuck");
+    let mut on_c = connect(&c, &device, "stuck", Version::V4).await.unwrap();
+    support::wait_until(Duration::from_secs(5), "A knows the device", async || {
+        a.broker
+            .registry()
+            .device_status(&device.identity)
+            .is_some()
+    })
+    .await;
+    certmq::fault::stall_feed("stall-c", true);
+    let (status, body) = a.device_call("InactivateDeviceCertificate", &device).await;
+    assert_ne!(status, 200, "no success while C has not applied it: {body}");
+    let message = body["Message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stall-c") && message.contains("retry"),
+        "{message}"
+    );
+    assert_eq!(
+        c.broker.sessions().sessions_of(&device.identity),
+        1,
+        "the error was honest"
+    );
+    certmq::fault::stall_feed("stall-c", false);
+    closed(&mut on_c, "C applied the change once it could").await;
+    a.inactivate(&device).await;
+    assert!(connect(&c, &device, "stuck-2", Version::V4).await.is_err());
 }
