@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Cluster, ClusterError, Local};
+use crate::session::DropReason;
 use crate::store::StoreError;
 use crate::store::feed;
 use crate::store::postgres::{connect, db_message};
@@ -24,6 +25,8 @@ pub(super) struct LeaseTask {
     client: Option<Client>,
     /// When the last renewal that succeeded was sent.
     renewed_at: Instant,
+    /// When the change log was last pruned.
+    pruned_at: Instant,
 }
 
 /// How a renewal went.
@@ -90,9 +93,13 @@ pub(super) async fn take(cluster: &Cluster) -> Result<LeaseTask, ClusterError> {
         {
             Renewal::Held { head } => {
                 cluster.set_leased_at_head(Some(head));
+                if let Err(e) = prune(&client).await {
+                    warn!(node_id = %shared.node_id, error = %db_message(&e), "could not prune the change log");
+                }
                 return Ok(LeaseTask {
                     client: Some(client),
                     renewed_at: sent,
+                    pruned_at: Instant::now(),
                 });
             }
             Renewal::Lost if started.elapsed() < patience => {
@@ -170,6 +177,41 @@ pub(super) async fn live_nodes(cluster: &Cluster) -> Result<Vec<String>, StoreEr
     answer
 }
 
+/// How often a node prunes the change log.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+
+/// Log entries younger than this are kept whatever the leases say: a node
+/// starting now read its snapshot a moment ago and has no lease row yet.
+const PRUNE_AFTER_MS: i64 = 10 * 60 * 1000;
+
+/// Lease rows that ran out this long ago are a node that is gone (or
+/// renamed); they stop holding the log back.
+const FORGET_LEASES_AFTER: &str = "1 day";
+
+/// Removes the log entries every node has applied (the smallest applied
+/// number over every lease row, live or not: a node cut off for a while
+/// catches up from its own) that are older than [`PRUNE_AFTER_MS`], and
+/// lease rows long run out. A node started later loads a snapshot and
+/// needs no old entry.
+pub(super) async fn prune(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            &format!(
+                "DELETE FROM node_lease WHERE expires_at < clock_timestamp() - interval '{FORGET_LEASES_AFTER}'"
+            ),
+            &[],
+        )
+        .await?;
+    let cutoff = crate::store::sqlite::now_ms() - PRUNE_AFTER_MS;
+    client
+        .execute(
+            "DELETE FROM change_log
+             WHERE seq <= (SELECT COALESCE(MIN(applied_seq), 0) FROM node_lease) AND at_ms < $1",
+            &[&cutoff],
+        )
+        .await
+}
+
 /// The longest one lease-table query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -202,6 +244,11 @@ pub(super) async fn run(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
+                    // Nobody is admitted and every session is gone before
+                    // the lease goes: from then on the others stop
+                    // waiting for this node.
+                    shared.fence.raise("this node is stopping".into());
+                    local.drop_all(DropReason::ShuttingDown, shared.drop_timeout).await;
                     release(&shared.node_id, &shared.incarnation, task.client.as_ref()).await;
                     return;
                 }
@@ -231,6 +278,20 @@ pub(super) async fn run(
                     shared.behind.notify_one();
                 }
                 cluster.lift_fence_if_caught_up();
+                if task.pruned_at.elapsed() >= PRUNE_EVERY
+                    && let Some(client) = task.client.as_ref()
+                {
+                    task.pruned_at = Instant::now();
+                    match tokio::time::timeout(every, prune(client)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            warn!(node_id = %node, error = %db_message(&e), "could not prune the change log")
+                        }
+                        Err(_) => {
+                            warn!(node_id = %node, "pruning the change log did not answer in time")
+                        }
+                    }
+                }
             }
             Ok(Ok(Renewal::Lost)) => {
                 cluster.fence(

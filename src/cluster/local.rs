@@ -75,11 +75,12 @@ impl Local {
         }
     }
 
-    /// Drops every session of this node (it is fenced) and waits for them.
-    pub(super) async fn drop_all(&self, timeout: Duration) {
-        let closings = self.sessions.kill_all(DropReason::Fenced);
+    /// Drops every session of this node (it is fenced, or stopping) and
+    /// waits for them.
+    pub(super) async fn drop_all(&self, reason: DropReason, timeout: Duration) {
+        let closings = self.sessions.kill_all(reason);
         if let Err(e) = wait_all(closings, timeout).await {
-            warn!(error = %e, "sessions of a fenced node did not close in time");
+            warn!(error = %e, reason = reason.label(), "sessions did not close in time");
         }
     }
 }

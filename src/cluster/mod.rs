@@ -45,6 +45,7 @@ use tracing::{info, warn};
 
 use crate::metrics::ClusterMetrics;
 use crate::registry::{Propagation, SettleFuture};
+use crate::session::DropReason;
 use crate::store::StoreError;
 use crate::store::postgres::Connection;
 
@@ -304,7 +305,7 @@ impl Cluster {
             self.shared.metrics.fenced.set(1);
             warn!(node_id = %self.shared.node_id, reason = %why, "fenced: dropping every session and refusing connections until the lease is back and the node has caught up");
             let (local, timeout) = (local.clone(), self.shared.drop_timeout);
-            tokio::spawn(async move { local.drop_all(timeout).await });
+            tokio::spawn(async move { local.drop_all(DropReason::Fenced, timeout).await });
         }
     }
 

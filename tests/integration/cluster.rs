@@ -649,3 +649,68 @@ async fn a_change_not_applied_everywhere_in_time_answers_an_error() {
     a.inactivate(&device).await;
     assert!(connect(&c, &device, "stuck-2", Version::V4).await.is_err());
 }
+
+/// The change log is pruned up to what every lease row has applied (a
+/// node away for a while holds it back; one gone for over a day does
+/// not), and only entries older than ten minutes; the nodes follow the
+/// feed as before afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_log_is_pruned_behind_every_node() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = pg.database("pruning").await;
+    let ca = Ca::new("pruning CA");
+    let a = node(&url, "prune-a", &[&ca]).await;
+    let devices: Vec<_> = (0..5).map(|i| ca.device(&format!("pruned-{i}"))).collect();
+    for d in &devices {
+        connect(&a, d, &d.name, Version::V4)
+            .await
+            .unwrap()
+            .disconnect()
+            .await;
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let count = async |sql: &str| -> i64 { client.query_one(sql, &[]).await.unwrap().get(0) };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM change_log").await,
+        6,
+        "the CA and 5 devices"
+    );
+    // All of it old; a node gone two days ago at 0, one away a minute at 3.
+    client
+        .batch_execute(
+            "UPDATE change_log SET at_ms = 0;
+             INSERT INTO node_lease VALUES
+               ('gone', 'x', 0, now() - interval '2 days', now() - interval '2 days'),
+               ('away', 'y', 3, now() - interval '1 minute', now() - interval '1 minute');",
+        )
+        .await
+        .unwrap();
+    // A node joining prunes.
+    let b = node(&url, "prune-b", &[&ca]).await;
+    assert_eq!(
+        count("SELECT COUNT(*) FROM node_lease WHERE node_id = 'gone'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT MIN(seq) FROM change_log").await,
+        4,
+        "kept what `away` lacks"
+    );
+    client
+        .execute("DELETE FROM node_lease WHERE node_id = 'away'", &[])
+        .await
+        .unwrap();
+    // Both nodes still follow the feed.
+    b.inactivate(&devices[0]).await;
+    assert!(
+        connect(&a, &devices[0], "after-pruning", Version::V4)
+            .await
+            .is_err()
+    );
+    assert_eq!(b.broker.registry().device_count(), 5);
+}
