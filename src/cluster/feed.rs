@@ -160,7 +160,13 @@ async fn catch_up(
                     entry.seq
                 )));
             }
-            local.apply(entry).await;
+            if let Err(e) = local.apply(entry).await {
+                // What came before it is applied; it is tried again.
+                if entry.seq > from + 1 {
+                    cluster.set_applied(entry.seq - 1);
+                }
+                return Err(CatchUpError::Failed(e));
+            }
             metrics.changes_applied.inc();
         }
         cluster.set_applied(last);

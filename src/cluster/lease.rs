@@ -92,7 +92,7 @@ pub(super) async fn take(cluster: &Cluster) -> Result<LeaseTask, ClusterError> {
             .map_err(|e| store_error(&e))?
         {
             Renewal::Held { head } => {
-                cluster.set_leased_at_head(Some(head));
+                cluster.renewed(sent, head);
                 if let Err(e) = prune(&client).await {
                     warn!(node_id = %shared.node_id, error = %db_message(&e), "could not prune the change log");
                 }
@@ -202,12 +202,15 @@ pub(super) async fn prune(client: &Client) -> Result<u64, tokio_postgres::Error>
             &[],
         )
         .await?;
-    let cutoff = crate::store::sqlite::now_ms() - PRUNE_AFTER_MS;
     client
         .execute(
-            "DELETE FROM change_log
-             WHERE seq <= (SELECT COALESCE(MIN(applied_seq), 0) FROM node_lease) AND at_ms < $1",
-            &[&cutoff],
+            &format!(
+                "DELETE FROM change_log
+                 WHERE seq <= (SELECT COALESCE(MIN(applied_seq), 0) FROM node_lease)
+                   AND at_ms < {} - $1",
+                feed::DB_NOW_MS
+            ),
+            &[&PRUNE_AFTER_MS],
         )
         .await
 }
@@ -230,7 +233,9 @@ pub(super) async fn run(
     let shared = cluster.shared.clone();
     let every = shared.lease / 3;
     // Fence this long before the lease could run out.
-    let margin = (shared.lease / 6).max(Duration::from_millis(100));
+    let margin = cluster.margin();
+    // However this task ends (a panic included), the feed stops after it.
+    let _left = shared.left.clone().drop_guard();
     let overdue = |last_ok: Instant| last_ok.elapsed() + margin >= shared.lease;
     let node = shared.node_id.clone();
     let fence_if_overdue = |last_ok: Instant| {
@@ -247,7 +252,7 @@ pub(super) async fn run(
                     // Nobody is admitted and every session is gone before
                     // the lease goes: from then on the others stop
                     // waiting for this node.
-                    shared.fence.raise("this node is stopping".into());
+                    cluster.stop();
                     local.drop_all(DropReason::ShuttingDown, shared.drop_timeout).await;
                     release(&shared.node_id, &shared.incarnation, task.client.as_ref()).await;
                     return;
@@ -272,8 +277,8 @@ pub(super) async fn run(
                 task.renewed_at = sent;
                 if cluster.leased_at_head().is_none() {
                     info!(node_id = %node, head, "lease held again; catching up before admitting connections");
-                    cluster.set_leased_at_head(Some(head));
                 }
+                cluster.renewed(sent, head);
                 if head > cluster.applied() {
                     shared.behind.notify_one();
                 }
@@ -330,6 +335,12 @@ async fn renew(cluster: &Cluster, client: &mut Option<Client>) -> Result<Renewal
         return Err(StoreError::Closed);
     };
     upsert(client, cluster).await.map_err(|e| store_error(&e))
+}
+
+/// Gives up the lease a failed start took.
+pub(super) async fn give_up(cluster: &Cluster, task: &LeaseTask) {
+    let shared = &cluster.shared;
+    release(&shared.node_id, &shared.incarnation, task.client.as_ref()).await;
 }
 
 /// Gives the lease up at shutdown, so that the other nodes stop waiting

@@ -14,7 +14,7 @@ use crate::record::CertStatus;
 use crate::registry::Registry;
 use crate::router::Hub;
 use crate::session::DropReason;
-use crate::session::table::{SessionTable, wait_all};
+use crate::session::table::{Closing, SessionTable, wait_all};
 use crate::store::feed::{FeedChange, FeedEntry};
 
 /// The parts of this node a change reaches.
@@ -28,51 +28,54 @@ pub struct Local {
 }
 
 impl Local {
-    /// Applies one change of the feed.
-    pub(super) async fn apply(&self, entry: &FeedEntry) {
+    /// Applies one change of the feed. An error (the database did not
+    /// answer) leaves the change unapplied: the feed tries it again.
+    pub(super) async fn apply(&self, entry: &FeedEntry) -> Result<(), String> {
         if let Err(e) = self.registry.apply(&entry.change) {
+            // A stored record this certmq cannot use: no retry helps.
             error!(seq = entry.seq, error = %e, "a registry change could not be applied to this node's index");
         }
         match &entry.change {
             FeedChange::CaStatus(sn, CertStatus::Inactive) | FeedChange::CaDeleted(sn) => {
-                let closings = self.sessions.kill_ca(sn, DropReason::Administrative);
-                self.waited(wait_all(closings, self.drop_timeout).await, entry.seq);
+                self.until_closed(entry.seq, || {
+                    self.sessions.kill_ca(sn, DropReason::Administrative)
+                })
+                .await;
                 self.sessions
                     .release_ca(sn, |client_id| self.forget(client_id))
                     .await;
             }
             FeedChange::DeviceStatus(id, CertStatus::Inactive) | FeedChange::DeviceDeleted(id) => {
-                let dropped = self
-                    .sessions
-                    .drop_device(id, DropReason::Administrative, self.drop_timeout)
-                    .await;
-                self.waited(dropped, entry.seq);
+                self.until_closed(entry.seq, || {
+                    self.sessions.kill_device(id, DropReason::Administrative)
+                })
+                .await;
                 self.sessions
                     .release_device(id, |client_id| self.forget(client_id))
                     .await;
             }
-            FeedChange::Permissions => self.reload_permissions(entry.seq).await,
+            FeedChange::Permissions => {
+                self.authz.refresh_custom().await.map_err(|e| {
+                    format!("custom permissions changed on another node could not be read: {e}")
+                })?;
+            }
             _ => {}
         }
+        Ok(())
     }
 
-    fn waited<E: std::fmt::Display>(&self, dropped: Result<usize, E>, seq: u64) {
-        if let Err(e) = dropped {
-            warn!(seq, error = %e, "sessions ended by a registry change did not close in time");
+    /// Kills the sessions a change ends and waits until they are closed,
+    /// however long that takes: the change does not count as applied here
+    /// (and the node that made it does not answer success) before.
+    async fn until_closed(&self, seq: u64, kill: impl Fn() -> Vec<Closing>) {
+        while let Err(e) = wait_all(kill(), self.drop_timeout).await {
+            warn!(seq, error = %e, "sessions ended by a registry change are not closed yet; still waiting");
         }
     }
 
     async fn forget(&self, client_id: Arc<str>) -> bool {
         self.hub.forget(&client_id);
         true
-    }
-
-    /// Reads the custom permissions again and puts them in force: live
-    /// sessions re-judge their subscriptions under them.
-    async fn reload_permissions(&self, seq: u64) {
-        if let Err(e) = self.authz.refresh_custom().await {
-            error!(seq, error = %e, "custom permissions changed on another node could not be read");
-        }
     }
 
     /// Drops every session of this node (it is fenced, or stopping) and

@@ -145,10 +145,13 @@ struct Shared {
     /// Bumped on every "applied" notification of any node: settling
     /// waits look again.
     others_applied: watch::Sender<u64>,
-    /// Set while this node holds its lease: the store's last number read
-    /// right after the lease was taken. The fence lifts once `applied`
-    /// reaches it.
-    leased_at_head: Mutex<Option<u64>>,
+    /// Whether the lease is held, and since when; every change of the
+    /// fence happens under this lock, so that a lift never undoes a
+    /// fence raised meanwhile.
+    lease_state: Mutex<LeaseState>,
+    /// Cancelled once the lease is given up at shutdown: the feed keeps
+    /// applying (and reporting) until then.
+    left: CancellationToken,
     /// The heartbeat found the feed behind: the feed task catches up.
     behind: Notify,
     /// Reads the live leases for [`Cluster::settle`], sends session
@@ -159,6 +162,20 @@ struct Shared {
     /// This node's sessions and index, for the session requests.
     local: Local,
     metrics: ClusterMetrics,
+}
+
+/// Whether this node holds its lease.
+#[derive(Default)]
+struct LeaseState {
+    /// Set while this node holds its lease: the store's last number read
+    /// right after the lease was taken. The fence lifts once `applied`
+    /// reaches it.
+    leased_at_head: Option<u64>,
+    /// When the renewal that holds the lease now was sent: the lease is
+    /// good (for lifting the fence) until `lease - margin` after it.
+    renewal_sent: Option<Instant>,
+    /// The node is stopping: the fence never lifts again.
+    stopping: bool,
 }
 
 /// The notification channel of applied changes; the payload is
@@ -192,7 +209,8 @@ impl Cluster {
                 fence,
                 applied: watch::Sender::new(snapshot_seq),
                 others_applied: watch::Sender::new(0),
-                leased_at_head: Mutex::new(None),
+                lease_state: Mutex::new(LeaseState::default()),
+                left: CancellationToken::new(),
                 behind: Notify::new(),
                 waiters: Default::default(),
                 local: local.clone(),
@@ -204,7 +222,13 @@ impl Cluster {
         // The lease first (waiting out the lease of an earlier process
         // with this node id), then the catch-up, then the MQTT listener.
         let lease_task = lease::take(&cluster).await?;
-        let feed_task = feed::start(&cluster, local.clone()).await?;
+        let feed_task = match feed::start(&cluster, local.clone()).await {
+            Ok(task) => task,
+            Err(e) => {
+                lease::give_up(&cluster, &lease_task).await;
+                return Err(e);
+            }
+        };
         let head = cluster.leased_at_head().unwrap_or(snapshot_seq);
         let mut applied = cluster.shared.applied.subscribe();
         let caught_up = tokio::time::timeout(
@@ -232,7 +256,12 @@ impl Cluster {
             ),
             (
                 "cluster change feed",
-                Box::pin(feed::run(cluster.clone(), feed_task, local, shutdown)),
+                Box::pin(feed::run(
+                    cluster.clone(),
+                    feed_task,
+                    local,
+                    cluster.shared.left.clone(),
+                )),
             ),
         ];
         info!(
@@ -253,22 +282,31 @@ impl Cluster {
         *self.shared.applied.borrow()
     }
 
-    fn leased_at_head(&self) -> Option<u64> {
-        *self
-            .shared
-            .leased_at_head
+    fn lease_state(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.shared
+            .lease_state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that the lease is held since the store's last number was
-    /// `head` (`None`: lost).
-    fn set_leased_at_head(&self, head: Option<u64>) {
-        *self
-            .shared
-            .leased_at_head
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = head;
+    fn leased_at_head(&self) -> Option<u64> {
+        self.lease_state().leased_at_head
+    }
+
+    /// Records a renewal sent at `sent` that held the lease; `head`: the
+    /// store's last number read after it, when the lease was not held
+    /// before (a fresh hold waits for the catch-up to that number).
+    fn renewed(&self, sent: Instant, head: u64) {
+        let mut state = self.lease_state();
+        if state.leased_at_head.is_none() {
+            state.leased_at_head = Some(head);
+        }
+        state.renewal_sent = Some(sent);
+    }
+
+    /// How far before the lease could run out this node fences itself.
+    fn margin(&self) -> Duration {
+        (self.shared.lease / 6).max(Duration::from_millis(100))
     }
 
     /// Records changes up to `seq` as applied here.
@@ -284,24 +322,40 @@ impl Cluster {
         self.lift_fence_if_caught_up();
     }
 
-    /// Lifts the fence once the lease is held and everything committed
-    /// before it was taken is applied.
+    /// Lifts the fence once the lease is held (and not about to run
+    /// out), everything committed before it was taken is applied, and the
+    /// node is not stopping.
     fn lift_fence_if_caught_up(&self) {
-        let Some(head) = self.leased_at_head() else {
+        let state = self.lease_state();
+        let (Some(head), Some(sent)) = (state.leased_at_head, state.renewal_sent) else {
             return;
         };
-        if self.applied() >= head && self.shared.fence.lower() {
+        let fresh = sent.elapsed() + self.margin() < self.shared.lease;
+        if !state.stopping && fresh && self.applied() >= head && self.shared.fence.lower() {
             self.shared.metrics.fenced.set(0);
             info!(node_id = %self.shared.node_id, applied = self.applied(), "lease held and caught up: admitting connections");
         }
+    }
+
+    /// Fences this node for good: it is stopping.
+    fn stop(&self) {
+        let mut state = self.lease_state();
+        state.stopping = true;
+        state.leased_at_head = None;
+        self.shared.fence.raise("this node is stopping".into());
+        self.shared.metrics.fenced.set(1);
     }
 
     /// Fences this node: it refuses connections from now on, then drops
     /// every session it holds (in the background: the caller goes on
     /// trying to renew the lease).
     fn fence(&self, why: String, local: &Local) {
-        self.set_leased_at_head(None);
-        if self.shared.fence.raise(why.clone()) {
+        let mut state = self.lease_state();
+        state.leased_at_head = None;
+        state.renewal_sent = None;
+        let raised = self.shared.fence.raise(why.clone());
+        drop(state);
+        if raised {
             self.shared.metrics.fenced.set(1);
             warn!(node_id = %self.shared.node_id, reason = %why, "fenced: dropping every session and refusing connections until the lease is back and the node has caught up");
             let (local, timeout) = (local.clone(), self.shared.drop_timeout);

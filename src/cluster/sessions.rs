@@ -149,23 +149,29 @@ impl Cluster {
         Ok(answer)
     }
 
-    /// Sends a notification over the connection settling waits use.
+    /// Sends a notification over the connection settling waits use,
+    /// within [`QUERY_TIMEOUT`].
     async fn notify(&self, channel: &str, payload: &str) -> Result<(), String> {
-        let client = self
-            .shared
-            .settle_conn
-            .client()
+        let send = async {
+            let client = self
+                .shared
+                .settle_conn
+                .client()
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::store::postgres::db_message(&e))
+        };
+        let sent = tokio::time::timeout(QUERY_TIMEOUT, send)
             .await
-            .map_err(|e| e.to_string())?;
-        let sent = client
-            .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
-            .await;
-        drop(client);
-        if let Err(e) = sent {
+            .unwrap_or_else(|_| Err("the registry database did not answer in time".into()));
+        if sent.is_err() {
             self.shared.settle_conn.reset().await;
-            return Err(crate::store::postgres::db_message(&e));
         }
-        Ok(())
+        sent
     }
 
     /// A request heard on the feed: answers it (another node's; this

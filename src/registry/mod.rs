@@ -253,8 +253,21 @@ impl Registry {
     /// hold the admin lock, so that one they apply themselves reaches the
     /// index in the store's order.
     async fn commit_admin(&self, change: Change) -> Result<Option<Applied>, RegistryError> {
-        match self.shared.store.commit(change).await? {
-            Committed { touched: 0, .. } => Ok(None),
+        let committed = self.shared.store.commit(change).await?;
+        match committed {
+            Committed { touched: 0, seq } => {
+                // Nothing to do here; on a shared store, wait until every
+                // node has seen what made it so (a deletion retried after
+                // an error answers "not found" only once it is in force
+                // everywhere).
+                if let (Some(seq), Some(propagation)) = (seq, self.shared.propagation.get()) {
+                    propagation
+                        .settle(seq)
+                        .await
+                        .map_err(RegistryError::NotApplied)?;
+                }
+                Ok(None)
+            }
             Committed { seq: None, .. } => Ok(Some(Applied::ByCaller)),
             Committed { seq: Some(seq), .. } => {
                 let Some(propagation) = self.shared.propagation.get() else {

@@ -25,6 +25,10 @@ use crate::serial::{CaSn, DeviceSn};
 /// number of the transaction's last change.
 pub const CHANNEL: &str = "certmq_change";
 
+/// The database's clock in milliseconds since the epoch: log entries are
+/// stamped, and pruned, by one clock, whatever the nodes' clocks say.
+pub const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
 /// One change as the feed delivers it.
 #[derive(Debug, Clone)]
 pub enum FeedChange {
@@ -88,16 +92,17 @@ pub(super) async fn log(
     tx: &impl GenericClient,
     change: &Change,
     origin: &str,
-    at_ms: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let (kind, ca_sn, device_sn, status) = log_row(change);
     let seq: i64 = tx
         .query_one(
-            "WITH next AS (UPDATE change_seq SET seq = seq + 1 WHERE id = 1 RETURNING seq)
-             INSERT INTO change_log (seq, kind, ca_sn, device_sn, status, origin, at_ms)
-             SELECT seq, $1, $2, $3, $4, $5, $6 FROM next
-             RETURNING seq",
-            &[&kind, &ca_sn, &device_sn, &status, &origin, &at_ms],
+            &format!(
+                "WITH next AS (UPDATE change_seq SET seq = seq + 1 WHERE id = 1 RETURNING seq)
+                 INSERT INTO change_log (seq, kind, ca_sn, device_sn, status, origin, at_ms)
+                 SELECT seq, $1, $2, $3, $4, $5, {DB_NOW_MS} FROM next
+                 RETURNING seq"
+            ),
+            &[&kind, &ca_sn, &device_sn, &status, &origin],
         )
         .await?
         .get(0);
@@ -110,7 +115,6 @@ pub(super) async fn log_many(
     tx: &impl GenericClient,
     changes: &[&Change],
     origin: &str,
-    at_ms: i64,
 ) -> Result<Vec<u64>, tokio_postgres::Error> {
     if changes.is_empty() {
         return Ok(Vec::new());
@@ -130,19 +134,13 @@ pub(super) async fn log_many(
         .get(0);
     let first = last - count + 1;
     tx.execute(
-        "INSERT INTO change_log (seq, kind, ca_sn, device_sn, status, origin, at_ms)
-         SELECT $1 + r.n - 1, r.kind, r.ca_sn, r.device_sn, r.status, $6, $7
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::int2[])
-              WITH ORDINALITY AS r(kind, ca_sn, device_sn, status, n)",
-        &[
-            &first,
-            &kinds,
-            &ca_sns,
-            &device_sns,
-            &statuses,
-            &origin,
-            &at_ms,
-        ],
+        &format!(
+            "INSERT INTO change_log (seq, kind, ca_sn, device_sn, status, origin, at_ms)
+             SELECT $1 + r.n - 1, r.kind, r.ca_sn, r.device_sn, r.status, $6, {DB_NOW_MS}
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::int2[])
+                  WITH ORDINALITY AS r(kind, ca_sn, device_sn, status, n)"
+        ),
+        &[&first, &kinds, &ca_sns, &device_sns, &statuses, &origin],
     )
     .await?;
     Ok((first..=last).map(|seq| seq as u64).collect())

@@ -125,8 +125,9 @@ pub struct Committed {
     pub touched: u64,
     /// Its number in the change feed, for a store several brokers share
     /// (PostgreSQL): every broker applies it to its own index from the
-    /// feed, in this order. `None` (SQLite, or nothing touched): the
-    /// caller applies it to the index itself.
+    /// feed, in this order. For a change that touched nothing, the feed's
+    /// last number when that was found. `None` (SQLite): the caller
+    /// applies it to the index itself.
     pub seq: Option<u64>,
 }
 

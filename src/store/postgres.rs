@@ -436,8 +436,14 @@ async fn commit_batch(
             Err(e) => return whole(&e),
         };
         let applied = match apply(&mut savepoint, &job.change, now).await {
-            Ok(0) => Ok(Committed::local(0)),
-            Ok(touched) => feed::log(&savepoint, &job.change, origin, now)
+            // Nothing to do; the feed's head says by when that was
+            // true, so that a caller can wait until every node has seen
+            // what made it so (a retried deletion).
+            Ok(0) => feed::head(&savepoint).await.map(|head| Committed {
+                touched: 0,
+                seq: Some(head),
+            }),
+            Ok(touched) => feed::log(&savepoint, &job.change, origin)
                 .await
                 .map(|seq| Committed {
                     touched,
@@ -544,7 +550,7 @@ async fn register_devices(
         .filter(|(_, fresh)| **fresh)
         .map(|(job, _)| &job.change)
         .collect();
-    let mut seqs = feed::log_many(&savepoint, &logged, origin, now)
+    let mut seqs = feed::log_many(&savepoint, &logged, origin)
         .await?
         .into_iter();
     savepoint.commit().await?;

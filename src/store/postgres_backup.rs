@@ -208,10 +208,10 @@ pub async fn import(url: &str, input: &mut dyn BufRead) -> Result<Imported, Back
                 .await
                 .map_err(line_err)?;
                 let (sn, status) = (ca.sn, ca.status);
-                feed::log(&tx, &Change::RegisterCa(ca), "import", now)
+                feed::log(&tx, &Change::RegisterCa(ca), "import")
                     .await
                     .map_err(line_err)?;
-                let seq = feed::log(&tx, &Change::SetCaStatus(sn, status), "import", now)
+                let seq = feed::log(&tx, &Change::SetCaStatus(sn, status), "import")
                     .await
                     .map_err(line_err)?;
                 last_seq = Some(seq);
@@ -251,7 +251,7 @@ pub async fn import(url: &str, input: &mut dyn BufRead) -> Result<Imported, Back
     // One entry for all of them: a node reads the permissions again whole.
     if let Some(p) = last_permission {
         last_seq = Some(
-            feed::log(&tx, &Change::PutPermission(p), "import", now)
+            feed::log(&tx, &Change::PutPermission(p), "import")
                 .await
                 .map_err(failed)?,
         );
@@ -311,7 +311,7 @@ async fn put_devices(
         .map(|(_, d)| Change::SetDeviceStatus(d.identity, d.status))
         .collect();
     let refs: Vec<&Change> = changes.iter().collect();
-    let seqs = feed::log_many(tx, &refs, "import", now)
+    let seqs = feed::log_many(tx, &refs, "import")
         .await
         .map_err(lines_err)?;
     devices.clear();

@@ -648,6 +648,37 @@ async fn a_change_not_applied_everywhere_in_time_answers_an_error() {
     closed(&mut on_c, "C applied the change once it could").await;
     a.inactivate(&device).await;
     assert!(connect(&c, &device, "stuck-2", Version::V4).await.is_err());
+
+    // A deletion retried after such an error does not answer "not found"
+    // (done, to an operator) while C still has not applied the first try.
+    let other = ca.device("stuck-deleted");
+    let mut on_c = connect(&c, &other, "stuck-deleted", Version::V4)
+        .await
+        .unwrap();
+    support::wait_until(Duration::from_secs(5), "A knows the device", async || {
+        a.broker.registry().device_status(&other.identity).is_some()
+    })
+    .await;
+    certmq::fault::stall_feed("stall-c", true);
+    let (status, _) = a.device_call("DeleteDeviceCertificate", &other).await;
+    assert_ne!(status, 200);
+    let (status, body) = a.device_call("DeleteDeviceCertificate", &other).await;
+    assert_ne!(status, 200);
+    assert_ne!(
+        body["Code"], "FindDeviceBySnError",
+        "not found while C holds it: {body}"
+    );
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stall-c"),
+        "{body}"
+    );
+    certmq::fault::stall_feed("stall-c", false);
+    closed(&mut on_c, "C applied the deletion").await;
+    let (_, body) = a.device_call("DeleteDeviceCertificate", &other).await;
+    assert_eq!(body["Code"], "FindDeviceBySnError", "{body}");
 }
 
 /// The change log is pruned up to what every lease row has applied (a
