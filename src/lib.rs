@@ -359,6 +359,14 @@ impl Broker {
                     router::hub::run_timer(hub, after_tick, shutdown).await
                 }
             }),
+            tokio::spawn({
+                let vital = health.vital("certificate expiry timer", shutdown.clone());
+                let (sessions, shutdown) = (ctx.sessions.clone(), shutdown.clone());
+                async move {
+                    let _vital = vital;
+                    sessions.run_expiry(shutdown).await
+                }
+            }),
             tokio::spawn(health::watch(
                 health.clone(),
                 ctx.registry.clone(),

@@ -128,6 +128,25 @@ impl CaSigner {
         self.sign(params, key)
     }
 
+    /// Issues a device certificate that expires at `not_after` (for
+    /// rotation drills and tests of expiry).
+    pub fn issue_device_until(
+        &self,
+        common_name: &str,
+        not_after: OffsetDateTime,
+        key: KeyKind,
+    ) -> Result<Issued, PkiError> {
+        let mut params = leaf_params(common_name, 1)?;
+        if not_after <= params.not_before {
+            return Err(PkiError::Argument(
+                "the certificate would expire before it is valid".into(),
+            ));
+        }
+        params.not_after = not_after;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, key)
+    }
+
     /// Issues a server certificate for the given DNS names and IP addresses.
     pub fn issue_server(
         &self,

@@ -408,6 +408,11 @@ impl Registry {
         self.shared.cas.get(sn).map(|e| e.record.clone())
     }
 
+    /// When a CA certificate expires (milliseconds since the epoch).
+    pub fn ca_valid_end_ms(&self, sn: &CaSn) -> Option<i64> {
+        self.shared.cas.get(sn).map(|e| e.record.valid_end_ms)
+    }
+
     pub fn ca_status(&self, sn: &CaSn) -> Option<CertStatus> {
         self.shared.cas.get(sn).map(|e| e.record.status)
     }

@@ -208,6 +208,12 @@ fn reason_text(code: DisconnectReasonCode) -> String {
         DisconnectReasonCode::KeepAliveTimeout => {
             "nothing received within 1.5 times the keep alive".into()
         }
+        DisconnectReasonCode::MaximumConnectTime => {
+            "the device certificate, or its CA's, has expired".into()
+        }
+        DisconnectReasonCode::UseAnotherServer => {
+            "this node cannot vouch for certificates now; connect to another node".into()
+        }
         other => format!("{other:?}"),
     }
 }

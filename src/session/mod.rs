@@ -95,6 +95,7 @@ impl Exit {
             Exit::Killed(DropReason::ShuttingDown) => DisconnectReasonCode::ServerShuttingDown,
             Exit::Killed(DropReason::TakenOver) => DisconnectReasonCode::SessionTakenOver,
             Exit::Killed(DropReason::Fenced) => DisconnectReasonCode::UseAnotherServer,
+            Exit::Killed(DropReason::Expired) => DisconnectReasonCode::MaximumConnectTime,
             Exit::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
             Exit::Protocol(CodecError::TooLarge(_)) => DisconnectReasonCode::PacketTooLarge,
             Exit::Protocol(CodecError::Malformed(_)) => DisconnectReasonCode::MalformedPacket,
@@ -121,7 +122,9 @@ impl Exit {
         !matches!(
             self,
             Exit::ClientDisconnect { with_will: false }
-                | Exit::Killed(DropReason::Administrative | DropReason::Fenced)
+                | Exit::Killed(
+                    DropReason::Administrative | DropReason::Fenced | DropReason::Expired
+                )
                 | Exit::NotAuthorized
         )
     }

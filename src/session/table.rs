@@ -42,6 +42,9 @@ pub enum DropReason {
     /// This node lost its lease on the shared registry and cannot know
     /// whether the certificate is still active (0x9C, use another server).
     Fenced,
+    /// The device certificate, or its CA's, passed its NotAfter (0xA0,
+    /// maximum connect time).
+    Expired,
 }
 
 impl DropReason {
@@ -51,6 +54,7 @@ impl DropReason {
             DropReason::ShuttingDown => 2,
             DropReason::TakenOver => 3,
             DropReason::Fenced => 4,
+            DropReason::Expired => 5,
         }
     }
 
@@ -60,6 +64,7 @@ impl DropReason {
             2 => Some(DropReason::ShuttingDown),
             3 => Some(DropReason::TakenOver),
             4 => Some(DropReason::Fenced),
+            5 => Some(DropReason::Expired),
             _ => None,
         }
     }
@@ -71,6 +76,7 @@ impl DropReason {
             DropReason::ShuttingDown => "shutting_down",
             DropReason::TakenOver => "taken_over",
             DropReason::Fenced => "fenced",
+            DropReason::Expired => "expired",
         }
     }
 
@@ -78,7 +84,10 @@ impl DropReason {
     /// access (or this node cannot tell whether it has), so its last word
     /// must not reach the fleet.
     pub fn silences_will(self) -> bool {
-        matches!(self, DropReason::Administrative | DropReason::Fenced)
+        matches!(
+            self,
+            DropReason::Administrative | DropReason::Fenced | DropReason::Expired
+        )
     }
 }
 
@@ -165,6 +174,12 @@ struct Shared {
     next_id: AtomicU64,
     by_device: DashMap<DeviceIdentity, HashMap<SessionId, Handle>>,
     by_client: DashMap<Arc<str>, ClientEntry>,
+    /// Sessions by the moment their certificate (or its CA's) expires, in
+    /// milliseconds since the epoch: one ordered map and one task for all
+    /// of them (see [`SessionTable::run_expiry`]), no timer per session.
+    expiry: std::sync::Mutex<std::collections::BTreeMap<(i64, SessionId), Handle>>,
+    /// Woken when a session expiring sooner than any other enters.
+    expiry_changed: tokio::sync::Notify,
 }
 
 /// Who owns a client id, and which session (if any) holds it now. One map
@@ -226,7 +241,46 @@ impl SessionTable {
             identity,
             handle,
             client_id: None,
+            expires_at_ms: None,
         }
+    }
+
+    /// Ends sessions whose certificate expired, until `shutdown`: sleeps
+    /// until the soonest expiry (at most a minute, so that a wall clock
+    /// set forward is noticed), kills what is due, and so on.
+    pub async fn run_expiry(&self, shutdown: CancellationToken) {
+        const LONGEST_SLEEP_MS: i64 = 60_000;
+        let shared = &self.shared;
+        loop {
+            let now = crate::store::sqlite::now_ms();
+            let (due, next) = {
+                let mut expiry = shared.expiry.lock().unwrap_or_else(|p| p.into_inner());
+                let later = expiry.split_off(&(now.saturating_add(1), 0));
+                let due = std::mem::replace(&mut *expiry, later);
+                let next = expiry.keys().next().map(|(at, _)| *at);
+                (due, next)
+            };
+            for handle in due.into_values() {
+                handle.kill(DropReason::Expired);
+            }
+            let wait = next.map_or(LONGEST_SLEEP_MS, |at| {
+                at.saturating_sub(now).clamp(1, LONGEST_SLEEP_MS)
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = shared.expiry_changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            }
+        }
+    }
+
+    /// Sessions waiting for their certificate's expiry.
+    pub fn expiring(&self) -> usize {
+        self.shared
+            .expiry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Kills every session of a device; returns their close waiters.
@@ -467,9 +521,29 @@ pub struct SessionGuard {
     identity: DeviceIdentity,
     handle: Handle,
     client_id: Option<Arc<str>>,
+    /// When the certificate expires, once [`SessionGuard::expires_at`] set it.
+    expires_at_ms: Option<i64>,
 }
 
 impl SessionGuard {
+    /// Ends this session (DropReason::Expired) at `at_ms` (milliseconds
+    /// since the epoch): when the device certificate or its CA's passes
+    /// NotAfter. Set once, after admission.
+    pub fn expires_at(&mut self, at_ms: i64) {
+        if self.expires_at_ms.is_some() {
+            return;
+        }
+        self.expires_at_ms = Some(at_ms);
+        let shared = &self.table.shared;
+        let mut expiry = shared.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        let soonest = expiry.keys().next().is_none_or(|(first, _)| at_ms < *first);
+        expiry.insert((at_ms, self.id), self.handle.clone());
+        drop(expiry);
+        if soonest {
+            shared.expiry_changed.notify_one();
+        }
+    }
+
     pub fn id(&self) -> SessionId {
         self.id
     }
@@ -536,6 +610,13 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         let shared = &self.table.shared;
+        if let Some(at) = self.expires_at_ms {
+            shared
+                .expiry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(at, self.id));
+        }
         if let Some(client_id) = &self.client_id {
             if let Some(mut entry) = shared.by_client.get_mut(client_id) {
                 if entry.holder.as_ref().is_some_and(|(id, _)| *id == self.id) {

@@ -14,6 +14,7 @@ mod crash;
 mod curl;
 mod custom_permissions;
 mod durability;
+mod expiry;
 mod fuzz_regressions;
 mod hardening;
 mod hostile;

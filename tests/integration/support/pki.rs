@@ -94,6 +94,16 @@ impl Ca {
         self.wrap(name, cert.pem(), device_key.serialize_pem())
     }
 
+    /// A device certificate that expires at `not_after` (whole seconds:
+    /// X.509 times have no finer resolution).
+    pub fn device_until(&self, name: &str, not_after: time::OffsetDateTime) -> Device {
+        let issued = self
+            .signer
+            .issue_device_until(name, not_after, KeyKind::P256)
+            .unwrap();
+        self.wrap(name, issued.cert_pem, issued.key_pem)
+    }
+
     fn wrap(&self, name: &str, cert_pem: String, key_pem: String) -> Device {
         let identity = DeviceIdentity {
             ca_sn: self.sn,
