@@ -199,7 +199,28 @@ impl CaSigner {
 
 /// Creates a self-signed CA able to issue device certificates.
 pub fn create_ca(common_name: &str, days: u32, key: KeyKind) -> Result<Issued, PkiError> {
-    let mut params = base_params(common_name, days)?;
+    let params = base_params(common_name, days)?;
+    self_signed_ca(params, key)
+}
+
+/// Creates a self-signed CA that expires at `not_after` (for drills and
+/// tests of CA expiry).
+pub fn create_ca_until(
+    common_name: &str,
+    not_after: OffsetDateTime,
+    key: KeyKind,
+) -> Result<Issued, PkiError> {
+    let mut params = base_params(common_name, 1)?;
+    if not_after <= params.not_before {
+        return Err(PkiError::Argument(
+            "the CA would expire before it is valid".into(),
+        ));
+    }
+    params.not_after = not_after;
+    self_signed_ca(params, key)
+}
+
+fn self_signed_ca(mut params: CertificateParams, key: KeyKind) -> Result<Issued, PkiError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

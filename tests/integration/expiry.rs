@@ -74,3 +74,38 @@ async fn a_session_ends_within_a_second_of_its_certificate_s_not_after() {
         2.0
     );
 }
+
+/// The same when the CA certificate that issued the device's expires
+/// first: every session of its devices ends at the CA's NotAfter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_when_their_ca_certificate_expires() {
+    let not_after_s = now_ms() / 1000 + 5;
+    let ca = Ca::new_until(
+        "short-lived CA",
+        time::OffsetDateTime::from_unix_timestamp(not_after_s).unwrap(),
+    );
+    let tb = support::start(&[&ca]).await;
+    let devices: Vec<_> = (0..2)
+        .map(|i| ca.device(&format!("ca-bound-{i}")))
+        .collect();
+    let mut clients = Vec::new();
+    for d in &devices {
+        clients.push(connect(&tb, d, &d.name, Version::V5).await.unwrap());
+    }
+    for client in &mut clients {
+        let reason = tokio::time::timeout(Duration::from_secs(15), client.expect_closed())
+            .await
+            .expect("closed");
+        assert_eq!(reason.as_deref(), Some("MaximumConnectTime"));
+        let late = now_ms() - not_after_s * 1000;
+        assert!(
+            (-50..=1000).contains(&late),
+            "closed {late} ms after the CA's NotAfter"
+        );
+    }
+    assert!(
+        connect(&tb, &devices[0], "again", Version::V4)
+            .await
+            .is_err()
+    );
+}

@@ -50,6 +50,18 @@ impl Ca {
         }
     }
 
+    /// A CA that expires at `not_after`.
+    pub fn new_until(cn: &str, not_after: time::OffsetDateTime) -> Ca {
+        let issued = pki::create_ca_until(cn, not_after, KeyKind::P256).unwrap();
+        let signer = CaSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+        Ca {
+            sn: CaSn(serial_of(&issued.cert_pem)),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            signer,
+        }
+    }
+
     pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Ca {
         let cert_pem = std::fs::read_to_string(cert).unwrap();
         let key_pem = std::fs::read_to_string(key).unwrap();
