@@ -60,6 +60,17 @@ pub(crate) async fn admit(
     };
     let identity = verified.identity;
     let guard = ctx.sessions.register(identity);
+    // Sessions end when NotAfter (whole seconds) begins (see
+    // `SessionGuard::expires_at`); a handshake in that last second is
+    // refused too, so that an ended session cannot come straight back.
+    let now_ms = crate::store::sqlite::now_ms();
+    let ca_end = ctx.registry.ca_valid_end_ms(&identity.ca_sn);
+    if verified.cert.valid_end_ms <= now_ms || ca_end.is_some_and(|end| end <= now_ms) {
+        return Err(Refused {
+            refusal: Refusal::Expired,
+            guard: Some(guard),
+        });
+    }
 
     let refusal = match ctx.registry.ca_status(&identity.ca_sn) {
         Some(CertStatus::Active) => {

@@ -38,6 +38,7 @@ pub mod authz;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod crl;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fuzzing;

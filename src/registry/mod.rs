@@ -554,6 +554,41 @@ impl Registry {
         }
     }
 
+    /// Records a device never seen as inactive (a serial a CRL lists), so
+    /// that its first connection is refused: a placeholder record without
+    /// a certificate body. `false`: a record of it exists (inactivate it
+    /// instead).
+    pub async fn block_device(&self, id: &DeviceIdentity) -> Result<bool, RegistryError> {
+        let _serial = self.shared.admin.lock().await;
+        let placeholder = DeviceRecord {
+            identity: *id,
+            name: Arc::from(""),
+            status: CertStatus::Inactive,
+            valid_begin_ms: 0,
+            valid_end_ms: 0,
+            pem: Arc::from(""),
+        };
+        match self
+            .commit_admin(Change::RegisterDevice(placeholder))
+            .await?
+        {
+            None => Ok(false),
+            Some(Applied::Everywhere) => Ok(true),
+            Some(Applied::ByCaller) => {
+                match self.shared.devices.entry(*id) {
+                    Entry::Occupied(mut e) if *e.get() == Slot::Pending => {
+                        e.insert(Slot::Inactive);
+                    }
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(e) => {
+                        e.insert(Slot::Inactive);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
     /// Removes a device record. The device registers again on its next
     /// connection while its CA is active: inactivation, not deletion, keeps
     /// a device out.

@@ -11,6 +11,7 @@ mod authz;
 mod cli;
 mod cluster;
 mod crash;
+mod crl;
 mod curl;
 mod custom_permissions;
 mod durability;

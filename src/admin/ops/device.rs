@@ -92,7 +92,7 @@ pub(super) async fn list(
 
 /// Closes every session of the device and waits until their sockets are
 /// closed; `done` says what already happened, for the error message.
-async fn drop_sessions(
+pub(super) async fn drop_sessions(
     ctx: &Context,
     identity: &DeviceIdentity,
     done: &str,
@@ -110,7 +110,7 @@ async fn drop_sessions(
 /// Frees the client ids the device's persistent sessions claimed, with
 /// what the router kept for them: a certificate without access keeps no
 /// session, and whoever takes the id next inherits nothing.
-async fn release_client_ids(ctx: &Context, identity: &DeviceIdentity) -> usize {
+pub(super) async fn release_client_ids(ctx: &Context, identity: &DeviceIdentity) -> usize {
     ctx.sessions
         .release_device(identity, |client_id| super::forget_session(ctx, client_id))
         .await
@@ -139,6 +139,23 @@ pub(super) async fn activate(
     req: &RpcRequest,
 ) -> Result<Map<String, Value>, ApiError> {
     let identity = identity(req)?;
+    // A serial blocked by a CRL before it was ever seen has no
+    // certificate on record: unblocking removes the placeholder, and the
+    // device registers (active) on its next connection.
+    let blocked = ctx
+        .registry
+        .device(&identity)
+        .await
+        .map_err(not_found)?
+        .is_some_and(|d| d.pem.is_empty());
+    if blocked {
+        ctx.registry
+            .delete_device(&identity)
+            .await
+            .map_err(not_found)?;
+        info!(request_id = %req.request_id, device = %identity, "blocked serial unblocked");
+        return Ok(device_sn_answer(&identity));
+    }
     ctx.registry
         .set_device_status(&identity, CertStatus::Active)
         .await

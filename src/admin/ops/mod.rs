@@ -7,6 +7,7 @@
 //! then the answer.
 
 mod ca;
+mod crl;
 mod device;
 mod permission;
 mod session;
@@ -40,12 +41,14 @@ pub enum Operation {
     UpdateCustomAuthPermission,
     DeleteCustomAuthPermission,
     QueryCustomAuthPermission,
+    /// certmq's extension: a CRL's serials become inactive.
+    ImportCrl,
 }
 
 use Operation::*;
 
 impl Operation {
-    pub const ALL: [Operation; 20] = [
+    pub const ALL: [Operation; 21] = [
         GetRegisterCode,
         RegisterCaCertificate,
         GetCaCertificate,
@@ -66,6 +69,7 @@ impl Operation {
         UpdateCustomAuthPermission,
         DeleteCustomAuthPermission,
         QueryCustomAuthPermission,
+        ImportCrl,
     ];
 
     /// The action name of the API.
@@ -91,6 +95,7 @@ impl Operation {
             UpdateCustomAuthPermission => "UpdateCustomAuthPermission",
             DeleteCustomAuthPermission => "DeleteCustomAuthPermission",
             QueryCustomAuthPermission => "QueryCustomAuthPermission",
+            ImportCrl => "ImportCrl",
         }
     }
 
@@ -123,6 +128,7 @@ impl Operation {
                 | AddCustomAuthPermission
                 | UpdateCustomAuthPermission
                 | DeleteCustomAuthPermission
+                | ImportCrl
         )
     }
 
@@ -208,6 +214,7 @@ pub(crate) async fn run(
         UpdateCustomAuthPermission => permission::update(ctx, req).await,
         DeleteCustomAuthPermission => permission::delete(ctx, req).await,
         QueryCustomAuthPermission => permission::query(ctx, req),
+        ImportCrl => crl::import(ctx, req).await,
     }
 }
 
