@@ -150,6 +150,17 @@ enum RegistryCommand {
         /// The backup (JSON lines, as written by export).
         file: PathBuf,
     },
+    /// Import a CRL (PEM or DER) through the running broker's admin API
+    /// (ImportCrl): every serial it lists becomes inactive, sessions closed
+    /// before it answers, never-seen serials blocked. Finds the endpoint
+    /// and access key as `certmq admin` does (CERTMQ_ADMIN_ENDPOINT,
+    /// CERTMQ_ACCESS_KEY_ID / _SECRET, or the configuration).
+    ImportCrl {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The CRL file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -388,6 +399,33 @@ fn registry(cmd: RegistryCommand) -> Result<()> {
     use certmq::config::StorageBackend;
     use certmq::store::{backup, postgres_backup, sqlite};
     match cmd {
+        RegistryCommand::ImportCrl { config, file } => {
+            let raw =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // The API takes PEM: a DER CRL is wrapped.
+            let content = match std::str::from_utf8(&raw) {
+                Ok(text) if text.trim_start().starts_with("-----BEGIN") => text.to_owned(),
+                _ => pem::encode(&pem::Pem::new("X509 CRL", raw)),
+            };
+            let settings = Settings::load(config.as_deref())?;
+            let env = |name: &str| std::env::var(name).ok();
+            return admin(AdminArgs {
+                endpoint: env("CERTMQ_ADMIN_ENDPOINT"),
+                ca_file: env("CERTMQ_ADMIN_CA_FILE").map(PathBuf::from),
+                client_cert: env("CERTMQ_ADMIN_CLIENT_CERT").map(PathBuf::from),
+                client_key: env("CERTMQ_ADMIN_CLIENT_KEY").map(PathBuf::from),
+                access_key_id: env("CERTMQ_ACCESS_KEY_ID"),
+                access_key_secret: env("CERTMQ_ACCESS_KEY_SECRET"),
+                config,
+                action: "ImportCrl".into(),
+                params: vec![
+                    "--MqttInstanceId".into(),
+                    settings.instance.id,
+                    "--CrlContent".into(),
+                    content,
+                ],
+            });
+        }
         RegistryCommand::Export { config, output } => {
             let settings = Settings::load(config.as_deref())?;
             let mut out: Box<dyn std::io::Write> = match &output {

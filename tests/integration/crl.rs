@@ -133,10 +133,54 @@ async fn a_crl_of_a_registered_ca_cuts_its_devices_off_and_blocks_unknown_serial
             d.name
         );
     }
-    // Again: nothing changes.
+    // Again: nothing changes; with the V1 signature (the SDKs'
+    // CommonRequest) as with V3.
     let (status, body) = import(&tb, &crl).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(counts(&body), (0, 0, 5), "{body}");
+    let v1: Vec<(String, String)> = [
+        ("Action", "ImportCrl"),
+        ("MqttInstanceId", tb.instance().as_str()),
+        ("CrlContent", crl.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (status, body) = tb.client.call_v1(&v1, &Default::default()).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&body), (0, 0, 5), "{body}");
+    // And from the command line, DER this time.
+    let der = dir.path().join("crl.der");
+    let converted = Command::new("openssl")
+        .args([
+            "crl",
+            "-in",
+            dir.path().join("crl.pem").to_str().unwrap(),
+            "-outform",
+            "DER",
+        ])
+        .args(["-out", der.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let output = Command::new(env!("CARGO_BIN_EXE_certmq"))
+        .args(["registry", "import-crl", der.to_str().unwrap()])
+        .env(
+            "CERTMQ_ADMIN_ENDPOINT",
+            format!("http://{}", tb.broker.admin_addr()),
+        )
+        .env("CERTMQ_ACCESS_KEY_ID", support::TEST_KEY_ID)
+        .env("CERTMQ_ACCESS_KEY_SECRET", support::TEST_KEY_SECRET)
+        .env("CERTMQ__INSTANCE__ID", tb.instance())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("\"AlreadyInactive\": 5"), "{stdout}");
 
     // Signed by another key under the same name: refused, nothing done.
     let impostor = Ca::new("crl CA");
