@@ -181,6 +181,15 @@ async fn a_crl_of_a_registered_ca_cuts_its_devices_off_and_blocks_unknown_serial
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("\"AlreadyInactive\": 5"), "{stdout}");
+    // A large CRL (400 serials, ~18 KB of PEM) goes as a signed form body,
+    // not in the URL.
+    let many: Vec<Device> = (0..400).map(|i| ca.device(&format!("bulk-{i}"))).collect();
+    let bulk_dir = tempfile::tempdir().unwrap();
+    let bulk = openssl_crl(bulk_dir.path(), &ca, &many.iter().collect::<Vec<_>>());
+    assert!(bulk.len() > 8192, "{} bytes", bulk.len());
+    let (status, body) = import(&tb, &bulk).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&body), (0, 400, 0), "{body}");
 
     // Signed by another key under the same name: refused, nothing done.
     let impostor = Ca::new("crl CA");
