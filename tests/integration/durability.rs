@@ -233,7 +233,8 @@ async fn an_unwritable_data_directory_stops_start_up_naming_it() {
         let binary = dir.path().join("certmq");
         std::fs::copy(env!("CARGO_BIN_EXE_certmq"), &binary).unwrap();
         std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let output = std::process::Command::new(&binary)
+        let mut command = std::process::Command::new(&binary);
+        command
             .arg("serve")
             .current_dir(dir.path())
             .env("CERTMQ__STORAGE__DATA_DIR", &data)
@@ -241,9 +242,20 @@ async fn an_unwritable_data_directory_stops_start_up_naming_it() {
             .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
             .env("CERTMQ__TLS__DEV_PKI_DIR", dir.path().join("pki"))
             .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
+            .gid(65534);
+        // The copy just written may still be open for writing in a child
+        // another test is forking right now (ETXTBSY): try again until
+        // that child has exec'd.
+        let mut attempts = 0;
+        let output = loop {
+            match command.output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        };
         assert!(!output.status.success());
         String::from_utf8_lossy(&output.stderr).into_owned()
     } else {
