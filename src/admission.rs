@@ -59,13 +59,18 @@ pub(crate) async fn admit(
         }
     };
     let identity = verified.identity;
-    let guard = ctx.sessions.register(identity);
-    // Sessions end when NotAfter (whole seconds) begins (see
-    // `SessionGuard::expires_at`); a handshake in that last second is
-    // refused too, so that an ended session cannot come straight back.
-    let now_ms = crate::store::sqlite::now_ms();
-    let ca_end = ctx.registry.ca_valid_end_ms(&identity.ca_sn);
-    if verified.cert.valid_end_ms <= now_ms || ca_end.is_some_and(|end| end <= now_ms) {
+    let mut guard = ctx.sessions.register(identity);
+    // The session ends when NotAfter (whole seconds) of the certificate or
+    // its CA's begins (see `SessionGuard::expires_at`); a handshake in that
+    // last second is refused too, so that an ended session cannot come
+    // straight back.
+    let expires_ms = ctx
+        .registry
+        .ca_valid_end_ms(&identity.ca_sn)
+        .map_or(verified.cert.valid_end_ms, |ca| {
+            ca.min(verified.cert.valid_end_ms)
+        });
+    if expires_ms <= crate::store::sqlite::now_ms() {
         return Err(Refused {
             refusal: Refusal::Expired,
             guard: Some(guard),
@@ -96,7 +101,10 @@ pub(crate) async fn admit(
     // drops it.
     let refusal = refusal.or_else(|| ctx.fence.refusal().map(Refusal::NodeFenced));
     match refusal {
-        None => Ok((verified, guard)),
+        None => {
+            guard.expires_at(expires_ms);
+            Ok((verified, guard))
+        }
         Some(refusal) => Err(Refused {
             refusal,
             guard: Some(guard),

@@ -238,13 +238,8 @@ async fn handshake(
     };
     let admitted = admit(ctx, stream.get_ref().1, &verifier).await;
     match admitted {
-        Ok((verified, mut guard)) => {
+        Ok((verified, guard)) => {
             let identity = guard.identity();
-            // The session ends when the certificate, or its CA's, expires.
-            let ca_end = ctx.registry.ca_valid_end_ms(&identity.ca_sn);
-            guard.expires_at(ca_end.map_or(verified.cert.valid_end_ms, |ca| {
-                ca.min(verified.cert.valid_end_ms)
-            }));
             let principal = crate::authz::Principal {
                 common_name: verified.cert.common_name,
                 device_sn: identity.device_sn.to_string(),

@@ -484,6 +484,68 @@ async fn commit_batch(
     }
 }
 
+/// A multi-row insert of device records: `$1` to `$7` the columns of
+/// [`DeviceColumns`], `$8` the time; the caller adds its ON CONFLICT.
+pub(crate) const INSERT_DEVICES: &str =
+    "INSERT INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
+                         first_seen_ms, updated_at_ms)
+     SELECT r.ca_sn, r.device_sn, r.name, r.status, r.b, r.e, r.pem, $8, $8
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int8[], $7::text[])
+          WITH ORDINALITY AS r(ca_sn, device_sn, name, status, b, e, pem, n)
+     ORDER BY r.n";
+
+/// Device records as the column arrays of [`INSERT_DEVICES`], in order.
+pub(crate) struct DeviceColumns {
+    ca_sns: Vec<String>,
+    device_sns: Vec<String>,
+    names: Vec<String>,
+    statuses: Vec<i16>,
+    begins: Vec<i64>,
+    ends: Vec<i64>,
+    pems: Vec<String>,
+}
+
+impl DeviceColumns {
+    pub(crate) fn of<'a>(devices: impl Iterator<Item = &'a DeviceRecord>) -> Self {
+        let mut c = DeviceColumns {
+            ca_sns: Vec::new(),
+            device_sns: Vec::new(),
+            names: Vec::new(),
+            statuses: Vec::new(),
+            begins: Vec::new(),
+            ends: Vec::new(),
+            pems: Vec::new(),
+        };
+        for d in devices {
+            c.ca_sns.push(d.identity.ca_sn.to_string());
+            c.device_sns.push(d.identity.device_sn.to_string());
+            c.names.push(d.name.to_string());
+            c.statuses.push(status_code(d.status));
+            c.begins.push(d.valid_begin_ms);
+            c.ends.push(d.valid_end_ms);
+            c.pems.push(d.pem.to_string());
+        }
+        c
+    }
+
+    /// The parameters of [`INSERT_DEVICES`].
+    pub(crate) fn params<'a>(
+        &'a self,
+        now: &'a i64,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 8] {
+        [
+            &self.ca_sns,
+            &self.device_sns,
+            &self.names,
+            &self.statuses,
+            &self.begins,
+            &self.ends,
+            &self.pems,
+            now,
+        ]
+    }
+}
+
 /// Registers every device of `batch` (all `RegisterDevice`) in one
 /// statement, in a savepoint, and logs those that were new. `None`: the
 /// statement failed for a reason of the changes' own (rolled back; the
@@ -502,28 +564,14 @@ async fn register_devices(
             _ => None,
         })
         .collect();
-    let column = |f: &dyn Fn(&DeviceRecord) -> String| -> Vec<String> {
-        devices.iter().map(|d| f(d)).collect()
-    };
-    let ca_sns = column(&|d| d.identity.ca_sn.to_string());
-    let device_sns = column(&|d| d.identity.device_sn.to_string());
-    let names = column(&|d| d.name.to_string());
-    let pems = column(&|d| d.pem.to_string());
-    let statuses: Vec<i16> = devices.iter().map(|d| status_code(d.status)).collect();
-    let begins: Vec<i64> = devices.iter().map(|d| d.valid_begin_ms).collect();
-    let ends: Vec<i64> = devices.iter().map(|d| d.valid_end_ms).collect();
+    let columns = DeviceColumns::of(devices.iter().copied());
     let savepoint = tx.savepoint("registrations").await?;
     let inserted = savepoint
         .query(
-            "INSERT INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
-                                 first_seen_ms, updated_at_ms)
-             SELECT r.ca_sn, r.device_sn, r.name, r.status, r.b, r.e, r.pem, $8, $8
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int8[], $7::text[])
-                  WITH ORDINALITY AS r(ca_sn, device_sn, name, status, b, e, pem, n)
-             ORDER BY r.n
-             ON CONFLICT (ca_sn, device_sn) DO NOTHING
-             RETURNING ca_sn, device_sn",
-            &[&ca_sns, &device_sns, &names, &statuses, &begins, &ends, &pems, &now],
+            &format!(
+                "{INSERT_DEVICES} ON CONFLICT (ca_sn, device_sn) DO NOTHING RETURNING ca_sn, device_sn"
+            ),
+            &columns.params(&now),
         )
         .await;
     let inserted = match inserted {
@@ -539,9 +587,10 @@ async fn register_devices(
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     // In batch order; a device twice in the batch was new for its first.
-    let fresh: Vec<bool> = ca_sns
+    let fresh: Vec<bool> = columns
+        .ca_sns
         .iter()
-        .zip(&device_sns)
+        .zip(&columns.device_sns)
         .map(|(ca, dev)| new.remove(&(ca.clone(), dev.clone())))
         .collect();
     let logged: Vec<&Change> = batch

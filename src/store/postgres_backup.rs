@@ -14,7 +14,10 @@ use std::io::{BufRead, Write};
 use tokio_postgres::{Client, Transaction};
 
 use super::backup::{BackupError, Imported, Line, Record, emit, parse_line};
-use super::postgres::{ca_from_row_at, config, connect, db_message, describe, device_from_row};
+use super::postgres::{
+    DeviceColumns, INSERT_DEVICES, ca_from_row_at, config, connect, db_message, describe,
+    device_from_row,
+};
 use super::postgres_schema;
 use super::{CA_COLUMNS, Change, DEVICE_COLUMNS, PERMISSION_COLUMNS, feed, status_code};
 use crate::record::DeviceRecord;
@@ -275,16 +278,7 @@ async fn put_devices(
         return Ok(None);
     };
     let last_line = devices.last().map_or(first_line, |(n, _)| *n);
-    let column = |f: &dyn Fn(&DeviceRecord) -> String| -> Vec<String> {
-        devices.iter().map(|(_, d)| f(d)).collect()
-    };
-    let ca_sns = column(&|d| d.identity.ca_sn.to_string());
-    let device_sns = column(&|d| d.identity.device_sn.to_string());
-    let names = column(&|d| d.name.to_string());
-    let pems = column(&|d| d.pem.to_string());
-    let statuses: Vec<i16> = devices.iter().map(|(_, d)| status_code(d.status)).collect();
-    let begins: Vec<i64> = devices.iter().map(|(_, d)| d.valid_begin_ms).collect();
-    let ends: Vec<i64> = devices.iter().map(|(_, d)| d.valid_end_ms).collect();
+    let columns = DeviceColumns::of(devices.iter().map(|(_, d)| d));
     let lines_err = |e: tokio_postgres::Error| BackupError::Line {
         line: first_line,
         reason: format!(
@@ -293,16 +287,13 @@ async fn put_devices(
         ),
     };
     tx.execute(
-        "INSERT INTO device (ca_sn, device_sn, name, status, valid_begin_ms, valid_end_ms, pem,
-                             first_seen_ms, updated_at_ms)
-         SELECT r.ca_sn, r.device_sn, r.name, r.status, r.b, r.e, r.pem, $8, $8
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int8[], $7::text[])
-              WITH ORDINALITY AS r(ca_sn, device_sn, name, status, b, e, pem, n)
-         ORDER BY r.n
-         ON CONFLICT (ca_sn, device_sn) DO UPDATE SET name = excluded.name, status = excluded.status,
-            valid_begin_ms = excluded.valid_begin_ms, valid_end_ms = excluded.valid_end_ms,
-            pem = excluded.pem, updated_at_ms = excluded.updated_at_ms",
-        &[&ca_sns, &device_sns, &names, &statuses, &begins, &ends, &pems, &now],
+        &format!(
+            "{INSERT_DEVICES}
+             ON CONFLICT (ca_sn, device_sn) DO UPDATE SET name = excluded.name, status = excluded.status,
+                valid_begin_ms = excluded.valid_begin_ms, valid_end_ms = excluded.valid_end_ms,
+                pem = excluded.pem, updated_at_ms = excluded.updated_at_ms"
+        ),
+        &columns.params(&now),
     )
     .await
     .map_err(lines_err)?;

@@ -65,6 +65,19 @@ pub(super) async fn import(
     ]))
 }
 
+/// Inactivates a stored device; `None`: not stored (after all).
+async fn inactivate(ctx: &Context, id: &DeviceIdentity) -> Result<Option<Outcome>, String> {
+    match ctx
+        .registry
+        .set_device_status(id, CertStatus::Inactive)
+        .await
+    {
+        Ok(()) => Ok(Some(Outcome::Inactivated)),
+        Err(RegistryError::DeviceNotFound(_)) => Ok(None),
+        Err(e) => Err(not_found(e).to_string()),
+    }
+}
+
 /// Makes one listed serial inactive; its sessions are closed before this
 /// returns.
 async fn import_one(ctx: &Context, id: &DeviceIdentity) -> Result<Outcome, String> {
@@ -74,28 +87,16 @@ async fn import_one(ctx: &Context, id: &DeviceIdentity) -> Result<Outcome, Strin
     for _ in 0..3 {
         let outcome = match ctx.registry.device_status(id) {
             Some(CertStatus::Inactive) => return Ok(Outcome::AlreadyInactive),
-            Some(CertStatus::Active) => {
-                match ctx
-                    .registry
-                    .set_device_status(id, CertStatus::Inactive)
-                    .await
-                {
-                    Ok(()) => Outcome::Inactivated,
-                    Err(RegistryError::DeviceNotFound(_)) => continue,
-                    Err(e) => return Err(as_text(not_found(e))),
-                }
-            }
+            Some(CertStatus::Active) => match inactivate(ctx, id).await? {
+                Some(outcome) => outcome,
+                None => continue,
+            },
             None => match ctx.registry.block_device(id).await {
                 Ok(true) => Outcome::Blocked,
                 // Stored, not yet in this node's index.
-                Ok(false) => match ctx
-                    .registry
-                    .set_device_status(id, CertStatus::Inactive)
-                    .await
-                {
-                    Ok(()) => Outcome::Inactivated,
-                    Err(RegistryError::DeviceNotFound(_)) => continue,
-                    Err(e) => return Err(as_text(not_found(e))),
+                Ok(false) => match inactivate(ctx, id).await? {
+                    Some(outcome) => outcome,
+                    None => continue,
                 },
                 Err(e) => return Err(as_text(not_found(e))),
             },

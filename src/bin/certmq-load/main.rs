@@ -712,14 +712,7 @@ async fn revoke(
     for (i, stream) in targets.into_iter().enumerate() {
         let device = &pool.devices[i];
         let watcher = tokio::spawn(closed(stream));
-        let params: Vec<(String, String)> = [
-            ("MqttInstanceId", admin.instance.clone()),
-            ("CaSn", device.ca_sn.clone()),
-            ("DeviceSn", device.device_sn.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let params = device_params(admin, device);
         let t0 = Instant::now();
         let (status, body) = client.call("InactivateDeviceCertificate", &params).await?;
         let answered = t0.elapsed();
@@ -745,6 +738,18 @@ async fn revoke(
     }))
 }
 
+/// The parameters of a device call on `device`.
+fn device_params(admin: &Admin, device: &pool::Device) -> Vec<(String, String)> {
+    [
+        ("MqttInstanceId", admin.instance.clone()),
+        ("CaSn", device.ca_sn.clone()),
+        ("DeviceSn", device.device_sn.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 async fn changes(pool: Arc<Pool>, admin: &Admin, count: usize) -> Result<Value> {
     let client = admin_client(admin)?;
     let devices = count.div_ceil(2).min(pool.devices.len()).max(1);
@@ -757,14 +762,7 @@ async fn changes(pool: Arc<Pool>, admin: &Admin, count: usize) -> Result<Value> 
         } else {
             "ActiveDeviceCertificate"
         };
-        let params: Vec<(String, String)> = [
-            ("MqttInstanceId", admin.instance.clone()),
-            ("CaSn", device.ca_sn.clone()),
-            ("DeviceSn", device.device_sn.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let params = device_params(admin, device);
         let t0 = Instant::now();
         let (status, body) = client.call(action, &params).await?;
         if status != 200 {
