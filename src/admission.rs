@@ -83,6 +83,15 @@ pub(crate) async fn admit(
                 Ok(Admission::Registered) => {
                     ctx.metrics.auto_registered();
                     info!(device = %identity, name = %verified.cert.common_name, "device auto-registered");
+                    let cert = &verified.cert;
+                    ctx.events.emit(crate::events::Event::Registered {
+                        device: identity,
+                        common_name: cert.common_name.clone(),
+                        subject_o: cert.subject_o.clone(),
+                        subject_ou: cert.subject_ou.clone(),
+                        valid_begin_ms: cert.valid_begin_ms,
+                        valid_end_ms: cert.valid_end_ms,
+                    });
                     None
                 }
                 Ok(Admission::Known(CertStatus::Active)) => None,

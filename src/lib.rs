@@ -39,6 +39,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod crl;
+pub mod events;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fuzzing;
@@ -141,6 +142,21 @@ pub(crate) struct Context {
     pub(crate) health: health::Health,
     /// Refused handshakes are logged at most this often.
     pub(crate) refusal_log: Arc<log_limit::LogLimiter>,
+    /// Lifecycle events (`$certmq/events/...`).
+    pub(crate) events: events::Events,
+}
+
+impl Context {
+    /// What a CRL import needs of the broker.
+    pub(crate) fn revoker(&self) -> crl::import::Revoker {
+        crl::import::Revoker {
+            registry: self.registry.clone(),
+            sessions: self.sessions.clone(),
+            hub: self.hub.clone(),
+            events: self.events.clone(),
+            drop_timeout: self.settings.drop_timeout(),
+        }
+    }
 }
 
 /// A running broker.
@@ -235,6 +251,11 @@ impl Broker {
                 retained_full: Some(dropped.with_label_values(&["retained_full"])),
             },
         );
+        let (events, event_publisher) = events::Events::new(
+            hub.clone(),
+            Arc::from(node_id.as_str()),
+            metrics.event_counters(),
+        );
         let sessions = SessionTable::new();
         let fence = cluster::Fence::default();
         let shutdown = CancellationToken::new();
@@ -321,6 +342,7 @@ impl Broker {
             cluster,
             health,
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
+            events,
         });
         let health = ctx.health.clone();
         let mut tasks: Vec<JoinHandle<()>> = vec![
@@ -366,6 +388,14 @@ impl Broker {
                 async move {
                     let _vital = vital;
                     sessions.run_expiry(shutdown).await
+                }
+            }),
+            tokio::spawn({
+                let vital = health.vital("lifecycle event publisher", shutdown.clone());
+                let shutdown = shutdown.clone();
+                async move {
+                    let _vital = vital;
+                    event_publisher.run(shutdown).await
                 }
             }),
             tokio::spawn(health::watch(

@@ -31,6 +31,9 @@ pub struct Metrics {
     registry_devices: IntGauge,
     cluster: ClusterMetrics,
     node_info: prometheus::IntGaugeVec,
+    events: crate::events::EventCounters,
+    crl_refresh_failures: IntCounterVec,
+    crl_refreshes: IntCounterVec,
 }
 
 /// The metrics of a node sharing a PostgreSQL registry (see `cluster`).
@@ -224,6 +227,34 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            events: crate::events::EventCounters {
+                published: counter_vec(
+                    r,
+                    "certmq_events_published_total",
+                    "Lifecycle events published under $certmq/events/, by event.",
+                    &["event"],
+                ),
+                dropped: counter_vec(
+                    r,
+                    "certmq_events_dropped_total",
+                    "Lifecycle events not delivered, by reason: backlog (the event queue was full), \
+                     subscriber_full (a subscriber's mailbox held mqtt.max_queued_messages).",
+                    &["reason"],
+                ),
+            },
+            crl_refresh_failures: counter_vec(
+                r,
+                "certmq_crl_refresh_failures_total",
+                "CRL refreshes ([[tls.crl]]) that failed (fetch, read, verification or import), by CA serial; \
+                 the last good CRL stays in force.",
+                &["ca_sn"],
+            ),
+            crl_refreshes: counter_vec(
+                r,
+                "certmq_crl_refreshes_total",
+                "CRL refreshes ([[tls.crl]]) that succeeded, by CA serial and whether the CRL had changed.",
+                &["ca_sn", "changed"],
+            ),
             registry_cas: gauge(r, "certmq_registry_cas", "Registered CA certificates."),
             registry_devices: gauge(
                 r,
@@ -282,6 +313,22 @@ impl Metrics {
     /// The refusal counter of topic authorization, for a session to bump.
     pub(crate) fn authz_denied(&self) -> IntCounterVec {
         self.authz_denied.clone()
+    }
+
+    pub(crate) fn event_counters(&self) -> crate::events::EventCounters {
+        self.events.clone()
+    }
+
+    /// Counts a refresh of the CRL of `ca_sn`: done (and whether the CRL
+    /// had changed since the last one), or failed.
+    pub(crate) fn crl_refreshed(&self, ca_sn: &str, outcome: Result<bool, ()>) {
+        match outcome {
+            Ok(changed) => self
+                .crl_refreshes
+                .with_label_values(&[ca_sn, if changed { "true" } else { "false" }])
+                .inc(),
+            Err(()) => self.crl_refresh_failures.with_label_values(&[ca_sn]).inc(),
+        }
     }
 
     pub(crate) fn audit_failed(&self) {

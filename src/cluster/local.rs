@@ -13,8 +13,8 @@ use crate::authz::LivePolicies;
 use crate::record::CertStatus;
 use crate::registry::Registry;
 use crate::router::Hub;
-use crate::session::DropReason;
 use crate::session::table::{Closing, SessionTable, wait_all};
+use crate::session::{Cut, DropReason};
 use crate::store::feed::{FeedChange, FeedEntry};
 
 /// The parts of this node a change reaches.
@@ -37,8 +37,12 @@ impl Local {
         }
         match &entry.change {
             FeedChange::CaStatus(sn, CertStatus::Inactive) | FeedChange::CaDeleted(sn) => {
+                let cut = match &entry.change {
+                    FeedChange::CaDeleted(_) => Cut::CaDeleted,
+                    _ => Cut::CaInactivated,
+                };
                 self.until_closed(entry.seq, || {
-                    self.sessions.kill_ca(sn, DropReason::Administrative)
+                    self.sessions.kill_ca(sn, DropReason::Administrative(cut))
                 })
                 .await;
                 self.sessions
@@ -46,8 +50,13 @@ impl Local {
                     .await;
             }
             FeedChange::DeviceStatus(id, CertStatus::Inactive) | FeedChange::DeviceDeleted(id) => {
+                let cut = match &entry.change {
+                    FeedChange::DeviceDeleted(_) => Cut::Deleted,
+                    _ => Cut::Inactivated,
+                };
                 self.until_closed(entry.seq, || {
-                    self.sessions.kill_device(id, DropReason::Administrative)
+                    self.sessions
+                        .kill_device(id, DropReason::Administrative(cut))
                 })
                 .await;
                 self.sessions

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{Cluster, Local};
-use crate::session::DropReason;
 use crate::session::table::wait_all;
+use crate::session::{Cut, DropReason};
 
 /// Requests to every node.
 pub(super) const REQUESTS: &str = "certmq_session";
@@ -245,7 +245,11 @@ async fn answer_locally(local: &Local, request: &Request, node: &str) -> Reply {
         let closings: Vec<_> = request
             .client_ids
             .iter()
-            .filter_map(|id| local.sessions.kill_client(id, DropReason::Administrative))
+            .filter_map(|id| {
+                local
+                    .sessions
+                    .kill_client(id, DropReason::Administrative(Cut::Kicked))
+            })
             .collect();
         match wait_all(closings, local.drop_timeout).await {
             Ok(n) => closed = n,

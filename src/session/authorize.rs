@@ -46,9 +46,14 @@ pub(super) fn subscribe(grants: &Grants, path: &str) -> Result<(), Denied> {
     })
 }
 
-/// May the grants publish to `topic`?
+/// May the grants publish to `topic`? Never to the broker's own event
+/// topics (`$certmq/...`), whatever the policies say.
 pub(super) fn publish(grants: &Grants, topic: &str) -> Result<(), Denied> {
-    let decision = grants.publish(topic);
+    let decision = if crate::events::is_reserved(topic) {
+        Decision::Deny(None)
+    } else {
+        grants.publish(topic)
+    };
     if decision.is_allowed() {
         return Ok(());
     }

@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-pub use table::{DropReason, SessionGuard, SessionTable};
+pub use table::{Cut, DropReason, SessionGuard, SessionTable};
 
 use crate::Context;
 use crate::metrics::LiveSession;
@@ -91,7 +91,9 @@ impl Exit {
     /// The DISCONNECT reason an MQTT 5 client receives, if any.
     fn reason_code(&self) -> Option<DisconnectReasonCode> {
         Some(match self {
-            Exit::Killed(DropReason::Administrative) => DisconnectReasonCode::AdministrativeAction,
+            Exit::Killed(DropReason::Administrative(_)) => {
+                DisconnectReasonCode::AdministrativeAction
+            }
             Exit::Killed(DropReason::ShuttingDown) => DisconnectReasonCode::ServerShuttingDown,
             Exit::Killed(DropReason::TakenOver) => DisconnectReasonCode::SessionTakenOver,
             Exit::Killed(DropReason::Fenced) => DisconnectReasonCode::UseAnotherServer,
@@ -113,6 +115,26 @@ impl Exit {
         })
     }
 
+    /// The `reason` of the disconnected event. `dropped`: the reason a
+    /// kill gave, which wins over how the loop noticed (the client may
+    /// have closed its socket in the same moment).
+    fn event_reason(&self, dropped: Option<DropReason>) -> &'static str {
+        if let Some(reason) = dropped {
+            return reason.event_name();
+        }
+        match self {
+            Exit::Killed(reason) => reason.event_name(),
+            Exit::ClientDisconnect { .. } => "normal",
+            Exit::PeerClosed | Exit::Io(_) => "connection_lost",
+            Exit::KeepAliveTimeout => "keepalive",
+            Exit::SendTimeout => "send_timeout",
+            Exit::Protocol(_) | Exit::Inbound(_) | Exit::TopicInvalid => "protocol_error",
+            Exit::NotAuthorized => "not_authorized",
+            Exit::ConnectTimeout | Exit::ConnectRefused(_) => "refused",
+            Exit::Router(_) => "internal_error",
+        }
+    }
+
     /// Whether the client's will is published: on every end but a normal
     /// DISCONNECT and an administrative drop. A device cut off by an
     /// operator (inactivated, deleted, its CA inactivated or deleted, or
@@ -123,7 +145,7 @@ impl Exit {
             self,
             Exit::ClientDisconnect { with_will: false }
                 | Exit::Killed(
-                    DropReason::Administrative | DropReason::Fenced | DropReason::Expired
+                    DropReason::Administrative(_) | DropReason::Fenced | DropReason::Expired
                 )
                 | Exit::NotAuthorized
         )
@@ -210,6 +232,9 @@ struct Session<S> {
     send_timeout: Duration,
     /// Counted in `certmq_sessions_live` from CONNACK until this drops.
     live: Option<LiveSession>,
+    /// Lifecycle events: `connected` after CONNACK, `disconnected` at the
+    /// end of a session that was connected.
+    events: crate::events::Events,
 }
 
 /// Runs an admitted connection until it ends. `guard` is its entry in the
@@ -253,6 +278,7 @@ pub(crate) async fn run<S>(
         published_out,
         send_timeout: ctx.settings.send_timeout(),
         live: None,
+        events: ctx.events.clone(),
     };
     let mut will = None;
     let exit = session.drive(ctx, &mut will).await;
@@ -304,7 +330,7 @@ where
         self.principal.client_id = request.client_id.clone();
         self.judge();
         if let Some(w) = &request.will {
-            if !self.grants.publish(&w.message.topic).is_allowed() {
+            if authorize::publish(&self.grants, &w.message.topic).is_err() {
                 self.authz_denied.with_label_values(&["will"]).inc();
                 let _ = self.refuse(ConnectReturnCode::NotAuthorized).await;
                 return Err(Exit::ConnectRefused(format!(
@@ -378,6 +404,14 @@ where
             resumed = self.attached.as_ref().is_some_and(|a| a.present),
             "session started"
         );
+        self.events.emit(crate::events::Event::Connected {
+            device: self.guard.identity(),
+            client_id: request.client_id.clone(),
+            peer: self.peer,
+            protocol: if v5 { "5" } else { "3.1.1" },
+            clean_start: request.clean_session,
+            session_present: self.attached.as_ref().is_some_and(|a| a.present),
+        });
         // What the previous connection left unacknowledged goes first.
         let now = std::time::Instant::now();
         let mut out = BytesMut::new();
@@ -558,7 +592,7 @@ where
         });
         tokio::select! {
             biased;
-            _ = guard.killed() => Err(Exit::Killed(guard.drop_reason().unwrap_or(DropReason::Administrative))),
+            _ = guard.killed() => Err(Exit::Killed(guard.drop_reason().unwrap_or(DropReason::Administrative(Cut::Kicked)))),
             written = write => match written {
                 Ok(done) => done.map_err(Exit::Io),
                 Err(_) => Err(Exit::SendTimeout),
@@ -661,7 +695,7 @@ where
         Exit::Killed(
             self.guard
                 .drop_reason()
-                .unwrap_or(DropReason::Administrative),
+                .unwrap_or(DropReason::Administrative(Cut::Kicked)),
         )
     }
 
@@ -719,6 +753,16 @@ where
             });
             self.hub
                 .detach(attached, self.session_expiry, will, parked, now);
+        }
+        // Before the table entry goes: an admin call that waits for this
+        // session to close emits its own event after this one.
+        if self.live.is_some() {
+            self.events.emit(crate::events::Event::Disconnected {
+                device: self.guard.identity(),
+                client_id: self.principal.client_id.clone(),
+                peer: self.peer,
+                reason: exit.event_reason(self.guard.drop_reason()),
+            });
         }
         let Session {
             stream,

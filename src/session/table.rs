@@ -33,8 +33,9 @@ pub type SessionId = u64;
 /// Why certmq closes a session; MQTT 5 clients receive it as DISCONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// An admin call removed the certificate's access (reason code 0x98).
-    Administrative,
+    /// An admin call (or a CRL) removed the certificate's access, or an
+    /// operator closed the connection (reason code 0x98).
+    Administrative(Cut),
     /// The broker is stopping (0x8B).
     ShuttingDown,
     /// Another connection claimed the same client id (0x8E).
@@ -47,10 +48,52 @@ pub enum DropReason {
     Expired,
 }
 
+/// What an operator did that ended a session (all DISCONNECT 0x98): the
+/// lifecycle events tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The device certificate was inactivated (by a call or a CRL).
+    Inactivated,
+    /// Its CA certificate was inactivated.
+    CaInactivated,
+    /// The device certificate was deleted.
+    Deleted,
+    /// Its CA certificate was deleted.
+    CaDeleted,
+    /// The connection was closed by a call (CloseConnection).
+    Kicked,
+    /// The policies changed and the session did not re-judge its
+    /// subscriptions in time.
+    PolicyChanged,
+}
+
+impl Cut {
+    const ALL: [Cut; 6] = [
+        Cut::Inactivated,
+        Cut::CaInactivated,
+        Cut::Deleted,
+        Cut::CaDeleted,
+        Cut::Kicked,
+        Cut::PolicyChanged,
+    ];
+
+    /// The `reason` of a disconnected event.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cut::Inactivated => "inactivated",
+            Cut::CaInactivated => "ca_inactivated",
+            Cut::Deleted => "deleted",
+            Cut::CaDeleted => "ca_deleted",
+            Cut::Kicked => "kicked",
+            Cut::PolicyChanged => "policy_changed",
+        }
+    }
+}
+
 impl DropReason {
     fn code(self) -> u8 {
         match self {
-            DropReason::Administrative => 1,
+            DropReason::Administrative(cut) => 10 + cut as u8,
             DropReason::ShuttingDown => 2,
             DropReason::TakenOver => 3,
             DropReason::Fenced => 4,
@@ -60,24 +103,41 @@ impl DropReason {
 
     fn from_code(code: u8) -> Option<DropReason> {
         match code {
-            1 => Some(DropReason::Administrative),
             2 => Some(DropReason::ShuttingDown),
             3 => Some(DropReason::TakenOver),
             4 => Some(DropReason::Fenced),
             5 => Some(DropReason::Expired),
-            _ => None,
+            _ => Cut::ALL
+                .into_iter()
+                .find(|cut| 10 + *cut as u8 == code)
+                .map(DropReason::Administrative),
         }
     }
 
     /// The `reason` label of `certmq_sessions_dropped_total`.
     pub fn label(self) -> &'static str {
         match self {
-            DropReason::Administrative => "administrative",
+            DropReason::Administrative(_) => "administrative",
             DropReason::ShuttingDown => "shutting_down",
             DropReason::TakenOver => "taken_over",
             DropReason::Fenced => "fenced",
             DropReason::Expired => "expired",
         }
+    }
+
+    /// The `reason` of a disconnected event.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            DropReason::Administrative(cut) => cut.name(),
+            DropReason::ShuttingDown => "shutting_down",
+            DropReason::TakenOver => "taken_over",
+            DropReason::Fenced => "fenced",
+            DropReason::Expired => "expired",
+        }
+    }
+
+    pub fn is_administrative(self) -> bool {
+        matches!(self, DropReason::Administrative(_))
     }
 
     /// Whether the session's will is withheld: the certificate lost its
@@ -86,7 +146,7 @@ impl DropReason {
     pub fn silences_will(self) -> bool {
         matches!(
             self,
-            DropReason::Administrative | DropReason::Fenced | DropReason::Expired
+            DropReason::Administrative(_) | DropReason::Fenced | DropReason::Expired
         )
     }
 }
@@ -115,7 +175,7 @@ struct Handle {
 impl Handle {
     fn kill(&self, reason: DropReason) -> Closing {
         let code = reason.code();
-        if reason == DropReason::Administrative {
+        if reason.is_administrative() {
             self.reason.store(code, Ordering::Release);
         } else {
             let _ = self
@@ -338,7 +398,7 @@ impl SessionTable {
         let late: Vec<Closing> = waiting
             .iter()
             .filter(|h| behind(h))
-            .map(|h| h.kill(DropReason::Administrative))
+            .map(|h| h.kill(DropReason::Administrative(Cut::PolicyChanged)))
             .collect();
         let cut_off = wait_all(late, timeout).await?;
         Ok(Rejudged {
@@ -656,10 +716,14 @@ mod tests {
         let a = table.register(identity(1));
         let b = table.register(identity(2));
         assert_eq!(table.len(), 2);
-        let closings = table.kill_device(&identity(1), DropReason::Administrative);
+        let closings =
+            table.kill_device(&identity(1), DropReason::Administrative(Cut::Inactivated));
         assert_eq!(closings.len(), 1);
         assert!(a.is_killed());
-        assert_eq!(a.drop_reason(), Some(DropReason::Administrative));
+        assert_eq!(
+            a.drop_reason(),
+            Some(DropReason::Administrative(Cut::Inactivated))
+        );
         assert!(!b.is_killed());
         drop(a);
         assert_eq!(wait_all(closings, Duration::from_secs(1)).await, Ok(1));
@@ -674,7 +738,7 @@ mod tests {
         let err = table
             .drop_device(
                 &identity(1),
-                DropReason::Administrative,
+                DropReason::Administrative(Cut::Inactivated),
                 Duration::from_millis(20),
             )
             .await
@@ -709,8 +773,11 @@ mod tests {
         table.kill_device(&identity(1), DropReason::TakenOver);
         assert_eq!(a.drop_reason(), Some(DropReason::ShuttingDown));
         // An operator cut it off as well: no will, whatever came first.
-        table.kill_device(&identity(1), DropReason::Administrative);
-        assert_eq!(a.drop_reason(), Some(DropReason::Administrative));
+        table.kill_device(&identity(1), DropReason::Administrative(Cut::Inactivated));
+        assert_eq!(
+            a.drop_reason(),
+            Some(DropReason::Administrative(Cut::Inactivated))
+        );
     }
 
     #[test]

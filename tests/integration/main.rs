@@ -15,6 +15,7 @@ mod crl;
 mod curl;
 mod custom_permissions;
 mod durability;
+mod events;
 mod expiry;
 mod fuzz_regressions;
 mod hardening;

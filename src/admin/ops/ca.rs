@@ -13,8 +13,8 @@ use crate::admin::rpc::{ApiError, RpcRequest};
 use crate::identity::common_name;
 use crate::registry::{CaCert, CaRecord, CaRegistration, CertStatus, RegistryError};
 use crate::serial::CaSn;
-use crate::session::DropReason;
 use crate::session::table::wait_all;
+use crate::session::{Cut, DropReason};
 
 pub(super) fn get_register_code(ctx: &Context) -> Result<Map<String, Value>, ApiError> {
     Ok(fields([(
@@ -98,7 +98,7 @@ fn vo(ca: &CaRecord) -> Value {
     })
 }
 
-fn ca_sn(req: &RpcRequest) -> Result<CaSn, ApiError> {
+pub(super) fn ca_sn(req: &RpcRequest) -> Result<CaSn, ApiError> {
     req.serial("Sn", CaSn::parse)
 }
 
@@ -131,8 +131,13 @@ fn sn_answer(sn: &CaSn) -> Map<String, Value> {
 }
 
 /// Closes every session of the CA's devices and waits for them.
-async fn drop_ca_sessions(ctx: &Context, sn: &CaSn, done: &str) -> Result<usize, ApiError> {
-    let closings = ctx.sessions.kill_ca(sn, DropReason::Administrative);
+async fn drop_ca_sessions(
+    ctx: &Context,
+    sn: &CaSn,
+    cut: Cut,
+    done: &str,
+) -> Result<usize, ApiError> {
+    let closings = ctx.sessions.kill_ca(sn, DropReason::Administrative(cut));
     wait_all(closings, ctx.settings.drop_timeout())
         .await
         .map_err(|e| ApiError::Internal(format!("{done} but {e}; retry the call")))
@@ -172,7 +177,7 @@ pub(super) async fn inactivate(
         .set_ca_status(&sn, CertStatus::Inactive)
         .await
         .map_err(not_found)?;
-    let dropped = drop_ca_sessions(ctx, &sn, "the CA is inactive").await?;
+    let dropped = drop_ca_sessions(ctx, &sn, Cut::CaInactivated, "the CA is inactive").await?;
     let released = release_ca_client_ids(ctx, &sn).await;
     info!(request_id = %req.request_id, ca_sn = %sn, dropped, released, "CA certificate inactivated");
     Ok(sn_answer(&sn))
@@ -186,7 +191,7 @@ pub(super) async fn delete(
 ) -> Result<Map<String, Value>, ApiError> {
     let sn = ca_sn(req)?;
     let devices = ctx.registry.delete_ca(&sn).await.map_err(not_found)?;
-    let dropped = drop_ca_sessions(ctx, &sn, "the CA is deleted").await?;
+    let dropped = drop_ca_sessions(ctx, &sn, Cut::CaDeleted, "the CA is deleted").await?;
     let released = release_ca_client_ids(ctx, &sn).await;
     info!(request_id = %req.request_id, ca_sn = %sn, devices, dropped, released, "CA certificate deleted");
     Ok(sn_answer(&sn))

@@ -9,9 +9,9 @@ use crate::admin::rpc::{ApiError, RpcRequest};
 use crate::identity::DeviceIdentity;
 use crate::registry::{CertStatus, DeviceRecord, RegistryError};
 use crate::serial::{CaSn, DeviceSn};
-use crate::session::DropReason;
+use crate::session::{Cut, DropReason};
 
-fn identity(req: &RpcRequest) -> Result<DeviceIdentity, ApiError> {
+pub(super) fn identity(req: &RpcRequest) -> Result<DeviceIdentity, ApiError> {
     let ca_sn = req.serial("CaSn", CaSn::parse)?;
     let device_sn = req.serial("DeviceSn", DeviceSn::parse)?;
     Ok(DeviceIdentity { ca_sn, device_sn })
@@ -95,12 +95,13 @@ pub(super) async fn list(
 pub(super) async fn drop_sessions(
     ctx: &Context,
     identity: &DeviceIdentity,
+    cut: Cut,
     done: &str,
 ) -> Result<usize, ApiError> {
     ctx.sessions
         .drop_device(
             identity,
-            DropReason::Administrative,
+            DropReason::Administrative(cut),
             ctx.settings.drop_timeout(),
         )
         .await
@@ -127,7 +128,7 @@ pub(super) async fn inactivate(
         .set_device_status(&identity, CertStatus::Inactive)
         .await
         .map_err(not_found)?;
-    let dropped = drop_sessions(ctx, &identity, "the device is inactive").await?;
+    let dropped = drop_sessions(ctx, &identity, Cut::Inactivated, "the device is inactive").await?;
     let released = release_client_ids(ctx, &identity).await;
     info!(request_id = %req.request_id, device = %identity, dropped, released, "device certificate inactivated");
     Ok(device_sn_answer(&identity))
@@ -176,7 +177,8 @@ pub(super) async fn delete(
         .delete_device(&identity)
         .await
         .map_err(not_found)?;
-    let dropped = drop_sessions(ctx, &identity, "the device record is deleted").await?;
+    let dropped =
+        drop_sessions(ctx, &identity, Cut::Deleted, "the device record is deleted").await?;
     let released = release_client_ids(ctx, &identity).await;
     info!(request_id = %req.request_id, device = %identity, dropped, released, "device certificate deleted");
     Ok(device_sn_answer(&identity))

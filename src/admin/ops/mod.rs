@@ -17,6 +17,8 @@ use serde_json::{Map, Value};
 use super::auth::Caller;
 use super::rpc::{ApiError, RpcRequest};
 use crate::Context;
+use crate::events::{Change, Event};
+use crate::serial::CaSn;
 
 /// One admin API operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -193,6 +195,19 @@ pub(crate) async fn run(
     req: &RpcRequest,
 ) -> Result<Map<String, Value>, ApiError> {
     check_instance(ctx, caller, op, req)?;
+    let answer = dispatch(ctx, caller, op, req).await?;
+    if let Some(event) = status_event(op, req, &answer, caller) {
+        ctx.events.emit_waiting(event).await;
+    }
+    Ok(answer)
+}
+
+async fn dispatch(
+    ctx: &Context,
+    caller: &Caller,
+    op: Operation,
+    req: &RpcRequest,
+) -> Result<Map<String, Value>, ApiError> {
     match op {
         GetRegisterCode => ca::get_register_code(ctx),
         RegisterCaCertificate => ca::register(ctx, req).await,
@@ -214,7 +229,54 @@ pub(crate) async fn run(
         UpdateCustomAuthPermission => permission::update(ctx, req).await,
         DeleteCustomAuthPermission => permission::delete(ctx, req).await,
         QueryCustomAuthPermission => permission::query(ctx, req),
-        ImportCrl => crl::import(ctx, req).await,
+        ImportCrl => crl::import(ctx, caller, req).await,
+    }
+}
+
+/// The lifecycle event of a successful call that changed a certificate's
+/// status (ImportCrl emits its own, one per serial).
+fn status_event(
+    op: Operation,
+    req: &RpcRequest,
+    answer: &Map<String, Value>,
+    caller: &Caller,
+) -> Option<Event> {
+    let change = || Change {
+        by: caller.access_key_id.clone(),
+        via: "api",
+        request_id: Some(req.request_id.clone()),
+    };
+    let device = |status| {
+        device::identity(req)
+            .ok()
+            .map(|device| Event::DeviceStatus {
+                device,
+                status,
+                change: change(),
+            })
+    };
+    let ca = |ca_sn: Option<CaSn>, status| {
+        ca_sn.map(|ca_sn| Event::CaStatus {
+            ca_sn,
+            status,
+            change: change(),
+        })
+    };
+    match op {
+        ActiveDeviceCertificate => device("active"),
+        InactivateDeviceCertificate => device("inactive"),
+        DeleteDeviceCertificate => device("deleted"),
+        ActiveCaCertificate => ca(ca::ca_sn(req).ok(), "active"),
+        InactivateCaCertificate => ca(ca::ca_sn(req).ok(), "inactive"),
+        DeleteCaCertificate => ca(ca::ca_sn(req).ok(), "deleted"),
+        RegisterCaCertificate => ca(
+            answer
+                .get("Sn")
+                .and_then(Value::as_str)
+                .and_then(|sn| sn.parse().ok()),
+            "registered",
+        ),
+        _ => None,
     }
 }
 

@@ -11,8 +11,8 @@ use tracing::info;
 use super::fields;
 use crate::Context;
 use crate::admin::rpc::{ApiError, RpcRequest};
-use crate::session::DropReason;
 use crate::session::table::wait_all;
+use crate::session::{Cut, DropReason};
 
 /// At most this many client ids per BatchQuerySessionByClientIds call, as
 /// on the hosted service.
@@ -34,7 +34,7 @@ pub(super) async fn close(ctx: &Context, req: &RpcRequest) -> Result<Map<String,
         None => {
             let closing: Vec<_> = ctx
                 .sessions
-                .kill_client(client_id, DropReason::Administrative)
+                .kill_client(client_id, DropReason::Administrative(Cut::Kicked))
                 .into_iter()
                 .collect();
             wait_all(closing, ctx.settings.drop_timeout())

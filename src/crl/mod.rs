@@ -1,6 +1,9 @@
 //! Certificate revocation lists: reading one (PEM or DER) and checking
 //! that a registered CA signed it and that it is current, before any
-//! serial in it takes effect (see `admin::ops::crl` for the import).
+//! serial in it takes effect; putting it in force (`import`); fetching it
+//! on a schedule (`refresh`).
+
+pub mod import;
 
 use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
