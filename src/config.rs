@@ -88,6 +88,9 @@ pub struct TlsSettings {
     pub ca_files: Vec<PathBuf>,
     pub dev_pki_dir: PathBuf,
     pub session_cache_size: usize,
+    /// CRLs refreshed on a schedule (`[[tls.crl]]`, see `crl::refresh`).
+    #[serde(default)]
+    pub crl: Vec<crate::crl::refresh::CrlSourceSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +262,7 @@ impl Settings {
             ));
         }
         self.mqtt_listen()?;
+        crate::crl::refresh::validate(&self.tls.crl)?;
         crate::admin::tls::validate(&self.admin, self.admin_listen()?)?;
         let m = &self.mqtt;
         within(

@@ -144,6 +144,8 @@ pub(crate) struct Context {
     pub(crate) refusal_log: Arc<log_limit::LogLimiter>,
     /// Lifecycle events (`$certmq/events/...`).
     pub(crate) events: events::Events,
+    /// The `[[tls.crl]]` sources with `fail_closed` that are failing.
+    pub(crate) crl_health: crl::refresh::CrlHealth,
 }
 
 impl Context {
@@ -308,6 +310,7 @@ impl Broker {
         for path in &ca_files {
             register_ca_file(&registry, path).await?;
         }
+        let crl_sources = crl::refresh::resolve(&settings.tls.crl)?;
         let tls = TlsContext::new(
             registry.clone(),
             &server_cert,
@@ -343,6 +346,7 @@ impl Broker {
             health,
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
             events,
+            crl_health: crl::refresh::CrlHealth::default(),
         });
         let health = ctx.health.clone();
         let mut tasks: Vec<JoinHandle<()>> = vec![
@@ -405,6 +409,20 @@ impl Broker {
             )),
         ];
         tasks.extend(cluster_tasks);
+        if !crl_sources.is_empty() {
+            let refresher = crl::refresh::Refresher {
+                sources: crl_sources,
+                revoker: ctx.revoker(),
+                health: ctx.crl_health.clone(),
+                counters: ctx.metrics.crl_counters(),
+            };
+            let vital = health.vital("CRL refresh", shutdown.clone());
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let _vital = vital;
+                refresher.run(shutdown).await
+            }));
+        }
         stop_on_failure.disarm();
         info!(node_id = %ctx.node_id, mqtt = %mqtt_addr, admin = %admin_addr, admin_tls = admin_tls.is_some(), cas = ctx.registry.ca_count(), "certmq started");
         Ok(Broker {

@@ -32,8 +32,7 @@ pub struct Metrics {
     cluster: ClusterMetrics,
     node_info: prometheus::IntGaugeVec,
     events: crate::events::EventCounters,
-    crl_refresh_failures: IntCounterVec,
-    crl_refreshes: IntCounterVec,
+    crl: crate::crl::refresh::CrlCounters,
 }
 
 /// The metrics of a node sharing a PostgreSQL registry (see `cluster`).
@@ -242,19 +241,21 @@ impl Metrics {
                     &["reason"],
                 ),
             },
-            crl_refresh_failures: counter_vec(
-                r,
-                "certmq_crl_refresh_failures_total",
-                "CRL refreshes ([[tls.crl]]) that failed (fetch, read, verification or import), by CA serial; \
+            crl: crate::crl::refresh::CrlCounters {
+                failures: counter_vec(
+                    r,
+                    "certmq_crl_refresh_failures_total",
+                    "CRL refreshes ([[tls.crl]]) that failed (fetch, read, verification or import), by CA serial; \
                  the last good CRL stays in force.",
-                &["ca_sn"],
-            ),
-            crl_refreshes: counter_vec(
-                r,
-                "certmq_crl_refreshes_total",
-                "CRL refreshes ([[tls.crl]]) that succeeded, by CA serial and whether the CRL had changed.",
-                &["ca_sn", "changed"],
-            ),
+                    &["ca_sn"],
+                ),
+                refreshed: counter_vec(
+                    r,
+                    "certmq_crl_refreshes_total",
+                    "CRL refreshes ([[tls.crl]]) that succeeded, by CA serial and whether the CRL had changed.",
+                    &["ca_sn", "changed"],
+                ),
+            },
             registry_cas: gauge(r, "certmq_registry_cas", "Registered CA certificates."),
             registry_devices: gauge(
                 r,
@@ -319,16 +320,8 @@ impl Metrics {
         self.events.clone()
     }
 
-    /// Counts a refresh of the CRL of `ca_sn`: done (and whether the CRL
-    /// had changed since the last one), or failed.
-    pub(crate) fn crl_refreshed(&self, ca_sn: &str, outcome: Result<bool, ()>) {
-        match outcome {
-            Ok(changed) => self
-                .crl_refreshes
-                .with_label_values(&[ca_sn, if changed { "true" } else { "false" }])
-                .inc(),
-            Err(()) => self.crl_refresh_failures.with_label_values(&[ca_sn]).inc(),
-        }
+    pub(crate) fn crl_counters(&self) -> crate::crl::refresh::CrlCounters {
+        self.crl.clone()
     }
 
     pub(crate) fn audit_failed(&self) {

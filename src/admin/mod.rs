@@ -293,6 +293,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if let Some(why) = state.ctx.fence.refusal() {
         return not_ready(format!("this node refuses connections: {why}"));
     }
+    if let Some(why) = state.ctx.crl_health.failure() {
+        return not_ready(why);
+    }
     (StatusCode::OK, "ready\n").into_response()
 }
 

@@ -4,6 +4,7 @@
 //! on a schedule (`refresh`).
 
 pub mod import;
+pub mod refresh;
 
 use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -31,6 +32,10 @@ pub enum CrlError {
         "the CRL's signature does not verify with the key of any registered CA named {0}: it was not signed by that CA"
     )]
     BadSignature(String),
+    #[error(
+        "the CRL's issuer ({issuer}) is not the CA {wanted} it is configured for (or that CA is not registered)"
+    )]
+    OtherIssuer { issuer: String, wanted: CaSn },
     #[error("the CRL is not valid yet (thisUpdate {0})")]
     NotYetValid(String),
     #[error("the CRL has expired (nextUpdate {0}); import a current one")]
@@ -66,6 +71,17 @@ fn der_of(content: &[u8]) -> Result<Vec<u8>, CrlError> {
 
 /// Reads `content` and checks it against the registry's CAs at `now`.
 pub fn verify(content: &[u8], registry: &Registry, now: UnixTime) -> Result<VerifiedCrl, CrlError> {
+    verify_signed_by(content, registry, now, None)
+}
+
+/// [`verify`], and when `ca_sn` is given, the CRL must be signed by that
+/// registered CA (a CRL source configured for one CA takes no other's).
+pub fn verify_signed_by(
+    content: &[u8],
+    registry: &Registry,
+    now: UnixTime,
+    ca_sn: Option<&CaSn>,
+) -> Result<VerifiedCrl, CrlError> {
     if content.len() > MAX_CRL_BYTES {
         return Err(CrlError::TooLarge(content.len()));
     }
@@ -73,7 +89,16 @@ pub fn verify(content: &[u8], registry: &Registry, now: UnixTime) -> Result<Veri
     let (_, crl) = CertificateRevocationList::from_der(&der)
         .map_err(|e| CrlError::Unreadable(e.to_string()))?;
     let issuer = crl.issuer().to_string();
-    let candidates = registry.issuers_of(crl.issuer().as_raw());
+    let mut candidates = registry.issuers_of(crl.issuer().as_raw());
+    if let Some(wanted) = ca_sn {
+        candidates.retain(|candidate| candidate.sn == *wanted);
+        if candidates.is_empty() {
+            return Err(CrlError::OtherIssuer {
+                issuer,
+                wanted: *wanted,
+            });
+        }
+    }
     if candidates.is_empty() {
         return Err(CrlError::UnknownIssuer(issuer));
     }

@@ -13,7 +13,7 @@ use crate::support::mqtt::{Version, connect};
 use crate::support::{self, Ca, Device, TestBroker};
 
 /// `openssl ca -gencrl` for `ca` listing `revoked`, in a scratch directory.
-fn openssl_crl(dir: &std::path::Path, ca: &Ca, revoked: &[&Device]) -> String {
+pub(crate) fn openssl_crl(dir: &std::path::Path, ca: &Ca, revoked: &[&Device]) -> String {
     std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
     std::fs::write(dir.join("ca.key"), &ca.key_pem).unwrap();
     let index: String = revoked

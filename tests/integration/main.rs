@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod crl;
+mod crl_refresh;
 mod curl;
 mod custom_permissions;
 mod durability;
