@@ -456,13 +456,14 @@ impl Registry {
     pub async fn list_devices(
         &self,
         ca: Option<&CaSn>,
+        keyword: Option<&str>,
         offset: usize,
         limit: usize,
     ) -> Result<Page<DeviceRecord>, RegistryError> {
         Ok(self
             .shared
             .store
-            .list_devices(ca.copied(), offset, limit)
+            .list_devices(ca.copied(), keyword.map(str::to_owned), offset, limit)
             .await?)
     }
 

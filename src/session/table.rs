@@ -556,6 +556,16 @@ impl SessionTable {
         self.shared.by_device.get(identity).map_or(0, |s| s.len())
     }
 
+    /// Live sessions of a CA's devices (a walk over the live sessions).
+    pub fn sessions_of_ca(&self, ca_sn: &CaSn) -> usize {
+        self.shared
+            .by_device
+            .iter()
+            .filter(|entry| entry.key().ca_sn == *ca_sn)
+            .map(|entry| entry.value().len())
+            .sum()
+    }
+
     /// Whether a connection currently holds this client id.
     pub fn is_online(&self, client_id: &str) -> bool {
         self.shared

@@ -151,10 +151,13 @@ pub trait Store: Send + Sync {
     /// One device certificate, body included.
     fn device(&self, id: DeviceIdentity) -> StoreFuture<'_, Option<DeviceRecord>>;
 
-    /// Device certificates in first-seen order, all or one CA's.
+    /// Device certificates in first-seen order, all or one CA's; with a
+    /// `keyword`, only those whose serial (hex) or name contains it,
+    /// ignoring ASCII case.
     fn list_devices(
         &self,
         ca: Option<CaSn>,
+        keyword: Option<String>,
         offset: usize,
         limit: usize,
     ) -> StoreFuture<'_, Page<DeviceRecord>>;
@@ -175,4 +178,19 @@ pub trait Store: Send + Sync {
     fn is_running(&self) -> bool {
         self.is_healthy()
     }
+}
+
+/// A `LIKE` pattern matching text that contains `keyword` (with `\` as
+/// the escape character: `%`, `_` and `\` in it match themselves).
+pub(crate) fn like_pattern(keyword: &str) -> String {
+    let mut pattern = String::with_capacity(keyword.len() + 2);
+    pattern.push('%');
+    for c in keyword.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }

@@ -840,19 +840,23 @@ impl Store for PgStore {
     fn list_devices(
         &self,
         ca: Option<CaSn>,
+        keyword: Option<String>,
         offset: usize,
         limit: usize,
     ) -> StoreFuture<'_, Page<DeviceRecord>> {
         Box::pin(self.read(async move |client: &Client| {
             let ca = ca.map(|sn| sn.to_string());
+            let pattern = keyword.as_deref().map(super::like_pattern);
+            const WHERE: &str = "($1::text IS NULL OR ca_sn = $1) AND ($2::text IS NULL \
+                 OR device_sn ILIKE $2 ESCAPE '\\' OR name ILIKE $2 ESCAPE '\\')";
             let (limit, offset) = (
                 limit.min(i64::MAX as usize) as i64,
                 offset.min(i64::MAX as usize) as i64,
             );
             let total: i64 = client
                 .query_one(
-                    "SELECT COUNT(*) FROM device WHERE $1::text IS NULL OR ca_sn = $1",
-                    &[&ca],
+                    &format!("SELECT COUNT(*) FROM device WHERE {WHERE}"),
+                    &[&ca, &pattern],
                 )
                 .await
                 .map_err(read_err)?
@@ -860,10 +864,10 @@ impl Store for PgStore {
             let items = client
                 .query(
                     &format!(
-                        "SELECT {DEVICE_COLUMNS} FROM device WHERE $1::text IS NULL OR ca_sn = $1
-                         ORDER BY ord LIMIT $2 OFFSET $3"
+                        "SELECT {DEVICE_COLUMNS} FROM device WHERE {WHERE}
+                         ORDER BY ord LIMIT $3 OFFSET $4"
                     ),
-                    &[&ca, &limit, &offset],
+                    &[&ca, &pattern, &limit, &offset],
                 )
                 .await
                 .map_err(read_err)?

@@ -485,21 +485,29 @@ impl Store for SqliteStore {
     fn list_devices(
         &self,
         ca: Option<CaSn>,
+        keyword: Option<String>,
         offset: usize,
         limit: usize,
     ) -> StoreFuture<'_, Page<DeviceRecord>> {
         Box::pin(self.read(move |conn| {
             let ca = ca.map(|sn| sn.to_string());
+            let pattern = keyword.as_deref().map(super::like_pattern);
+            // LIKE ignores ASCII case in SQLite.
+            const WHERE: &str = "(?1 IS NULL OR ca_sn = ?1) AND (?2 IS NULL \
+                 OR device_sn LIKE ?2 ESCAPE '\\' OR name LIKE ?2 ESCAPE '\\')";
             let total: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM device WHERE ?1 IS NULL OR ca_sn = ?1",
-                params![ca],
+                &format!("SELECT COUNT(*) FROM device WHERE {WHERE}"),
+                params![ca, pattern],
                 |r| r.get(0),
             )?;
             let mut stmt = conn.prepare(&format!(
-                "SELECT {DEVICE_COLUMNS} FROM device WHERE ?1 IS NULL OR ca_sn = ?1 ORDER BY rowid LIMIT ?2 OFFSET ?3"
+                "SELECT {DEVICE_COLUMNS} FROM device WHERE {WHERE} ORDER BY rowid LIMIT ?3 OFFSET ?4"
             ))?;
             let items = stmt
-                .query_map(params![ca, limit as i64, offset as i64], device_from_row)?
+                .query_map(
+                    params![ca, pattern, limit as i64, offset as i64],
+                    device_from_row,
+                )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Page {
                 items,

@@ -449,6 +449,48 @@ async fn certificate_lifecycle_through_the_api() {
         body["Data"]["DeviceCertificateVOS"][0]["DeviceName"],
         "sensor-a"
     );
+    // certmq's extensions (the console's): live sessions, and a search by
+    // name or serial, any case, with LIKE's wildcards taken literally.
+    assert_eq!(
+        body["Data"]["DeviceCertificateVOS"][0]["LiveSessions"],
+        1,
+        "{body}"
+    );
+    let b_sn = b.identity.device_sn.to_string();
+    for (keyword, found) in [
+        ("SENSOR-B", vec!["sensor-b"]),
+        ("sensor", vec!["sensor-a", "sensor-b"]),
+        (&b_sn[2..10].to_lowercase(), vec!["sensor-b"]),
+        ("sensor_", vec![]),
+        ("%", vec![]),
+    ] {
+        let (status, body) = call(
+            &tb,
+            "ListDeviceCertificateByCaSn",
+            &[
+                ("MqttInstanceId", &instance),
+                ("CaSn", &sn),
+                ("Keyword", keyword),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let names: Vec<&str> = body["Data"]["DeviceCertificateVOS"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["DeviceName"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, found, "Keyword {keyword}");
+        assert_eq!(body["Data"]["Total"], found.len(), "Keyword {keyword}");
+    }
+    let (_, body) = call(
+        &tb,
+        "GetCaCertificate",
+        &[("MqttInstanceId", &instance), ("Sn", &sn)],
+    )
+    .await;
+    assert_eq!(body["Data"]["LiveSessions"], 2, "{body}");
     let (_, body) = call(
         &tb,
         "ListDeviceCertificate",

@@ -70,6 +70,21 @@ async fn devices_register_on_first_connection_and_inactivation_is_refused() {
         .unwrap();
     let inactive: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(inactive, ["pg-3"]);
+    // The console's search (ILIKE here), wildcards literal.
+    let instance = tb.instance();
+    let ca_sn = ca.sn.to_string();
+    for (keyword, total) in [("PG-1", 11), ("pg-15", 1), ("pg_1", 0), ("%", 0)] {
+        let (status, body) = tb
+            .admin(&[
+                ("Action", "ListDeviceCertificateByCaSn"),
+                ("MqttInstanceId", &instance),
+                ("CaSn", &ca_sn),
+                ("Keyword", keyword),
+            ])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["Data"]["Total"], total, "Keyword {keyword}: {body}");
+    }
     let count: i64 = client
         .query_one("SELECT COUNT(*) FROM device", &[])
         .await

@@ -108,7 +108,11 @@ pub(super) fn get(ctx: &Context, req: &RpcRequest) -> Result<Map<String, Value>,
         .registry
         .ca(&sn)
         .ok_or_else(|| ApiError::CaNotFound(sn.to_string()))?;
-    Ok(fields([("Data", vo(&record))]))
+    let mut data = vo(&record);
+    // certmq's extension: this node's live sessions of the CA's devices
+    // (what an inactivation or deletion would close here).
+    data["LiveSessions"] = json!(ctx.sessions.sessions_of_ca(&sn));
+    Ok(fields([("Data", data)]))
 }
 
 pub(super) fn list(ctx: &Context, req: &RpcRequest) -> Result<Map<String, Value>, ApiError> {

@@ -73,12 +73,32 @@ pub(super) async fn list(
         None
     };
     let (page_no, page_size, offset) = paging(req)?;
+    // certmq's extension: only devices whose serial or name contains it.
+    let keyword = match req.param("Keyword").map(str::trim) {
+        None | Some("") => None,
+        Some(k) if k.chars().count() > 128 => {
+            return Err(ApiError::InvalidParameter {
+                name: "Keyword",
+                reason: "longer than 128 characters".into(),
+            });
+        }
+        Some(k) => Some(k),
+    };
     let page = ctx
         .registry
-        .list_devices(ca.as_ref(), offset, page_size)
+        .list_devices(ca.as_ref(), keyword, offset, page_size)
         .await
         .map_err(not_found)?;
-    let vos: Vec<Value> = page.items.iter().map(vo).collect();
+    let vos: Vec<Value> = page
+        .items
+        .iter()
+        .map(|d| {
+            let mut v = vo(d);
+            // certmq's extension: this node's live sessions of it.
+            v["LiveSessions"] = json!(ctx.sessions.sessions_of(&d.identity));
+            v
+        })
+        .collect();
     Ok(fields([(
         "Data",
         json!({
