@@ -15,6 +15,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod client;
+mod console;
 pub mod keys;
 mod listener;
 pub mod ops;
@@ -118,6 +119,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(console::routes())
         .with_state(state);
     let stop = shutdown.clone();
     let stop = async move { stop.cancelled().await };

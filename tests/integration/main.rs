@@ -10,6 +10,7 @@ mod admin_tls;
 mod authz;
 mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod crl;
 mod crl_refresh;

@@ -25,7 +25,7 @@ fn venv() -> PathBuf {
 pub(crate) struct Serve {
     child: Option<Child>,
     pub(crate) mqtt: u16,
-    admin: u16,
+    pub(crate) admin: u16,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -197,6 +197,12 @@ impl Serve {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the broker, keeping its directory for another start.
+    pub(crate) fn into_dir(mut self) -> tempfile::TempDir {
+        self.stop();
+        self.dir.take().unwrap()
     }
 
     pub(crate) fn path(&self) -> &Path {
