@@ -125,6 +125,12 @@ async function adminPhase(page) {
   const stored = await page.evaluate(() => JSON.stringify(sessionStorage));
   assert(stored.includes(env.CERTMQ_KEY_ID), "the key is not in sessionStorage");
   assert(!page.url().includes(env.CERTMQ_KEY_SECRET), "the secret is in the URL");
+  // The key belongs to this tab: another tab (or this one, closed and
+  // opened again) starts at the sign-in form.
+  const otherTab = await page.context().newPage();
+  await otherTab.goto(`${ADMIN}/console/#/devices`);
+  await otherTab.getByLabel("Access key ID").waitFor({ timeout: WAIT });
+  await otherTab.close();
 
   // A connected device of the dev PKI, cut off with one click.
   const device1 = subscriber("device-1", "device-1");

@@ -452,8 +452,7 @@ async fn certificate_lifecycle_through_the_api() {
     // certmq's extensions (the console's): live sessions, and a search by
     // name or serial, any case, with LIKE's wildcards taken literally.
     assert_eq!(
-        body["Data"]["DeviceCertificateVOS"][0]["LiveSessions"],
-        1,
+        body["Data"]["DeviceCertificateVOS"][0]["LiveSessions"], 1,
         "{body}"
     );
     let b_sn = b.identity.device_sn.to_string();

@@ -309,6 +309,21 @@ async fn admin_api_over_https_for_the_client_the_cli_and_curl() {
         assert!(ok && text.contains(&code), "{text}");
         let (ok, text) = curl_script(&tb, &https(&tb), &[]).await;
         assert!(!ok, "{text}");
+        // The web console is served here too, over HTTPS, with its policy.
+        let output = Command::new("curl")
+            .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert", ca_arg])
+            .arg(format!("{}/console/app.js", https(&tb)))
+            .output()
+            .await
+            .unwrap();
+        let headers = String::from_utf8_lossy(&output.stdout).to_lowercase();
+        assert!(
+            headers.starts_with("http/1.1 200")
+                && headers.contains("content-security-policy: default-src 'none'")
+                && headers.contains("frame-ancestors 'none'"),
+            "{headers}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     // Graceful shutdown with a silent connection and an idle keep-alive
