@@ -46,6 +46,10 @@ pub fn check(settings: &Settings) -> Vec<String> {
             }
         }
     }
+    // The CA files of [[tls.crl]] sources are read at start: read them now.
+    if let Err(e) = crate::crl::refresh::resolve(&settings.tls.crl) {
+        problems.push(e.to_string());
+    }
     problems.extend(crate::admin::tls::check(&settings.admin));
     problems.extend(check_data_dir(&settings.storage.data_dir));
     problems

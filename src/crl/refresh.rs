@@ -214,7 +214,8 @@ pub fn resolve(sources: &[CrlSourceSettings]) -> Result<Vec<Source>, ConfigError
 }
 
 fn ca_serial_of(path: &std::path::Path) -> Result<CaSn, String> {
-    let ders = crate::pki::pem_certificates(path)?;
+    let ders =
+        crate::pki::pem_certificates(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let der = ders
         .into_iter()
         .next()
@@ -486,6 +487,25 @@ mod tests {
         }
         let many = vec![source(); MAX_SOURCES + 1];
         assert!(validate(&many).unwrap_err().to_string().contains("tls.crl"));
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_named_at_start_and_by_check_config() {
+        let mut s = source();
+        s.ca_sn = None;
+        s.ca_file = Some("/nonexistent/fleet-ca.pem".into());
+        let e = resolve(&[s.clone()]).unwrap_err().to_string();
+        assert!(
+            e.contains("tls.crl[0].ca_file") && e.contains("/nonexistent/fleet-ca.pem"),
+            "{e}"
+        );
+        let mut settings = crate::config::Settings::embedded_defaults().unwrap();
+        settings.tls.crl = vec![s];
+        let problems = crate::check::check(&settings);
+        assert!(
+            problems.iter().any(|p| p.contains("tls.crl[0].ca_file")),
+            "{problems:?}"
+        );
     }
 
     #[test]

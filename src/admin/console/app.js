@@ -9,7 +9,8 @@ const KEY = "certmq.console.key"; // sessionStorage: this tab only
 const main = document.getElementById("main");
 const errorBox = document.getElementById("error");
 const noticeBox = document.getElementById("notice");
-let refreshTimer = null;
+// The page shown; a page's refresh stops once another is shown.
+let generation = 0;
 
 // ---- small DOM helpers -------------------------------------------------
 
@@ -66,6 +67,15 @@ function statusCell(code) {
     "data-status": statusText(code),
     text: statusText(code),
   });
+}
+
+// Runs `load` every `ms` while the page that asked is shown.
+function repeat(load, ms) {
+  const mine = generation;
+  const timer = setInterval(() => {
+    if (mine === generation) load();
+    else clearInterval(timer);
+  }, ms);
 }
 
 // Asks before a destructive action; resolves true on Confirm.
@@ -225,7 +235,7 @@ async function overview() {
     last = { ...sample, at: now };
   };
   await tick();
-  refreshTimer = setInterval(tick, 2000);
+  repeat(tick, 2000);
 }
 
 async function cas() {
@@ -291,7 +301,7 @@ async function cas() {
     );
   };
   await load();
-  refreshTimer = setInterval(load, 3000);
+  repeat(load, 3000);
 }
 
 async function showCa(sn, panel) {
@@ -429,7 +439,7 @@ async function devices(params) {
     );
   }
   await load();
-  refreshTimer = setInterval(load, 2000);
+  repeat(load, 2000);
 }
 
 async function sessions() {
@@ -477,8 +487,7 @@ async function sessions() {
 const pages = { overview, cas, devices, sessions };
 
 function route() {
-  clearInterval(refreshTimer);
-  refreshTimer = null;
+  generation += 1;
   const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
   if (!key() || path === "sign-in") {
     signIn();
