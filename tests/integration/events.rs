@@ -257,3 +257,105 @@ async fn a_back_end_that_stops_reading_costs_counted_drops_not_connections() {
     .await;
     drop(stalled);
 }
+
+/// The next `disconnected` event of `client_id`, skipping the rest.
+async fn next_disconnect(events: &mut Client, client_id: &str) -> Value {
+    loop {
+        let (_, json, _) = next_event(events).await;
+        if json["event"] == "disconnected" && json["client_id"] == client_id {
+            return json;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_session_ends_is_named() {
+    let ca = Ca::new("events CA");
+    let other = Ca::new("watcher CA");
+    let tb = support::start_with(&[&ca, &other], with_event_backend).await;
+    let backend = ca.device("backend");
+    let mut events = connect(&tb, &backend, "backend", Version::V5)
+        .await
+        .unwrap();
+    events.subscribe("$certmq/events/#").await;
+    let instance = tb.instance();
+
+    // Taken over: another connection with the same client id.
+    let twin = ca.device("twin");
+    let _first = connect(&tb, &twin, "twin", Version::V5).await.unwrap();
+    let _second = connect(&tb, &twin, "twin", Version::V5).await.unwrap();
+    assert_eq!(
+        next_disconnect(&mut events, "twin").await["reason"],
+        "taken_over"
+    );
+
+    // Keepalive: 1 s, then silence.
+    let silent = ca.device("silent");
+    let mut stream = crate::support::raw::tls_connect(
+        tb.port(),
+        crate::support::pki::client_config(&tb.server_ca, Some(&silent)),
+    )
+    .await
+    .unwrap();
+    stream
+        .write_all(&crate::support::raw::connect_packet(
+            b"MQTT", 4, "silent", 1,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(read_packet(&mut stream).await[0], 0x20);
+    assert_eq!(
+        next_disconnect(&mut events, "silent").await["reason"],
+        "keepalive"
+    );
+
+    // Deleted.
+    let gone = ca.device("gone");
+    let _c = connect(&tb, &gone, "gone", Version::V5).await.unwrap();
+    let (code, body) = tb.device_call("DeleteDeviceCertificate", &gone).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        next_disconnect(&mut events, "gone").await["reason"],
+        "deleted"
+    );
+    let (_, status, _) = next_event(&mut events).await;
+    assert_eq!(
+        (status["event"].as_str(), status["status"].as_str()),
+        (Some("status"), Some("deleted"))
+    );
+
+    // Expired: a certificate valid for 2 more seconds.
+    let not_after = time::OffsetDateTime::from_unix_timestamp(
+        time::OffsetDateTime::now_utc().unix_timestamp() + 2,
+    )
+    .unwrap();
+    let brief = ca.device_until("brief", not_after);
+    let _c = connect(&tb, &brief, "brief", Version::V5).await.unwrap();
+    assert_eq!(
+        next_disconnect(&mut events, "brief").await["reason"],
+        "expired"
+    );
+
+    // The CA inactivated (the back end's own session goes too: it is a
+    // device of that CA; a second back end, of another CA, watches).
+    let watcher_device = other.device("backend");
+    let mut watcher = connect(&tb, &watcher_device, "watcher", Version::V5)
+        .await
+        .unwrap();
+    watcher.subscribe("$certmq/events/#").await;
+    let last = ca.device("last");
+    let _c = connect(&tb, &last, "last", Version::V5).await.unwrap();
+    let ca_sn = ca.sn.to_string();
+    let (code, body) = tb
+        .admin(&[
+            ("Action", "InactivateCaCertificate"),
+            ("MqttInstanceId", &instance),
+            ("Sn", &ca_sn),
+        ])
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        next_disconnect(&mut watcher, "last").await["reason"],
+        "ca_inactivated"
+    );
+}
