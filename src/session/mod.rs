@@ -235,6 +235,38 @@ struct Session<S> {
     /// Lifecycle events: `connected` after CONNACK, `disconnected` at the
     /// end of a session that was connected.
     events: crate::events::Events,
+    /// The `disconnected` event owed once `connected` went out; emitted by
+    /// `finish` with the reason, or (a panic) by its drop.
+    disconnect_notice: Option<DisconnectNotice>,
+}
+
+/// A `disconnected` event still owed. It is emitted when this drops: with
+/// the reason `finish` gave, or `internal_error` when the session's task
+/// panicked and `finish` never ran. A back end never sees a device stay
+/// connected.
+struct DisconnectNotice {
+    events: crate::events::Events,
+    device: crate::identity::DeviceIdentity,
+    client_id: String,
+    peer: SocketAddr,
+    reason: &'static str,
+}
+
+impl DisconnectNotice {
+    fn send(mut self, reason: &'static str) {
+        self.reason = reason;
+    }
+}
+
+impl Drop for DisconnectNotice {
+    fn drop(&mut self) {
+        self.events.emit(crate::events::Event::Disconnected {
+            device: self.device,
+            client_id: std::mem::take(&mut self.client_id),
+            peer: self.peer,
+            reason: self.reason,
+        });
+    }
 }
 
 /// Runs an admitted connection until it ends. `guard` is its entry in the
@@ -279,6 +311,7 @@ pub(crate) async fn run<S>(
         send_timeout: ctx.settings.send_timeout(),
         live: None,
         events: ctx.events.clone(),
+        disconnect_notice: None,
     };
     let mut will = None;
     let exit = session.drive(ctx, &mut will).await;
@@ -411,6 +444,13 @@ where
             protocol: if v5 { "5" } else { "3.1.1" },
             clean_start: request.clean_session,
             session_present: self.attached.as_ref().is_some_and(|a| a.present),
+        });
+        self.disconnect_notice = Some(DisconnectNotice {
+            events: self.events.clone(),
+            device: self.guard.identity(),
+            client_id: request.client_id.clone(),
+            peer: self.peer,
+            reason: "internal_error",
         });
         // What the previous connection left unacknowledged goes first.
         let now = std::time::Instant::now();
@@ -756,13 +796,8 @@ where
         }
         // Before the table entry goes: an admin call that waits for this
         // session to close emits its own event after this one.
-        if self.live.is_some() {
-            self.events.emit(crate::events::Event::Disconnected {
-                device: self.guard.identity(),
-                client_id: self.principal.client_id.clone(),
-                peer: self.peer,
-                reason: exit.event_reason(self.guard.drop_reason()),
-            });
+        if let Some(notice) = self.disconnect_notice.take() {
+            notice.send(exit.event_reason(self.guard.drop_reason()));
         }
         let Session {
             stream,

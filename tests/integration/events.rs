@@ -359,3 +359,41 @@ async fn every_way_a_session_ends_is_named() {
         "ca_inactivated"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_task_panics_is_still_reported_disconnected() {
+    let ca = Ca::new("events CA");
+    // The test brokers' `allow-all` (the crasher may publish the fault
+    // topic), and the back end's rule.
+    let tb = support::start_with(&[&ca], |s| {
+        s.authz.policies.push(PolicySettings {
+            name: "event-backend".into(),
+            rules: vec![RuleSettings {
+                effect: "allow".into(),
+                actions: vec!["subscribe".into()],
+                topics: vec!["$certmq/events/#".into()],
+            }],
+        });
+        s.authz.attach.push(AttachSettings {
+            policies: vec!["event-backend".into()],
+            common_name: Some("backend".into()),
+            ..Default::default()
+        });
+    })
+    .await;
+    let mut events = connect(&tb, &ca.device("backend"), "backend", Version::V5)
+        .await
+        .unwrap();
+    events.subscribe("$certmq/events/#").await;
+    let mut crasher = connect(&tb, &ca.device("crasher"), "crasher", Version::V4)
+        .await
+        .unwrap();
+    crasher
+        .publish(certmq::fault::PANIC_TOPIC, b"boom", 0)
+        .await;
+    crasher.expect_closed().await;
+    assert_eq!(
+        next_disconnect(&mut events, "crasher").await["reason"],
+        "internal_error"
+    );
+}
