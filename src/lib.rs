@@ -346,7 +346,7 @@ impl Broker {
             health,
             refusal_log: Arc::new(log_limit::LogLimiter::new(refusals_per_second)),
             events,
-            crl_health: crl::refresh::CrlHealth::default(),
+            crl_health: crl::refresh::CrlHealth::starting(&crl_sources),
         });
         let health = ctx.health.clone();
         let mut tasks: Vec<JoinHandle<()>> = vec![

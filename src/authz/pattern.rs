@@ -188,6 +188,14 @@ impl Pattern {
                             }
                         }
                     }
+                    // A `$` first level only by the pattern's own text
+                    // (`$certmq/events/#`), never by a certificate's value.
+                    if levels.is_empty()
+                        && literal.starts_with('$')
+                        && !matches!(parts.first(), Some(Part::Text(t)) if t.starts_with('$'))
+                    {
+                        return None;
+                    }
                     bytes += literal.len() + 1;
                     Level::Literal(literal)
                 }

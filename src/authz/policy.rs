@@ -287,12 +287,33 @@ mod tests {
             );
         }
         // A CN that would widen the pattern grants nothing.
-        for cn in ["#", "+", "a/b", ""] {
+        for cn in ["#", "+", "a/b", "", "$certmq"] {
             let grants = Grants::new([&own_namespace()], &who(cn));
             assert!(!grants.subscribe(&f("#")).is_allowed());
             assert!(!grants.subscribe(&f("devices/+/#")).is_allowed());
             assert!(!grants.publish("devices/x/y").is_allowed());
         }
+        // Nor may a value make a `$` first level: a CN `$certmq` under
+        // `${CommonName}/#` must not reach the broker's event topics.
+        let first = policy(
+            "first-level",
+            vec![rule(Effect::Allow, true, true, &["${CommonName}/#"])],
+        );
+        let grants = Grants::new([&first], &who("$certmq"));
+        assert!(!grants.subscribe(&f("$certmq/events/#")).is_allowed());
+        let grants = Grants::new([&first], &who("plant-1"));
+        assert!(grants.subscribe(&f("plant-1/#")).is_allowed());
+        let own = policy(
+            "own",
+            vec![rule(
+                Effect::Allow,
+                false,
+                true,
+                &["$certmq/events/${CommonName}/#"],
+            )],
+        );
+        let grants = Grants::new([&own], &who("x"));
+        assert!(grants.subscribe(&f("$certmq/events/x/#")).is_allowed());
     }
 
     #[test]

@@ -233,6 +233,24 @@ pub struct CrlHealth {
 }
 
 impl CrlHealth {
+    /// The health of `sources` before their first refresh: a fail-closed
+    /// source is not ready until its first CRL checked out.
+    pub fn starting(sources: &[Source]) -> CrlHealth {
+        let health = CrlHealth::default();
+        for s in sources.iter().filter(|s| s.fail_closed) {
+            health.set(
+                s.index,
+                Some(format!(
+                    "the CRL of CA {} from {} has not been fetched yet (tls.crl[{}].fail_closed is set)",
+                    s.ca_sn,
+                    s.label(),
+                    s.index
+                )),
+            );
+        }
+        health
+    }
+
     /// Why the broker is not ready, if a fail-closed source is failing.
     pub fn failure(&self) -> Option<String> {
         let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
@@ -316,12 +334,21 @@ impl Refresher {
             let (shared, http, shutdown) = (shared.clone(), http.clone(), shutdown.clone());
             tasks.spawn(async move { shared.follow(source, http, shutdown).await });
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                // Vital: the broker fails rather than silently stop
+                // following a CRL.
+                tracing::error!(error = %e, "a CRL refresh task panicked");
+                return;
+            }
+        }
     }
 
     /// Refreshes one source every `refresh_secs` until `shutdown`.
     async fn follow(&self, source: Source, http: reqwest::Client, shutdown: CancellationToken) {
-        let mut last: Option<Vec<u8>> = None;
+        let mut last: Option<aws_lc_rs::digest::Digest> = None;
         let mut ticks = tokio::time::interval(source.refresh);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ca = source.ca_sn.to_string();
@@ -368,7 +395,7 @@ impl Refresher {
         &self,
         source: &Source,
         http: &reqwest::Client,
-        last: &mut Option<Vec<u8>>,
+        last: &mut Option<aws_lc_rs::digest::Digest>,
     ) -> Result<bool, RefreshError> {
         let content = tokio::time::timeout(source.timeout, fetch(source, http))
             .await
@@ -378,10 +405,18 @@ impl Refresher {
                     source.index, source.timeout
                 ))
             })??;
-        let registry = &self.revoker.registry;
-        let crl =
-            super::verify_signed_by(&content, registry, UnixTime::now(), Some(&source.ca_sn))?;
-        if last.as_deref() == Some(&content[..]) {
+        // Parsing and checking the signature of a CRL of up to 16 MB is
+        // CPU work: not on an async worker.
+        let registry = self.revoker.registry.clone();
+        let ca_sn = source.ca_sn;
+        let (crl, digest) = tokio::task::spawn_blocking(move || {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &content);
+            super::verify_signed_by(&content, &registry, UnixTime::now(), Some(&ca_sn))
+                .map(|crl| (crl, digest))
+        })
+        .await
+        .map_err(|e| RefreshError::Fetch(format!("the CRL check failed: {e}")))??;
+        if last.as_ref().map(|d| d.as_ref()) == Some(digest.as_ref()) {
             return Ok(false);
         }
         let change = Change {
@@ -391,7 +426,7 @@ impl Refresher {
         };
         let done = self.revoker.import(&crl, &change).await?;
         info!(ca_sn = %done.ca_sn, source = %source.label(), serials = crl.serials.len(), inactivated = done.inactivated, blocked = done.blocked, already_inactive = done.already_inactive, "CRL refreshed");
-        *last = Some(content);
+        *last = Some(digest);
         Ok(true)
     }
 }
@@ -405,12 +440,18 @@ async fn fetch(source: &Source, http: &reqwest::Client) -> Result<Vec<u8>, Refre
     };
     match &source.location {
         Location::File(path) => {
+            use tokio::io::AsyncReadExt;
             let fail = |e: std::io::Error| RefreshError::Fetch(format!("{}: {e}", path.display()));
-            let meta = tokio::fs::metadata(path).await.map_err(fail)?;
-            if meta.len() > MAX_CRL_BYTES as u64 {
+            let file = tokio::fs::File::open(path).await.map_err(fail)?;
+            let mut body = Vec::new();
+            file.take(MAX_CRL_BYTES as u64 + 1)
+                .read_to_end(&mut body)
+                .await
+                .map_err(fail)?;
+            if body.len() > MAX_CRL_BYTES {
                 return Err(too_large());
             }
-            tokio::fs::read(path).await.map_err(fail)
+            Ok(body)
         }
         Location::Url(url) => {
             let fail = |e: reqwest::Error| RefreshError::Fetch(e.without_url().to_string());
@@ -519,6 +560,17 @@ mod tests {
 
     #[test]
     fn fail_closed_sources_make_the_broker_unready_until_they_recover() {
+        let mut closed = source();
+        closed.fail_closed = true;
+        let sources = resolve(&[source(), closed]).unwrap();
+        let starting = CrlHealth::starting(&sources);
+        let why = starting.failure().unwrap();
+        assert!(
+            why.contains("tls.crl[1]") && why.contains("not been fetched"),
+            "{why}"
+        );
+        starting.set(1, None);
+        assert_eq!(starting.failure(), None);
         let health = CrlHealth::default();
         assert_eq!(health.failure(), None);
         health.set(1, Some("down".into()));

@@ -163,9 +163,10 @@ pub struct DropTimeout {
 struct Handle {
     kill: CancellationToken,
     closed: CancellationToken,
-    /// The first reason a kill gave, except that an administrative drop
-    /// wins over any other: a session an operator cut off while it was
-    /// being taken over (or the broker stopping) publishes no will.
+    /// The first reason a kill gave, except that the first administrative
+    /// drop wins over any other: a session an operator cut off while it
+    /// was being taken over (or the broker stopping) publishes no will, and
+    /// its disconnected event names the first cut.
     reason: Arc<AtomicU8>,
     /// The policy generation the session's grants were made under (0:
     /// none yet; it will make them under the set in force then).
@@ -175,13 +176,14 @@ struct Handle {
 impl Handle {
     fn kill(&self, reason: DropReason) -> Closing {
         let code = reason.code();
-        if reason.is_administrative() {
-            self.reason.store(code, Ordering::Release);
-        } else {
-            let _ = self
-                .reason
-                .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        }
+        // The first reason stays, except that the first administrative one
+        // replaces any other (and no later one replaces it).
+        let _ = self
+            .reason
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let admin = |c| DropReason::from_code(c).is_some_and(DropReason::is_administrative);
+                (current == 0 || (reason.is_administrative() && !admin(current))).then_some(code)
+            });
         self.kill.cancel();
         Closing {
             closed: self.closed.clone(),
@@ -784,6 +786,13 @@ mod tests {
         assert_eq!(a.drop_reason(), Some(DropReason::ShuttingDown));
         // An operator cut it off as well: no will, whatever came first.
         table.kill_device(&identity(1), DropReason::Administrative(Cut::Inactivated));
+        assert_eq!(
+            a.drop_reason(),
+            Some(DropReason::Administrative(Cut::Inactivated))
+        );
+        // A later cut (a kick, a policy change) does not rename it: the
+        // disconnected event says what ended it first.
+        table.kill_device(&identity(1), DropReason::Administrative(Cut::Kicked));
         assert_eq!(
             a.drop_reason(),
             Some(DropReason::Administrative(Cut::Inactivated))

@@ -69,9 +69,10 @@ function statusCell(code) {
   });
 }
 
-// Runs `load` every `ms` while the page that asked is shown.
-function repeat(load, ms) {
-  const mine = generation;
+// Runs `load` every `ms` while page `mine` (the generation it started
+// in) is shown.
+function repeat(load, ms, mine) {
+  if (mine !== generation) return;
   const timer = setInterval(() => {
     if (mine === generation) load();
     else clearInterval(timer);
@@ -173,7 +174,11 @@ async function signIn() {
       return;
     }
     sessionStorage.setItem(KEY, JSON.stringify(candidate));
-    location.hash = "#/overview";
+    // The page asked for (or the overview); the same hash fires no
+    // hashchange, so show it here then.
+    const wanted = location.hash && location.hash !== "#/sign-in" ? location.hash : "#/overview";
+    if (location.hash === wanted) route();
+    else location.hash = wanted;
   });
   main.replaceChildren(form);
   id.focus();
@@ -191,6 +196,7 @@ function metricSum(text, name) {
 }
 
 async function overview() {
+  const mine = generation;
   const k = key();
   const card = (label, id) =>
     el("div", { class: "card" }, el("div", { class: "value", id, text: "…" }), el("div", { class: "label", text: label }));
@@ -235,10 +241,11 @@ async function overview() {
     last = { ...sample, at: now };
   };
   await tick();
-  repeat(tick, 2000);
+  repeat(tick, 2000, mine);
 }
 
 async function cas() {
+  const mine = generation;
   const table = el("table", { id: "ca-table", "aria-label": "CA certificates" });
   const details = el("section", { class: "panel", id: "ca-details", hidden: true });
   main.replaceChildren(el("h2", { text: "CA certificates" }), registerForm(), table, details);
@@ -301,7 +308,7 @@ async function cas() {
     );
   };
   await load();
-  repeat(load, 3000);
+  repeat(load, 3000, mine);
 }
 
 async function showCa(sn, panel) {
@@ -319,8 +326,8 @@ async function showCa(sn, panel) {
 
 function registerForm() {
   const name = el("input", { id: "reg-name", required: true });
-  const caFile = el("input", { id: "reg-ca", type: "file", accept: ".pem,.crt,.cer", required: true });
-  const verFile = el("input", { id: "reg-verification", type: "file", accept: ".pem,.crt,.cer", required: true });
+  const caFile = el("input", { id: "reg-ca", type: "file", accept: ".pem", required: true });
+  const verFile = el("input", { id: "reg-verification", type: "file", accept: ".pem", required: true });
   const code = el("span", { class: "code", id: "reg-code", text: "…" });
   const form = el(
     "form",
@@ -351,11 +358,13 @@ function registerForm() {
 }
 
 async function devices(params) {
+  const mine = generation;
   const caSelect = el("select", { id: "dev-ca" });
   const search = el("input", { id: "dev-search", type: "search", placeholder: "serial or name" });
   const table = el("table", { id: "device-table", "aria-label": "Device certificates" });
   const pageInfo = el("span", { id: "dev-page" });
   let page = 1;
+  let keyword = ""; // as last submitted: the refresh does not take what is being typed
   const size = 20;
   const prev = el("button", { type: "button", text: "Previous page", onclick: () => { page -= 1; load(); } });
   const next = el("button", { type: "button", text: "Next page", onclick: () => { page += 1; load(); } });
@@ -376,6 +385,7 @@ async function devices(params) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     page = 1;
+    keyword = search.value.trim();
     load();
   });
   caSelect.addEventListener("change", () => {
@@ -388,7 +398,7 @@ async function devices(params) {
       return;
     }
     const query = { CaSn: caSelect.value, PageNo: String(page), PageSize: String(size) };
-    if (search.value.trim()) query.Keyword = search.value.trim();
+    if (keyword) query.Keyword = keyword;
     const answer = await api("ListDeviceCertificateByCaSn", query);
     if (!answer) return;
     const data = answer.Data;
@@ -439,7 +449,7 @@ async function devices(params) {
     );
   }
   await load();
-  repeat(load, 2000);
+  repeat(load, 2000, mine);
 }
 
 async function sessions() {

@@ -18,6 +18,7 @@ use super::auth::Caller;
 use super::rpc::{ApiError, RpcRequest};
 use crate::Context;
 use crate::events::{Change, Event};
+use crate::registry::CertStatus;
 use crate::serial::CaSn;
 
 /// One admin API operation.
@@ -195,11 +196,34 @@ pub(crate) async fn run(
     req: &RpcRequest,
 ) -> Result<Map<String, Value>, ApiError> {
     check_instance(ctx, caller, op, req)?;
-    let answer = dispatch(ctx, caller, op, req).await?;
-    if let Some(event) = status_event(op, req, &answer, caller) {
+    let outcome = dispatch(ctx, caller, op, req).await;
+    // A call that changed the registry but then failed to close every
+    // session in time (it says so, and may be retried) changed the
+    // status all the same: the event goes out for it too.
+    let changed = outcome.is_ok() || status_applied(ctx, op, req);
+    if changed && let Some(event) = status_event(op, req, outcome.as_ref().ok(), caller) {
         ctx.events.emit_waiting(event).await;
     }
-    Ok(answer)
+    outcome
+}
+
+/// Whether the registry now holds what a failed status call asked for.
+fn status_applied(ctx: &Context, op: Operation, req: &RpcRequest) -> bool {
+    let device = || device::identity(req).ok();
+    let ca = || ca::ca_sn(req).ok();
+    match op {
+        InactivateDeviceCertificate => {
+            device().is_some_and(|id| ctx.registry.device_status(&id) == Some(CertStatus::Inactive))
+        }
+        DeleteDeviceCertificate => {
+            device().is_some_and(|id| ctx.registry.device_status(&id).is_none())
+        }
+        InactivateCaCertificate => {
+            ca().is_some_and(|sn| ctx.registry.ca_status(&sn) == Some(CertStatus::Inactive))
+        }
+        DeleteCaCertificate => ca().is_some_and(|sn| ctx.registry.ca_status(&sn).is_none()),
+        _ => false,
+    }
 }
 
 async fn dispatch(
@@ -238,7 +262,7 @@ async fn dispatch(
 fn status_event(
     op: Operation,
     req: &RpcRequest,
-    answer: &Map<String, Value>,
+    answer: Option<&Map<String, Value>>,
     caller: &Caller,
 ) -> Option<Event> {
     let change = || Change {
@@ -270,7 +294,7 @@ fn status_event(
         InactivateCaCertificate => ca(ca::ca_sn(req).ok(), "inactive"),
         DeleteCaCertificate => ca(ca::ca_sn(req).ok(), "deleted"),
         RegisterCaCertificate => ca(
-            answer
+            answer?
                 .get("Sn")
                 .and_then(Value::as_str)
                 .and_then(|sn| sn.parse().ok()),
