@@ -249,7 +249,7 @@ impl Event {
 pub struct EventCounters {
     /// By event name.
     pub published: IntCounterVec,
-    /// By reason: `backlog`, `subscriber_full`.
+    /// By reason: `backlog`, `subscriber_full`, `shutdown`.
     pub dropped: IntCounterVec,
 }
 
@@ -288,12 +288,14 @@ impl Events {
 
     /// Emits from a device's path: never waits; a full queue drops it.
     pub fn emit(&self, event: Event) {
-        if self
-            .tx
-            .try_send((crate::store::sqlite::now_ms(), event))
-            .is_err()
-        {
-            self.dropped.with_label_values(&["backlog"]).inc();
+        match self.tx.try_send((crate::store::sqlite::now_ms(), event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.with_label_values(&["backlog"]).inc()
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.dropped.with_label_values(&["shutdown"]).inc()
+            }
         }
     }
 
@@ -306,7 +308,8 @@ impl Events {
             .await
             .is_err()
         {
-            self.dropped.with_label_values(&["backlog"]).inc();
+            // Only a stopped publisher refuses a waiting send.
+            self.dropped.with_label_values(&["shutdown"]).inc();
         }
     }
 }
@@ -316,7 +319,17 @@ impl Publisher {
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                biased;
+                _ = shutdown.cancelled() => {
+                    // What is still queued is not published: counted.
+                    self.rx.close();
+                    let mut left = 0u64;
+                    while self.rx.try_recv().is_ok() {
+                        left += 1;
+                    }
+                    self.counters.dropped.with_label_values(&["shutdown"]).inc_by(left);
+                    return;
+                }
                 next = self.rx.recv() => next,
             };
             let Some((at_ms, event)) = next else { return };
@@ -363,6 +376,52 @@ mod tests {
             ca_sn: CaSn(Serial::from_der_content(&[0x2b]).unwrap()),
             device_sn: DeviceSn(Serial::from_der_content(&[0x5f, 0xc9]).unwrap()),
         }
+    }
+
+    fn counters() -> EventCounters {
+        let opts = |n: &str| prometheus::Opts::new(n, "test");
+        EventCounters {
+            published: IntCounterVec::new(opts("p"), &["event"]).unwrap(),
+            dropped: IntCounterVec::new(opts("d"), &["reason"]).unwrap(),
+        }
+    }
+
+    fn registered() -> Event {
+        Event::Registered {
+            device: device(),
+            common_name: "d".into(),
+            subject_o: String::new(),
+            subject_ou: String::new(),
+            valid_begin_ms: 0,
+            valid_end_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_a_stop_counts_what_was_left() {
+        let hub = Hub::new(crate::router::hub::HubSettings {
+            max_queued_messages: 10,
+            max_session_expiry: std::time::Duration::from_secs(1),
+            max_retained_messages: 10,
+        });
+        let c = counters();
+        let (events, publisher) = Events::new(hub, Arc::from("n"), c.clone());
+        for _ in 0..QUEUE + 5 {
+            events.emit(registered());
+        }
+        assert_eq!(c.dropped.with_label_values(&["backlog"]).get(), 5);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        publisher.run(stop).await;
+        assert_eq!(
+            c.dropped.with_label_values(&["shutdown"]).get(),
+            QUEUE as u64
+        );
+        events.emit(registered());
+        assert_eq!(
+            c.dropped.with_label_values(&["shutdown"]).get(),
+            QUEUE as u64 + 1
+        );
     }
 
     #[test]

@@ -237,7 +237,8 @@ impl Metrics {
                     r,
                     "certmq_events_dropped_total",
                     "Lifecycle events not delivered, by reason: backlog (the event queue was full), \
-                     subscriber_full (a subscriber's mailbox held mqtt.max_queued_messages).",
+                     subscriber_full (a subscriber's mailbox held mqtt.max_queued_messages), \
+                     shutdown (emitted or still queued when the broker stopped).",
                     &["reason"],
                 ),
             },
