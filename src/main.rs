@@ -21,7 +21,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   a second instead of ten. jemalloc purges only while it is being used,
 ///   and a broker goes quiet after a burst: with ten seconds, what 15,000
 ///   parked persistent sessions held stayed resident after they expired
-///   (+8.6 MB); with one, +3.2 MB.
+///   (+12.8 MB); with one, +2.6 to +6.2 MB.
 #[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static JEMALLOC_CONF: &[u8; 33] = b"retain:false,dirty_decay_ms:1000\0";
