@@ -125,14 +125,12 @@ impl DropReason {
         }
     }
 
-    /// The `reason` of a disconnected event.
+    /// The `reason` of a disconnected event: the metric's label, the
+    /// administrative one told apart by its cut.
     pub fn event_name(self) -> &'static str {
         match self {
             DropReason::Administrative(cut) => cut.name(),
-            DropReason::ShuttingDown => "shutting_down",
-            DropReason::TakenOver => "taken_over",
-            DropReason::Fenced => "fenced",
-            DropReason::Expired => "expired",
+            other => other.label(),
         }
     }
 

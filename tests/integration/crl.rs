@@ -49,6 +49,20 @@ pub(crate) fn openssl_crl(dir: &std::path::Path, ca: &Ca, revoked: &[&Device]) -
     std::fs::read_to_string(dir.join("crl.pem")).unwrap()
 }
 
+/// Whether `openssl` is missing (the test is then skipped; under CI it
+/// must be there).
+pub(crate) fn openssl_missing() -> bool {
+    if Command::new("openssl").arg("version").output().is_ok() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "openssl is missing: apt-get install -y openssl"
+    );
+    eprintln!("skipping: openssl is not installed");
+    true
+}
+
 async fn import(tb: &TestBroker, crl: &str) -> (u16, serde_json::Value) {
     let instance = tb.instance();
     tb.admin(&[
@@ -66,12 +80,7 @@ fn counts(body: &serde_json::Value) -> (u64, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_of_a_registered_ca_cuts_its_devices_off_and_blocks_unknown_serials() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is missing: apt-get install -y openssl"
-        );
-        eprintln!("skipping: openssl is not installed");
+    if openssl_missing() {
         return;
     }
     let ca = Ca::new("crl CA");

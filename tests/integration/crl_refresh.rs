@@ -7,27 +7,14 @@
 //! its failure leaves the broker ready.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certmq::crl::refresh::CrlSourceSettings;
 
-use crate::crl::openssl_crl;
+use crate::crl::{openssl_crl, openssl_missing};
 use crate::support::mqtt::{Version, connect};
-use crate::support::{self, Ca, Device, TestBroker, metric, scrape, wait_until};
-
-fn openssl_missing() -> bool {
-    if Command::new("openssl").arg("version").output().is_ok() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "openssl is missing: apt-get install -y openssl"
-    );
-    eprintln!("skipping: openssl is not installed");
-    true
-}
+use crate::support::{self, Ca, Device, TestBroker, metric, readyz, scrape, wait_until};
 
 /// A local HTTP server answering `GET /fleet.crl` with what `crl` holds
 /// (404 while it holds nothing).
@@ -74,13 +61,6 @@ impl CrlServer {
         let _ = self.task.await;
         (self.addr, self.crl)
     }
-}
-
-async fn readyz(tb: &TestBroker) -> (u16, String) {
-    let response = reqwest::get(format!("http://{}/readyz", tb.broker.admin_addr()))
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 async fn counter(tb: &TestBroker, series: &str) -> f64 {

@@ -21,19 +21,38 @@ use crate::support::{self, Ca, TEST_KEY_ID, TestBroker, metric, scrape, wait_unt
 /// difference) publish on, the event topics.
 fn with_event_backend(s: &mut Settings) {
     s.authz = Settings::embedded_defaults().unwrap().authz;
+    s.authz.attach.clear();
+    event_backend_rule(s, &["publish", "subscribe"]);
+}
+
+/// Adds the policy `event-backend` (`actions` on `$certmq/events/#`),
+/// attached to the CN `backend`.
+fn event_backend_rule(s: &mut Settings, actions: &[&str]) {
     s.authz.policies.push(PolicySettings {
         name: "event-backend".into(),
         rules: vec![RuleSettings {
             effect: "allow".into(),
-            actions: vec!["publish".into(), "subscribe".into()],
+            actions: actions.iter().map(|a| a.to_string()).collect(),
             topics: vec!["$certmq/events/#".into()],
         }],
     });
-    s.authz.attach = vec![AttachSettings {
+    s.authz.attach.push(AttachSettings {
         policies: vec!["event-backend".into()],
         common_name: Some("backend".into()),
         ..Default::default()
-    }];
+    });
+}
+
+/// `device` (CN `backend`) connected as `client_id`, subscribed to every
+/// event.
+async fn subscribed_back_end(
+    tb: &TestBroker,
+    device: &crate::support::Device,
+    client_id: &str,
+) -> Client {
+    let mut events = connect(tb, device, client_id, Version::V5).await.unwrap();
+    events.subscribe("$certmq/events/#").await;
+    events
 }
 
 /// The next event received, as (topic, JSON, QoS), skipping those about
@@ -69,10 +88,7 @@ async fn a_back_end_follows_a_device_through_its_life_in_order() {
     let ca = Ca::new("events CA");
     let tb = support::start_with(&[&ca], with_event_backend).await;
     let backend = ca.device("backend");
-    let mut events = connect(&tb, &backend, "backend", Version::V5)
-        .await
-        .unwrap();
-    events.subscribe("$certmq/events/#").await;
+    let mut events = subscribed_back_end(&tb, &backend, "backend").await;
 
     let device = ca.device("sensor-7");
     let ca_sn = device.identity.ca_sn.to_string();
@@ -193,10 +209,7 @@ async fn only_an_explicit_rule_reaches_the_events_and_nobody_publishes_there() {
     // there is refused (MQTT 5 PUBACK 0x87), never routed to itself.
     let tb = support::start_with(&[&ca], with_event_backend).await;
     let backend = ca.device("backend");
-    let mut events = connect(&tb, &backend, "backend", Version::V5)
-        .await
-        .unwrap();
-    events.subscribe("$certmq/events/#").await;
+    let mut events = subscribed_back_end(&tb, &backend, "backend").await;
     events
         .publish("$certmq/events/status/forged", b"{\"event\":\"status\"}", 1)
         .await;
@@ -274,10 +287,7 @@ async fn every_way_a_session_ends_is_named() {
     let other = Ca::new("watcher CA");
     let tb = support::start_with(&[&ca, &other], with_event_backend).await;
     let backend = ca.device("backend");
-    let mut events = connect(&tb, &backend, "backend", Version::V5)
-        .await
-        .unwrap();
-    events.subscribe("$certmq/events/#").await;
+    let mut events = subscribed_back_end(&tb, &backend, "backend").await;
     let instance = tb.instance();
 
     // Taken over: another connection with the same client id.
@@ -339,10 +349,7 @@ async fn every_way_a_session_ends_is_named() {
     // The CA inactivated (the back end's own session goes too: it is a
     // device of that CA; a second back end, of another CA, watches).
     let watcher_device = other.device("backend");
-    let mut watcher = connect(&tb, &watcher_device, "watcher", Version::V5)
-        .await
-        .unwrap();
-    watcher.subscribe("$certmq/events/#").await;
+    let mut watcher = subscribed_back_end(&tb, &watcher_device, "watcher").await;
     let last = ca.device("last");
     let _c = connect(&tb, &last, "last", Version::V5).await.unwrap();
     let ca_sn = ca.sn.to_string();
@@ -365,26 +372,8 @@ async fn a_session_whose_task_panics_is_still_reported_disconnected() {
     let ca = Ca::new("events CA");
     // The test brokers' `allow-all` (the crasher may publish the fault
     // topic), and the back end's rule.
-    let tb = support::start_with(&[&ca], |s| {
-        s.authz.policies.push(PolicySettings {
-            name: "event-backend".into(),
-            rules: vec![RuleSettings {
-                effect: "allow".into(),
-                actions: vec!["subscribe".into()],
-                topics: vec!["$certmq/events/#".into()],
-            }],
-        });
-        s.authz.attach.push(AttachSettings {
-            policies: vec!["event-backend".into()],
-            common_name: Some("backend".into()),
-            ..Default::default()
-        });
-    })
-    .await;
-    let mut events = connect(&tb, &ca.device("backend"), "backend", Version::V5)
-        .await
-        .unwrap();
-    events.subscribe("$certmq/events/#").await;
+    let tb = support::start_with(&[&ca], |s| event_backend_rule(s, &["subscribe"])).await;
+    let mut events = subscribed_back_end(&tb, &ca.device("backend"), "backend").await;
     let mut crasher = connect(&tb, &ca.device("crasher"), "crasher", Version::V4)
         .await
         .unwrap();

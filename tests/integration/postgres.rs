@@ -12,7 +12,7 @@ use certmq::store::postgres::PgStore;
 
 use crate::support::mqtt::{Version, connect};
 use crate::support::postgres::PgCluster;
-use crate::support::{self, Ca};
+use crate::support::{self, Ca, readyz};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_on_postgres_keeps_everything_across_restarts() {
@@ -195,13 +195,6 @@ async fn a_database_that_goes_away_fails_changes_and_comes_back_without_a_restar
         .unwrap()
         .disconnect()
         .await;
-}
-
-async fn readyz(tb: &support::TestBroker) -> (u16, String) {
-    let response = reqwest::get(format!("http://{}/readyz", tb.broker.admin_addr()))
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 #[tokio::test]

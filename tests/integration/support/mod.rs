@@ -227,6 +227,14 @@ pub fn wait_listening(
     }
 }
 
+/// `/readyz`: status and body.
+pub async fn readyz(tb: &TestBroker) -> (u16, String) {
+    let response = reqwest::get(format!("http://{}/readyz", tb.broker.admin_addr()))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
 /// The broker's `/metrics` text.
 pub async fn scrape(tb: &TestBroker) -> String {
     reqwest::get(format!("http://{}/metrics", tb.broker.admin_addr()))
