@@ -28,6 +28,11 @@
 //! path, wait for room in the queue instead, so that a status change is
 //! never lost to a burst of connections.
 //!
+//! An event nobody can receive is not made: while no session (online or
+//! parked) holds a subscription whose filter starts with `$`, emitting is
+//! one atomic load ([`Hub::has_dollar_subscriptions`]). Events are never
+//! retained, so no later subscriber misses one it could have had.
+//!
 //! Ordering: events enter the queue in the order they happen on this node,
 //! and one task publishes them in that order, so a subscriber receives
 //! them in that order (MQTT 5 section 4.6). A session's `disconnected`
@@ -258,6 +263,10 @@ pub struct EventCounters {
 pub struct Events {
     tx: mpsc::Sender<(i64, Event)>,
     dropped: IntCounterVec,
+    /// Asked before an event is queued: with no subscription that can
+    /// match a `$` topic, nobody can receive it (events are never
+    /// retained), and it is not made at all.
+    hub: Hub,
 }
 
 /// The task that publishes what [`Events`] emit.
@@ -274,6 +283,7 @@ impl Events {
         let events = Events {
             tx,
             dropped: counters.dropped.clone(),
+            hub: hub.clone(),
         };
         (
             events,
@@ -288,6 +298,9 @@ impl Events {
 
     /// Emits from a device's path: never waits; a full queue drops it.
     pub fn emit(&self, event: Event) {
+        if !self.hub.has_dollar_subscriptions() {
+            return;
+        }
         match self.tx.try_send((crate::store::sqlite::now_ms(), event)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -302,6 +315,9 @@ impl Events {
     /// Emits from an admin call: waits for room in the queue (the
     /// publisher never waits for subscribers, so the wait is short).
     pub async fn emit_waiting(&self, event: Event) {
+        if !self.hub.has_dollar_subscriptions() {
+            return;
+        }
         if self
             .tx
             .send((crate::store::sqlite::now_ms(), event))
@@ -369,6 +385,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::message::SubOptions;
     use crate::serial::{DeviceSn, Serial};
 
     fn device() -> DeviceIdentity {
@@ -404,6 +421,13 @@ mod tests {
             max_session_expiry: std::time::Duration::from_secs(1),
             max_retained_messages: 10,
         });
+        let back_end = hub.attach("back-end", true, std::time::Instant::now());
+        hub.subscribe(
+            &back_end.session,
+            "$certmq/events/#",
+            SubOptions::at(QoS::AtLeastOnce),
+            std::time::Instant::now(),
+        );
         let c = counters();
         let (events, publisher) = Events::new(hub, Arc::from("n"), c.clone());
         for _ in 0..QUEUE + 5 {
@@ -422,6 +446,61 @@ mod tests {
             c.dropped.with_label_values(&["shutdown"]).get(),
             QUEUE as u64 + 1
         );
+    }
+
+    /// Without a subscription that can match a `$` topic nothing is
+    /// queued (nor dropped); from the subscription on, events flow; and
+    /// they stop again once it is gone (unsubscribed, or its session
+    /// ended).
+    #[tokio::test]
+    async fn events_are_made_only_while_someone_can_receive_them() {
+        let hub = Hub::new(crate::router::hub::HubSettings {
+            max_queued_messages: 100,
+            max_session_expiry: std::time::Duration::from_secs(1),
+            max_retained_messages: 10,
+        });
+        let c = counters();
+        let (events, mut publisher) = Events::new(hub.clone(), Arc::from("n"), c.clone());
+        let now = std::time::Instant::now;
+        // `#` does not reach `$` topics (MQTT 5 section 4.7.2).
+        let fleet = hub.attach("fleet", true, now());
+        hub.subscribe(&fleet.session, "#", SubOptions::at(QoS::AtMostOnce), now());
+        for _ in 0..QUEUE + 5 {
+            events.emit(registered());
+        }
+        events.emit_waiting(registered()).await;
+        assert!(publisher.rx.try_recv().is_err(), "nothing was queued");
+        assert_eq!(c.dropped.with_label_values(&["backlog"]).get(), 0);
+
+        let back_end = hub.attach("back-end", true, now());
+        let filter = "$share/b/$certmq/events/#";
+        hub.subscribe(
+            &back_end.session,
+            filter,
+            SubOptions::at(QoS::AtLeastOnce),
+            now(),
+        );
+        events.emit(registered());
+        let (at, _) = publisher.rx.try_recv().expect("queued for the subscriber");
+        publisher.publish(at, &registered());
+        assert_eq!(back_end.session.mailbox.take(10, usize::MAX).len(), 1);
+
+        assert!(hub.unsubscribe(&back_end.session, filter));
+        events.emit(registered());
+        assert!(publisher.rx.try_recv().is_err());
+
+        let second = hub.attach("second", true, now());
+        hub.subscribe(
+            &second.session,
+            "$certmq/events/#",
+            SubOptions::at(QoS::AtLeastOnce),
+            now(),
+        );
+        events.emit(registered());
+        assert!(publisher.rx.try_recv().is_ok());
+        assert!(hub.forget("second"));
+        events.emit(registered());
+        assert!(publisher.rx.try_recv().is_err());
     }
 
     #[test]

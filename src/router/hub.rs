@@ -22,7 +22,7 @@
 //! each once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -179,6 +179,9 @@ struct Shared {
     /// and the retained messages refused at `max_retained_messages`.
     counters: DropCounters,
     expired_sessions: AtomicU64,
+    /// `Index::dollar_subscriptions`, readable without the index's lock
+    /// (set under its write lock after every change).
+    dollar_subscriptions: AtomicUsize,
 }
 
 /// The router's state; cheap to clone.
@@ -221,6 +224,7 @@ impl Hub {
                 timer_panic: std::sync::atomic::AtomicBool::new(false),
                 counters,
                 expired_sessions: AtomicU64::new(0),
+                dollar_subscriptions: AtomicUsize::new(0),
             }),
         }
     }
@@ -413,6 +417,7 @@ impl Hub {
             let (group, plain) = split_shared(filter);
             index.unsubscribe(session.key, plain, group);
         }
+        self.note_dollar(&index);
         drop(index);
         for _ in 0..session.mailbox.clear() {
             self.count_drop();
@@ -431,12 +436,12 @@ impl Hub {
         now: Instant,
     ) -> Vec<Delivery> {
         let (group, plain) = split_shared(filter);
-        let existed = self
-            .shared
-            .index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .subscribe(session.key, plain, group, options);
+        let existed = {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let existed = index.subscribe(session.key, plain, group, options);
+            self.note_dollar(&index);
+            existed
+        };
         lock(&session.subscriptions).insert(filter.into(), options);
         let send = group.is_none()
             && match options.retain_handling {
@@ -463,11 +468,26 @@ impl Hub {
     pub fn unsubscribe(&self, session: &HubSession, filter: &str) -> bool {
         let (group, plain) = split_shared(filter);
         lock(&session.subscriptions).remove(filter);
+        let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+        let removed = index.unsubscribe(session.key, plain, group);
+        self.note_dollar(&index);
+        removed
+    }
+
+    /// Whether any session (online or parked) holds a subscription that
+    /// can match a topic starting with `$` (`$certmq/events/...`, say): a
+    /// message for such a topic that nobody can receive need not be made.
+    /// A subscription counts from before its SUBACK is sent.
+    pub fn has_dollar_subscriptions(&self) -> bool {
+        self.shared.dollar_subscriptions.load(Ordering::SeqCst) > 0
+    }
+
+    /// Publishes the index's count of `$` subscriptions; called with the
+    /// index's write lock held, so that the count follows every change.
+    fn note_dollar(&self, index: &Index) {
         self.shared
-            .index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .unsubscribe(session.key, plain, group)
+            .dollar_subscriptions
+            .store(index.dollar_subscriptions(), Ordering::SeqCst);
     }
 
     /// Routes a message: retained (RETAIN; an empty payload removes the

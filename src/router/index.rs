@@ -236,6 +236,9 @@ pub struct Index {
     exact: HashMap<Box<str>, Subscribers>,
     wildcards: Node,
     subscriptions: usize,
+    /// Subscriptions whose filter's first level starts with `$`: the only
+    /// ones that can match a `$` topic (section 4.7.2).
+    dollar: usize,
 }
 
 fn has_wildcard(filter: &str) -> bool {
@@ -264,6 +267,9 @@ impl Index {
         };
         if !existed {
             self.subscriptions += 1;
+            if filter.starts_with('$') {
+                self.dollar += 1;
+            }
         }
         existed
     }
@@ -287,6 +293,9 @@ impl Index {
         };
         if removed {
             self.subscriptions -= 1;
+            if filter.starts_with('$') {
+                self.dollar -= 1;
+            }
         }
         removed
     }
@@ -320,6 +329,12 @@ impl Index {
 
     pub fn is_empty(&self) -> bool {
         self.subscriptions == 0
+    }
+
+    /// Subscriptions that can match a topic whose first level starts with
+    /// `$` (their filter's does).
+    pub fn dollar_subscriptions(&self) -> usize {
+        self.dollar
     }
 
     /// Filters without wildcards with a subscriber, and trie nodes (the
