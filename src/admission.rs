@@ -111,6 +111,9 @@ pub(crate) async fn admit(
     let refusal = refusal.or_else(|| ctx.fence.refusal().map(Refusal::NodeFenced));
     match refusal {
         None => {
+            if let Some(memo) = verified.remember {
+                ctx.registry.remember_verified(&identity, memo);
+            }
             guard.expires_at(expires_ms);
             Ok((verified, guard))
         }

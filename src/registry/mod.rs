@@ -131,21 +131,46 @@ struct CaEntry {
     anchor: Arc<TrustAnchor<'static>>,
 }
 
-/// What the index knows of a device: one byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A device certificate whose chain the verifier checked in full, as the
+/// verifier remembers it (`tls::verifier`): 128 bits of a keyed MAC over
+/// the issuing CA's public key and the certificate's DER. Compared in
+/// constant time only ([`ChainVerified::matches`]).
+#[derive(Clone, Copy)]
+pub struct ChainVerified(pub [u8; 16]);
+
+impl ChainVerified {
+    pub fn matches(&self, other: &ChainVerified) -> bool {
+        #[allow(deprecated)] // aws-lc-rs keeps it; it is what it says
+        aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, &other.0).is_ok()
+    }
+}
+
+impl std::fmt::Debug for ChainVerified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainVerified(..)")
+    }
+}
+
+/// What the index knows of a device: its status, and for an active one
+/// the certificate whose chain was last verified in full (18 bytes).
+#[derive(Debug, Clone, Copy)]
 enum Slot {
     /// Being auto-registered: admitted by the verifier, not yet committed.
     Pending,
-    Active,
+    Active(Option<ChainVerified>),
     Inactive,
 }
 
 impl Slot {
     fn of(status: CertStatus) -> Slot {
         match status {
-            CertStatus::Active => Slot::Active,
+            CertStatus::Active => Slot::Active(None),
             CertStatus::Inactive => Slot::Inactive,
         }
+    }
+
+    fn is_pending(&self) -> bool {
+        matches!(self, Slot::Pending)
     }
 }
 
@@ -442,9 +467,34 @@ impl Registry {
     /// being registered right now counts as active.
     pub fn device_status(&self, id: &DeviceIdentity) -> Option<CertStatus> {
         self.shared.devices.get(id).map(|slot| match *slot {
-            Slot::Pending | Slot::Active => CertStatus::Active,
+            Slot::Pending | Slot::Active(_) => CertStatus::Active,
             Slot::Inactive => CertStatus::Inactive,
         })
+    }
+
+    /// Whether `verified` is the certificate of an active device whose
+    /// chain was verified in full before (see [`Registry::remember_verified`]).
+    pub fn verified_before(&self, id: &DeviceIdentity, verified: &ChainVerified) -> bool {
+        self.shared
+            .devices
+            .get(id)
+            .is_some_and(|slot| match &*slot {
+                Slot::Active(Some(known)) => known.matches(verified),
+                _ => false,
+            })
+    }
+
+    /// Remembers the certificate of an active device whose chain the
+    /// verifier checked in full: the next handshake with the same
+    /// certificate under the same CA key skips the signature check (the
+    /// rest is checked every time). Forgotten with any change of the
+    /// device's status; nothing for a device not active.
+    pub fn remember_verified(&self, id: &DeviceIdentity, verified: ChainVerified) {
+        if let Some(mut slot) = self.shared.devices.get_mut(id) {
+            if let Slot::Active(memo) = &mut *slot {
+                *memo = Some(verified);
+            }
+        }
     }
 
     /// One device certificate, as stored.
@@ -478,7 +528,7 @@ impl Registry {
     ) -> Result<Admission, RegistryError> {
         match self.shared.devices.entry(*id) {
             Entry::Occupied(e) => match *e.get() {
-                Slot::Active => return Ok(Admission::Known(CertStatus::Active)),
+                Slot::Active(_) => return Ok(Admission::Known(CertStatus::Active)),
                 Slot::Inactive => return Ok(Admission::Known(CertStatus::Inactive)),
                 // Another connection of this device is registering it: commit
                 // too (idempotent) rather than trust an uncommitted record.
@@ -506,13 +556,13 @@ impl Registry {
                 // An admin change may have landed since the commit; only a
                 // still-pending slot becomes active.
                 let slot = self.shared.devices.get_mut(id).map(|mut slot| {
-                    if *slot == Slot::Pending {
-                        *slot = Slot::Active;
+                    if slot.is_pending() {
+                        *slot = Slot::Active(None);
                     }
                     *slot
                 });
                 match slot {
-                    Some(Slot::Active) => Ok(Admission::Registered),
+                    Some(Slot::Active(_)) => Ok(Admission::Registered),
                     Some(_) => Ok(Admission::Known(CertStatus::Inactive)),
                     // Deleted (with its CA, or by DeleteDeviceCertificate)
                     // while it was being registered.
@@ -522,7 +572,7 @@ impl Registry {
             Err(e) => {
                 self.shared
                     .devices
-                    .remove_if(id, |_, slot| *slot == Slot::Pending);
+                    .remove_if(id, |_, slot| slot.is_pending());
                 Err(e.into())
             }
         }
@@ -577,7 +627,7 @@ impl Registry {
             Some(Applied::Everywhere) => Ok(true),
             Some(Applied::ByCaller) => {
                 match self.shared.devices.entry(*id) {
-                    Entry::Occupied(mut e) if *e.get() == Slot::Pending => {
+                    Entry::Occupied(mut e) if e.get().is_pending() => {
                         e.insert(Slot::Inactive);
                     }
                     Entry::Occupied(_) => {}
@@ -640,7 +690,7 @@ impl Registry {
             FeedChange::DeviceRegistered(id, status) => match self.shared.devices.entry(*id) {
                 // A registration this broker is making: the admission
                 // finishes it.
-                Entry::Occupied(mut e) if *e.get() == Slot::Pending => {
+                Entry::Occupied(mut e) if e.get().is_pending() => {
                     e.insert(Slot::of(*status));
                 }
                 Entry::Occupied(_) => {}

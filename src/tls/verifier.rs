@@ -12,20 +12,33 @@
 //! 3. the device certificate is not inactive (an unknown one is fine: it is
 //!    registered after the handshake, in `admission`).
 //!
+//! Step 1's signature check is the dearest part of a handshake that is
+//! not the handshake's own (one ECDSA verification, about a fifth of a
+//! connect's CPU). A device reconnects with the certificate it had, so the
+//! registry remembers, for each active device, the certificate whose chain
+//! was last verified in full, as a keyed MAC over the CA's key and the
+//! certificate's bytes ([`ChainVerified`], key random per process). The
+//! same bytes under the same CA key carry the same signature, which
+//! verified: such a handshake skips the signature check. Everything that
+//! can change is still checked every time: the validity period, the CA's
+//! and the device's status. A new certificate, another CA key, a status
+//! change or a restart means a full verification again.
+//!
 //! One [`ConnectionVerifier`] is made per connection so that its verdict,
 //! including the [`DeviceIdentity`] it established, can be read by that
 //! connection after the handshake without verifying a second time.
 
 use std::sync::{Arc, OnceLock};
 
+use aws_lc_rs::hmac;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 
 use crate::identity::{CertParseError, DeviceCert, DeviceIdentity};
-use crate::registry::{CertStatus, Registry};
+use crate::registry::{CertStatus, ChainVerified, Registry};
 use crate::serial::{CaSn, DeviceSn};
 
 /// A device certificate that passed verification, and who it is.
@@ -33,6 +46,10 @@ use crate::serial::{CaSn, DeviceSn};
 pub struct Verified {
     pub identity: DeviceIdentity,
     pub cert: DeviceCert,
+    /// Set when the chain was verified in full this time: for the
+    /// registry to remember once the device is admitted
+    /// ([`Registry::remember_verified`]).
+    pub remember: Option<ChainVerified>,
 }
 
 /// Why a client certificate was refused. Logged once per refused handshake.
@@ -138,19 +155,53 @@ impl Refusal {
     }
 }
 
-/// The shared part of verification: the registry and the algorithms.
-#[derive(Debug)]
+/// The shared part of verification: the registry, the algorithms and the
+/// key of the verified-chain memo.
 pub struct VerifierCore {
     registry: Registry,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Random per process: nobody can compute a [`ChainVerified`] for
+    /// bytes of their choosing.
+    memo_key: hmac::Key,
+}
+
+impl std::fmt::Debug for VerifierCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifierCore")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VerifierCore {
     pub fn new(registry: Registry, algorithms: WebPkiSupportedAlgorithms) -> Self {
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret);
         VerifierCore {
             registry,
             algorithms,
+            memo_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
         }
+    }
+
+    /// What the registry remembers of `end_entity` verified under `anchor`:
+    /// its bytes and everything of the anchor that verification used.
+    fn chain_memo(&self, anchor: &TrustAnchor<'_>, end_entity: &[u8]) -> ChainVerified {
+        let mut mac = hmac::Context::with_key(&self.memo_key);
+        let constraints = anchor.name_constraints.as_deref().unwrap_or_default();
+        for part in [
+            &anchor.subject[..],
+            &anchor.subject_public_key_info[..],
+            constraints,
+        ] {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(end_entity);
+        let tag = mac.sign();
+        let mut memo = [0u8; 16];
+        memo.copy_from_slice(&tag.as_ref()[..16]);
+        ChainVerified(memo)
     }
 
     /// Verifies a device certificate against the registry at time `now`.
@@ -177,34 +228,53 @@ impl VerifierCore {
         if candidates.is_empty() {
             return Err(Refusal::UnknownCa);
         }
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| Refusal::Malformed(CertParseError::Malformed(e.to_string())))?;
+        // Parsed for webpki only when a full verification is needed.
+        let mut ee: Option<webpki::EndEntityCert<'_>> = None;
         let mut refusal = Refusal::UnknownCa;
         for candidate in candidates {
-            let verdict = ee.verify_for_usage(
-                self.algorithms.all,
-                std::slice::from_ref(&*candidate.anchor),
-                &[],
-                now,
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            );
+            let identity = DeviceIdentity {
+                ca_sn: candidate.sn,
+                device_sn: cert.device_sn,
+            };
+            let memo = self.chain_memo(&candidate.anchor, end_entity);
+            let verdict = if self.registry.verified_before(&identity, &memo) {
+                within_validity(&cert, now).map(|()| None)
+            } else {
+                let ee = match &mut ee {
+                    Some(ee) => ee,
+                    None => {
+                        ee.insert(webpki::EndEntityCert::try_from(end_entity).map_err(|e| {
+                            Refusal::Malformed(CertParseError::Malformed(e.to_string()))
+                        })?)
+                    }
+                };
+                ee.verify_for_usage(
+                    self.algorithms.all,
+                    std::slice::from_ref(&*candidate.anchor),
+                    &[],
+                    now,
+                    webpki::KeyUsage::client_auth(),
+                    None,
+                    None,
+                )
+                .map(|_| Some(memo))
+                .map_err(refusal_from_webpki)
+            };
             match verdict {
-                Ok(_) => {
+                Ok(remember) => {
                     if candidate.status == CertStatus::Inactive {
                         return Err(Refusal::CaInactive(candidate.sn));
                     }
-                    let identity = DeviceIdentity {
-                        ca_sn: candidate.sn,
-                        device_sn: cert.device_sn,
-                    };
                     if self.registry.device_status(&identity) == Some(CertStatus::Inactive) {
                         return Err(Refusal::DeviceInactive(identity));
                     }
-                    return Ok(Verified { identity, cert });
+                    return Ok(Verified {
+                        identity,
+                        cert,
+                        remember,
+                    });
                 }
-                Err(e) => refusal = refusal_from_webpki(e),
+                Err(e) => refusal = e,
             }
         }
         Err(refusal)
@@ -212,6 +282,21 @@ impl VerifierCore {
 
     pub fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
         &self.algorithms
+    }
+}
+
+/// The validity period, as webpki checks it (both ends inclusive, whole
+/// seconds): all of a remembered certificate's chain that time can change.
+fn within_validity(cert: &DeviceCert, now: UnixTime) -> Result<(), Refusal> {
+    let now_ms = i64::try_from(now.as_secs())
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    if now_ms < cert.valid_begin_ms {
+        Err(Refusal::NotValidYet)
+    } else if now_ms > cert.valid_end_ms {
+        Err(Refusal::Expired)
+    } else {
+        Ok(())
     }
 }
 
@@ -331,5 +416,208 @@ impl ClientCertVerifier for ConnectionVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.core.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls_pki_types::pem::PemObject;
+
+    use super::*;
+    use crate::pki::{self, CaSigner, KeyKind};
+    use crate::registry::{CaCert, CaRegistration};
+    use crate::store::sqlite::SqliteStore;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        registry: Registry,
+        core: VerifierCore,
+        ca: CaSigner,
+        ca_sn: CaSn,
+    }
+
+    async fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("registry.db"), 0).unwrap();
+        let (registry, _) = Registry::open(Arc::new(store)).unwrap();
+        let issued = pki::create_ca("fleet CA", 30, KeyKind::P256).unwrap();
+        let ca = CaSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let ca_sn = registry
+            .register_ca(CaRegistration::declared(
+                CaCert::parse(der, UnixTime::now()).unwrap(),
+            ))
+            .await
+            .unwrap();
+        let core = VerifierCore::new(
+            registry.clone(),
+            crate::tls::provider().signature_verification_algorithms,
+        );
+        Setup {
+            _dir: dir,
+            registry,
+            core,
+            ca,
+            ca_sn,
+        }
+    }
+
+    fn der(signer: &CaSigner, name: &str) -> CertificateDer<'static> {
+        let issued = signer.issue_device(name, 30, KeyKind::P256).unwrap();
+        CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()
+    }
+
+    /// Verifies and admits like a first connection does: the chain
+    /// verified in full is remembered once the device is registered.
+    async fn admit(s: &Setup, cert: &CertificateDer<'_>) -> DeviceIdentity {
+        let verified = s.core.verify(cert, UnixTime::now()).unwrap();
+        let memo = verified.remember.expect("verified in full");
+        s.registry
+            .admit_device(&verified.identity, &verified.cert)
+            .await
+            .unwrap();
+        s.registry.remember_verified(&verified.identity, memo);
+        verified.identity
+    }
+
+    fn at(secs_from_now: i64) -> UnixTime {
+        let now = UnixTime::now().as_secs() as i64;
+        UnixTime::since_unix_epoch(Duration::from_secs((now + secs_from_now) as u64))
+    }
+
+    #[tokio::test]
+    async fn a_remembered_certificate_skips_the_signature_check_and_nothing_else() {
+        let s = setup().await;
+        let cert = der(&s.ca, "device-1");
+        // Unknown device: nothing to remember it in, verified in full again.
+        assert!(
+            s.core
+                .verify(&cert, UnixTime::now())
+                .unwrap()
+                .remember
+                .is_some()
+        );
+        assert!(
+            s.core
+                .verify(&cert, UnixTime::now())
+                .unwrap()
+                .remember
+                .is_some()
+        );
+        let id = admit(&s, &cert).await;
+        assert_eq!(id.ca_sn, s.ca_sn);
+
+        let again = s.core.verify(&cert, UnixTime::now()).unwrap();
+        assert!(again.remember.is_none(), "the chain was remembered");
+        assert_eq!(again.identity, id);
+
+        // The validity period, still checked (device certificates here run
+        // from an hour ago for 30 days).
+        assert_eq!(
+            s.core.verify(&cert, at(31 * 86_400)).unwrap_err(),
+            Refusal::Expired
+        );
+        assert_eq!(
+            s.core.verify(&cert, at(-2 * 3600)).unwrap_err(),
+            Refusal::NotValidYet
+        );
+
+        // The device's status: an inactivation refuses it, and a status
+        // change forgets the chain.
+        s.registry
+            .set_device_status(&id, CertStatus::Inactive)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.core.verify(&cert, UnixTime::now()).unwrap_err(),
+            Refusal::DeviceInactive(id)
+        );
+        s.registry
+            .set_device_status(&id, CertStatus::Active)
+            .await
+            .unwrap();
+        let verified = s.core.verify(&cert, UnixTime::now()).unwrap();
+        assert!(
+            verified.remember.is_some(),
+            "verified in full after a change"
+        );
+        s.registry
+            .remember_verified(&id, verified.remember.unwrap());
+
+        // The CA's status.
+        s.registry
+            .set_ca_status(&s.ca_sn, CertStatus::Inactive)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.core.verify(&cert, UnixTime::now()).unwrap_err(),
+            Refusal::CaInactive(s.ca_sn)
+        );
+    }
+
+    /// Another certificate with the remembered one's serial and issuer
+    /// name gets no credit for it: one whose bytes were altered, and one
+    /// signed by another key under the registered CA's name.
+    #[tokio::test]
+    async fn only_the_very_bytes_verified_under_the_ca_key_are_remembered() {
+        let s = setup().await;
+        let cert = der(&s.ca, "device-1");
+        let id = admit(&s, &cert).await;
+        assert!(
+            s.core
+                .verify(&cert, UnixTime::now())
+                .unwrap()
+                .remember
+                .is_none()
+        );
+
+        // The last byte is the signature's: same serial, same issuer.
+        let mut altered = cert.to_vec();
+        *altered.last_mut().unwrap() ^= 0x01;
+        let altered = CertificateDer::from(altered);
+        assert_eq!(DeviceCert::parse(&altered).unwrap().device_sn, id.device_sn);
+        assert_eq!(
+            s.core.verify(&altered, UnixTime::now()).unwrap_err(),
+            Refusal::UnknownCa
+        );
+
+        // A CA of the same name and another key.
+        let shadow_issued = pki::create_ca("fleet CA", 30, KeyKind::P256).unwrap();
+        let shadow = CaSigner::from_pem(&shadow_issued.cert_pem, &shadow_issued.key_pem).unwrap();
+        let forged = der(&shadow, "device-1");
+        assert_eq!(
+            s.core.verify(&forged, UnixTime::now()).unwrap_err(),
+            Refusal::UnknownCa
+        );
+        // The genuine one is still remembered.
+        assert!(
+            s.core
+                .verify(&cert, UnixTime::now())
+                .unwrap()
+                .remember
+                .is_none()
+        );
+    }
+
+    /// Two verifiers (two processes) do not share memos: the key is random.
+    #[tokio::test]
+    async fn another_process_verifies_in_full() {
+        let s = setup().await;
+        let cert = der(&s.ca, "device-1");
+        admit(&s, &cert).await;
+        let other = VerifierCore::new(
+            s.registry.clone(),
+            crate::tls::provider().signature_verification_algorithms,
+        );
+        assert!(
+            other
+                .verify(&cert, UnixTime::now())
+                .unwrap()
+                .remember
+                .is_some()
+        );
     }
 }
