@@ -33,6 +33,7 @@ struct Setup {
     client: Arc<ClientConfig>,
     registry: Registry,
     ca_sn: CaSn,
+    device: CertificateDer<'static>,
 }
 
 fn setup() -> Setup {
@@ -116,6 +117,7 @@ fn setup() -> Setup {
         client: Arc::new(client),
         registry,
         ca_sn,
+        device: CertificateDer::from_pem_slice(device.cert_pem.as_bytes()).unwrap(),
     }
 }
 
@@ -165,7 +167,7 @@ fn handshake(client_config: &Arc<ClientConfig>, server_config: Arc<ServerConfig>
 fn bench_handshake(c: &mut Criterion) {
     let s = setup();
     let mut group = c.benchmark_group("mutual TLS 1.3 handshake, server side");
-    group.bench_function("certmq verifier (per-connection config + registry)", |b| {
+    group.bench_function("certmq verifier, new device (full verification)", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -174,6 +176,29 @@ fn bench_handshake(c: &mut Criterion) {
                 total += t.elapsed();
                 total += handshake(&s.client, config);
                 assert!(matches!(verifier.verdict(), Some(Ok(_))));
+            }
+            total
+        })
+    });
+    // The same device again once admitted: its chain was verified in full
+    // at its first connection and is remembered (`tls::verifier`).
+    let first = s.tls.verifier_core().verify(&s.device, UnixTime::now()).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(s.registry.admit_device(&first.identity, &first.cert))
+        .unwrap();
+    s.registry
+        .remember_verified(&first.identity, first.remember.unwrap());
+    group.bench_function("certmq verifier, known device (chain remembered)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let (config, verifier) = s.tls.server_config().unwrap();
+                total += t.elapsed();
+                total += handshake(&s.client, config);
+                assert!(matches!(verifier.verdict(), Some(Ok(v)) if v.remember.is_none()));
             }
             total
         })
