@@ -182,7 +182,11 @@ fn bench_handshake(c: &mut Criterion) {
     });
     // The same device again once admitted: its chain was verified in full
     // at its first connection and is remembered (`tls::verifier`).
-    let first = s.tls.verifier_core().verify(&s.device, UnixTime::now()).unwrap();
+    let first = s
+        .tls
+        .verifier_core()
+        .verify(&s.device, UnixTime::now())
+        .unwrap();
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
