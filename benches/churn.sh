@@ -10,6 +10,7 @@
 #   benches/churn.sh > churn.jsonl            # N=20000
 #   N=2000 benches/churn.sh                   # a smoke run
 #   EXPIRY=1 benches/churn.sh                 # persistent sessions expiring after 1 s
+#   ONLY=persistent benches/churn.sh          # the persistent run only
 #
 # Loopback only; the broker listens on ports it picks (listen.json).
 set -euo pipefail
@@ -53,7 +54,9 @@ run() { # label, mqtt level, expiry secs, settle secs
 # for freed pages (jemalloc returns dirty pages after 10 s).
 settle=${SETTLE:-15}
 run warm-up 4 0 0 >/dev/null
-run clean-3.1.1 4 0 "$settle"
-run clean-5 5 0 "$settle"
+if [ "${ONLY:-}" != persistent ]; then
+    run clean-3.1.1 4 0 "$settle"
+    run clean-5 5 0 "$settle"
+fi
 expiry=${EXPIRY:-5}
 run "persistent-5-expired-after-${expiry}s" 5 "$expiry" "$settle"
