@@ -50,8 +50,8 @@ run() { # label, mqtt level, expiry secs, settle secs
 }
 
 # Once, to issue the device certificates (not measured).
-# Settled 15 s after the last device left: past the allocator's decay time
-# for freed pages (jemalloc returns dirty pages after 10 s).
+# Settled 15 s after the last device left: well past the allocator's decay
+# time for freed pages (1 s, src/main.rs).
 settle=${SETTLE:-15}
 run warm-up 4 0 0 >/dev/null
 if [ "${ONLY:-}" != persistent ]; then
