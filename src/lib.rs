@@ -320,7 +320,11 @@ impl Broker {
 
         let mqtt_listen = settings.mqtt_listen()?;
         let admin_listen = settings.admin_listen()?;
-        let mqtt = bind("mqtt.listen", mqtt_listen).await?;
+        let mqtt = listener::bind(mqtt_listen).map_err(|source| StartError::Bind {
+            key: "mqtt.listen",
+            addr: mqtt_listen,
+            source,
+        })?;
         let admin = bind("admin.listen", admin_listen).await?;
         let mqtt_addr = local_addr("mqtt.listen", &mqtt)?;
         let admin_addr = local_addr("admin.listen", &admin)?;

@@ -28,6 +28,7 @@
 //! including the [`DeviceIdentity`] it established, can be read by that
 //! connection after the handshake without verifying a second time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::hmac;
@@ -321,6 +322,10 @@ pub struct ConnectionVerifier {
     verdict: OnceLock<Result<Verified, Refusal>>,
     /// The serial of a refused certificate, for the log.
     presented: OnceLock<DeviceSn>,
+    /// The client proved its key in a TLS 1.3 CertificateVerify: what the
+    /// server writes next in this handshake is only its session tickets
+    /// (see `listener::socket`).
+    proved_tls13: AtomicBool,
 }
 
 impl ConnectionVerifier {
@@ -329,7 +334,13 @@ impl ConnectionVerifier {
             core,
             verdict: OnceLock::new(),
             presented: OnceLock::new(),
+            proved_tls13: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the client's TLS 1.3 CertificateVerify was checked and good.
+    pub fn proved_tls13(&self) -> bool {
+        self.proved_tls13.load(Ordering::Acquire)
     }
 
     /// The verdict of this connection's handshake, if rustls asked for one.
@@ -411,7 +422,10 @@ impl ClientCertVerifier for ConnectionVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.core.algorithms)
+        let valid =
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.core.algorithms)?;
+        self.proved_tls13.store(true, Ordering::Release);
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

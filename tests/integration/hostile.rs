@@ -91,6 +91,33 @@ async fn stalled_connections_are_closed_and_keep_no_device_out() {
     assert_eq!(sub.expect_publish("ok/2").await, b"still");
 }
 
+/// A TCP probe (a port scan, a load balancer's health check) that closes
+/// without sending a byte is no refused handshake; garbage is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_says_nothing_is_not_a_refused_handshake() {
+    let ca = Ca::new("fleet CA");
+    let tb = support::start(&[&ca]).await;
+    let tls_errors = async || {
+        metric(
+            &scrape(&tb).await,
+            r#"certmq_handshakes_refused_total{reason="tls_error"}"#,
+        )
+    };
+    let before = tls_errors().await;
+    let mut probe = TcpStream::connect(("127.0.0.1", tb.port())).await.unwrap();
+    probe.shutdown().await.unwrap();
+    // The server saw the probe's end: it closed its side.
+    assert!(closed_by_server(probe, Duration::from_secs(5)).await);
+    let mut garbage = TcpStream::connect(("127.0.0.1", tb.port())).await.unwrap();
+    garbage.write_all(&[0x47; 64]).await.unwrap();
+    assert!(closed_by_server(garbage, Duration::from_secs(5)).await);
+    support::wait_until(WAIT, "the garbage to be counted", async || {
+        tls_errors().await == before + 1.0
+    })
+    .await;
+    assert_eq!(tls_errors().await, before + 1.0, "the probe was counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_never_sends_connect_is_closed() {
     let ca = Ca::new("fleet CA");

@@ -9,7 +9,9 @@
 //!
 //! Every stage a client could stall has a deadline: the first byte after
 //! accept (or the PROXY header, see `proxy`), the TLS handshake, CONNECT
-//! (in `session`), keepalive. Behind a load balancer (`mqtt.proxy_protocol`)
+//! (in `session`), keepalive. The TLS layer reads and writes through
+//! [`socket::Socket`], which notes the first byte and sends the session
+//! ticket with the CONNACK. Behind a load balancer (`mqtt.proxy_protocol`)
 //! the per-address limit is applied once the header has said whose
 //! connection it is, in the connection's task.
 
@@ -21,18 +23,43 @@ use std::time::Duration;
 use governor::clock::DefaultClock;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+mod socket;
 
 use crate::admission::{Refused, admit};
 use crate::serial::DeviceSn;
 use crate::session;
 use crate::{Context, tls::Refusal};
+use socket::{Heard, Socket};
+
+/// A connection's TLS stream, from the handshake to the session's end.
+pub(crate) type Stream = tokio_rustls::server::TlsStream<Socket>;
 
 /// New connections per second per source address.
 type PerIp = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+
+/// The accept queue: the standard library's and tokio's default.
+const ACCEPT_BACKLOG: u32 = 128;
+
+/// Binds the MQTT listener. TCP_NODELAY is set on the listening socket:
+/// every MQTT packet is a complete message, and on Linux accepted sockets
+/// inherit the option, which saves a system call per connection.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
 
 /// Accepts until `shutdown` fires.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -83,6 +110,9 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Ca
             );
             continue;
         };
+        // On Linux an accepted socket inherits TCP_NODELAY from the
+        // listener (`bind`): no system call per connection.
+        #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);
         let per_proxied_ip = if behind_proxy { per_ip.clone() } else { None };
         tokio::spawn(connection(ctx.clone(), tcp, peer, permit, per_proxied_ip));
@@ -169,7 +199,7 @@ async fn handshake(
     peer: SocketAddr,
     per_proxied_ip: Option<Arc<PerIp>>,
 ) -> Option<(
-    tokio_rustls::server::TlsStream<TcpStream>,
+    Stream,
     crate::session::table::SessionGuard,
     crate::authz::Principal,
     SocketAddr,
@@ -202,18 +232,44 @@ async fn handshake(
         }
     };
     // Both deadlines count from accept: a client that trickles its first
-    // byte in late does not get a longer handshake for it.
-    if !first_byte(ctx, &tcp, peer, first_bytes_by).await {
-        return None;
-    }
-    let handshake = tokio::time::timeout_at(
-        accepted + ctx.settings.handshake_timeout(),
-        acceptor.accept(tcp),
-    )
-    .await;
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+    // byte in late does not get a longer handshake for it. One timer: at
+    // the first-byte deadline it is moved on to the handshake's.
+    let heard = Heard::default();
+    let mut accept = acceptor
+        .accept(Socket::new(tcp, verifier.clone(), heard.clone()))
+        .into_fallible();
+    let deadline = tokio::time::sleep_until(first_bytes_by);
+    tokio::pin!(deadline);
+    let mut first_byte_due = true;
+    let handshake = loop {
+        tokio::select! {
+            done = &mut accept => break Some(done),
+            _ = &mut deadline => {
+                if !first_byte_due {
+                    break None;
+                }
+                if !heard.get() {
+                    ctx.metrics.handshake_refused("first_byte_timeout");
+                    if let Some(suppressed) = ctx.refusal_log.admit() {
+                        info!(%peer, reason = "no byte within mqtt.first_byte_timeout_ms", suppressed, "connection closed");
+                    }
+                    return None;
+                }
+                first_byte_due = false;
+                deadline.as_mut().reset(accepted + ctx.settings.handshake_timeout());
+            }
+        }
+    };
+    let mut stream = match handshake {
+        Some(Ok(stream)) => stream,
+        // The socket closes when this returns, after the counting.
+        Some(Err((e, _socket))) => {
+            if !heard.get() {
+                // Closed (or failed) before saying anything: a port probe
+                // or a health check, not a refused handshake.
+                debug!(%peer, error = %e, "connection closed before its first byte");
+                return None;
+            }
             let no_certificate = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -228,7 +284,7 @@ async fn handshake(
             }
             return None;
         }
-        Err(_) => {
+        None => {
             ctx.metrics.handshake_refused("timeout");
             if let Some(suppressed) = ctx.refusal_log.admit() {
                 info!(%peer, reason = "no TLS handshake within mqtt.handshake_timeout_ms", suppressed, "handshake refused");
@@ -236,6 +292,7 @@ async fn handshake(
             return None;
         }
     };
+    stream.get_mut().0.handshake_done();
     let admitted = admit(ctx, stream.get_ref().1, &verifier).await;
     match admitted {
         Ok((verified, guard)) => {
@@ -260,33 +317,6 @@ async fn handshake(
             drop(stream);
             drop(guard);
             None
-        }
-    }
-}
-
-/// Waits (within `mqtt.first_byte_timeout_ms`) for the client's first
-/// byte: a socket that sends nothing holds a connection slot for that long
-/// at most, not for the whole handshake timeout. `false`: it is closed.
-async fn first_byte(
-    ctx: &Context,
-    tcp: &TcpStream,
-    peer: SocketAddr,
-    deadline: tokio::time::Instant,
-) -> bool {
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout_at(deadline, tcp.peek(&mut byte)).await {
-        Ok(Ok(n)) if n > 0 => true,
-        Ok(Ok(_)) => false, // closed before saying anything
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "connection failed before its first byte");
-            false
-        }
-        Err(_) => {
-            ctx.metrics.handshake_refused("first_byte_timeout");
-            if let Some(suppressed) = ctx.refusal_log.admit() {
-                info!(%peer, reason = "no byte within mqtt.first_byte_timeout_ms", suppressed, "connection closed");
-            }
-            false
         }
     }
 }
