@@ -3,11 +3,14 @@
 # 12: "server CPU per connect <= 1.5x the in-memory handshake"). The
 # machine's speed moves by a factor of two from one day to the next, so the
 # two are measured alternately, minutes apart: the in-memory handshake
-# (`cargo bench --bench handshake`, server side only, three variants), then
+# (`cargo bench --bench handshake`, server side only, four variants), then
 # the broker (`certmq-load connect --broker-pid`, 3.1.1, concurrency 32,
 # N connects from a pool of 200 device certificates, after a warm-up that
-# registers them), ROUNDS times. JSON lines on stdout: {"measure":
-# "handshake", "variant", "us"} and certmq-load's connect results.
+# registers them) twice: on its defaults, which issue a TLS 1.3 session
+# ticket at every full handshake (label LABEL), and with
+# `tls.session_cache_size = 0` (label LABEL-no-tickets); ROUNDS times. JSON
+# lines on stdout: {"measure": "handshake", "variant", "us"} and
+# certmq-load's connect results.
 #
 #   cargo build --release --bins
 #   cp "$CARGO_TARGET_DIR"/release/certmq /tmp/certmq-under-test   # cargo bench rebuilds release/certmq
@@ -36,10 +39,11 @@ for l in sys.stdin:
 }
 
 connects() {
+    local label=$1 cache=$2
     cd "$work"
     rm -rf data
     "$root/benches/load-policies.sh" >certmq.toml
-    CERTMQ__MQTT__LISTEN=127.0.0.1:0 CERTMQ__ADMIN__LISTEN=127.0.0.1:0 \
+    CERTMQ__TLS__SESSION_CACHE_SIZE=$cache CERTMQ__MQTT__LISTEN=127.0.0.1:0 CERTMQ__ADMIN__LISTEN=127.0.0.1:0 \
     CERTMQ__MQTT__CONNECTIONS_PER_SECOND_PER_IP=0 CERTMQ__MQTT__MAX_CONNECTIONS=25000 \
     CERTMQ__LOG__LEVEL=warn "$bin" serve --config certmq.toml >out 2>err &
     pid=$!
@@ -60,7 +64,8 @@ connects() {
 (cd "$root" && cargo bench -q --bench handshake --no-run >/dev/null 2>&1)
 for _ in $(seq "$rounds"); do
     handshake
-    connects
+    connects "$label" 4096
+    connects "$label-no-tickets" 0
 done
 handshake
 rm -rf "$work" "$load"

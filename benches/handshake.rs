@@ -28,7 +28,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 struct Setup {
     _dir: tempfile::TempDir,
+    /// Session tickets off (`tls.session_cache_size = 0`).
     tls: TlsContext,
+    /// The broker's default (`tls.session_cache_size = 4096`): one TLS 1.3
+    /// session ticket per full handshake.
+    tls_tickets: TlsContext,
     stock: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     registry: Registry,
@@ -73,6 +77,13 @@ fn setup() -> Setup {
         0,
     )
     .unwrap();
+    let tls_tickets = TlsContext::new(
+        registry.clone(),
+        &dir.path().join("server.pem"),
+        &dir.path().join("server.key"),
+        4096,
+    )
+    .unwrap();
 
     // The same handshake with rustls' stock verifier and a fixed root store.
     let mut device_roots = rustls::RootCertStore::empty();
@@ -113,6 +124,7 @@ fn setup() -> Setup {
     Setup {
         _dir: dir,
         tls,
+        tls_tickets,
         stock,
         client: Arc::new(client),
         registry,
@@ -164,21 +176,35 @@ fn handshake(client_config: &Arc<ClientConfig>, server_config: Arc<ServerConfig>
     server_time
 }
 
+/// `iters` handshakes with certmq's per-connection configuration, timing
+/// the server's side (building the configuration included) and checking
+/// each verdict: admitted, and the chain taken from the memo when
+/// `remembered`, verified in full otherwise.
+fn certmq_handshakes(
+    tls: &TlsContext,
+    client: &Arc<ClientConfig>,
+    iters: u64,
+    remembered: bool,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let t = Instant::now();
+        let (config, verifier) = tls.server_config().unwrap();
+        total += t.elapsed();
+        total += handshake(client, config);
+        match verifier.verdict() {
+            Some(Ok(v)) => assert_eq!(v.remember.is_none(), remembered),
+            other => panic!("the handshake was not admitted: {other:?}"),
+        }
+    }
+    total
+}
+
 fn bench_handshake(c: &mut Criterion) {
     let s = setup();
     let mut group = c.benchmark_group("mutual TLS 1.3 handshake, server side");
     group.bench_function("certmq verifier, new device (full verification)", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                let (config, verifier) = s.tls.server_config().unwrap();
-                total += t.elapsed();
-                total += handshake(&s.client, config);
-                assert!(matches!(verifier.verdict(), Some(Ok(_))));
-            }
-            total
-        })
+        b.iter_custom(|iters| certmq_handshakes(&s.tls, &s.client, iters, false))
     });
     // The same device again once admitted: its chain was verified in full
     // at its first connection and is remembered (`tls::verifier`).
@@ -195,17 +221,22 @@ fn bench_handshake(c: &mut Criterion) {
     s.registry
         .remember_verified(&first.identity, first.remember.unwrap());
     group.bench_function("certmq verifier, known device (chain remembered)", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                let (config, verifier) = s.tls.server_config().unwrap();
-                total += t.elapsed();
-                total += handshake(&s.client, config);
-                assert!(matches!(verifier.verdict(), Some(Ok(v)) if v.remember.is_none()));
-            }
-            total
-        })
+        b.iter_custom(|iters| certmq_handshakes(&s.tls, &s.client, iters, true))
+    });
+    // The same with the broker's default session cache: the server also
+    // issues (and encrypts) a session ticket, as the broker does at every
+    // full handshake unless `tls.session_cache_size = 0`. Each TlsContext's
+    // verifier keys its memo with its own secret (as two processes would):
+    // this one remembers the chain in its own terms.
+    let first = s
+        .tls_tickets
+        .verifier_core()
+        .verify(&s.device, UnixTime::now())
+        .unwrap();
+    s.registry
+        .remember_verified(&first.identity, first.remember.unwrap());
+    group.bench_function("certmq verifier, known device, one session ticket", |b| {
+        b.iter_custom(|iters| certmq_handshakes(&s.tls_tickets, &s.client, iters, true))
     });
     group.bench_function("rustls WebPkiClientVerifier (fixed roots)", |b| {
         b.iter_custom(|iters| {
