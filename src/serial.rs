@@ -112,11 +112,21 @@ fn truncate_for_message(input: &str) -> String {
 impl fmt::Display for Serial {
     /// Upper-case hex of the DER content bytes, as `openssl x509 -serial`
     /// prints it (plus the sign byte where DER has one).
+    ///
+    /// Written through a table into one buffer: `{:02X}` per byte cost
+    /// about 5,000 instructions for a 20-byte serial, twice per connect
+    /// (the principal's `device_sn` and `ca_sn`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.as_bytes() {
-            write!(f, "{b:02X}")?;
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let bytes = self.as_bytes();
+        let mut text = [0u8; 2 * MAX_LEN];
+        for (pair, b) in text.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0x0F)];
         }
-        Ok(())
+        // Only ASCII hex digits were written.
+        let text = std::str::from_utf8(&text[..2 * bytes.len()]).map_err(|_| fmt::Error)?;
+        f.write_str(text)
     }
 }
 
@@ -202,6 +212,26 @@ mod tests {
         assert_eq!(s.to_string(), "7269");
         assert_eq!(Serial::parse("7269").unwrap(), s);
         assert_eq!(Serial::parse("269").unwrap().to_string(), "0269");
+    }
+
+    /// Every byte value, in the longest serial there is (a sign byte and
+    /// 20 bytes), prints as `openssl x509 -serial` does: two upper-case
+    /// hex digits each.
+    #[test]
+    fn every_byte_prints_as_two_upper_case_digits() {
+        for chunk in (0..=255u8).collect::<Vec<_>>().chunks(19) {
+            let mut magnitude = vec![0x80];
+            magnitude.extend_from_slice(chunk);
+            let s = Serial::from_der_content(&[&[0u8][..], &magnitude].concat()).unwrap();
+            let expected: String = s.as_bytes().iter().map(|b| format!("{b:02X}")).collect();
+            assert_eq!(s.to_string(), expected);
+            assert_eq!(s.to_string().len(), 2 * s.as_bytes().len());
+            assert_eq!(Serial::parse(&s.to_string()).unwrap(), s);
+        }
+        assert_eq!(
+            Serial::parse(&"ff".repeat(20)).unwrap().to_string().len(),
+            42
+        );
     }
 
     #[test]
