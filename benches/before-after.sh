@@ -11,7 +11,8 @@
 # The loads: QoS 0 and QoS 1 throughput, 4 publishers -> 1 subscriber (3
 # runs each); fan-in (1,000 publishers -> 1 subscriber) and fan-out (1
 # publisher -> 1,000 subscribers of one topic), QoS 0 and 1; connects at
-# concurrency 32 with the broker's CPU per connect (2 runs); revocation
+# concurrency 32 with the broker's CPU per connect (2 runs), and a burst at
+# concurrency 1,000; revocation
 # with 10,000 other sessions, each subscribed to its own filter; the mass
 # drop of 10,000 sessions under one CA; and first, memory per idle
 # connection.
@@ -64,5 +65,8 @@ done
 for _ in 1 2; do
     L connect --count $n_conn --concurrency 32
 done
+# A reconnect burst: 1,000 connects in flight at once, more than a small
+# accept queue holds (a dropped SYN is retried after a second: p99 ~1 s).
+L connect --count $n_conn --concurrency 1000
 L --spread revoke --admin "$admin" --others $n_others --count $n_revoke --subscribe
 L --spread mass-drop --admin "$admin" --count $n_mass

@@ -42,8 +42,12 @@ pub(crate) type Stream = tokio_rustls::server::TlsStream<Socket>;
 /// New connections per second per source address.
 type PerIp = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
-/// The accept queue: the standard library's and tokio's default.
-const ACCEPT_BACKLOG: u32 = 128;
+/// The accept queue. The standard library's and tokio's 128 overflowed in a
+/// reconnect burst (1,000 connects in flight: 125 SYNs dropped, each
+/// retried by the client a second later; `docs/BENCHMARKS.md`, "a
+/// reconnect burst"). Linux caps it at `net.core.somaxconn` (4096 by
+/// default since 5.4).
+const ACCEPT_BACKLOG: u32 = 4096;
 
 /// Binds the MQTT listener. TCP_NODELAY is set on the listening socket:
 /// every MQTT packet is a complete message, and on Linux accepted sockets
@@ -330,5 +334,23 @@ fn refused(ctx: &Context, peer: SocketAddr, refusal: &Refusal, presented: Option
             .map(|sn| sn.to_string())
             .unwrap_or_else(|| "-".into());
         info!(%peer, reason = %refusal, %device_sn, suppressed, "handshake refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection `set_nodelay` is gone on Linux because accepted
+    /// sockets inherit TCP_NODELAY from the listener set up here.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        #[cfg(not(target_os = "linux"))]
+        accepted.set_nodelay(true).unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }
