@@ -11,6 +11,7 @@
 #   ROUNDS=4 benches/burst.sh "$CARGO_TARGET_DIR"/release/certmq label > burst.jsonl
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/benches/fresh-broker.sh"
 bin=$(realpath "$1"); label=$2
 load=$(realpath "${LOAD:-${CARGO_TARGET_DIR:-$root/target}/release/certmq-load}")
 rounds=${ROUNDS:-4}; count=${COUNT:-5000}; concurrency=${CONCURRENCY:-1000}
@@ -20,23 +21,11 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 "$root/benches/load-policies.sh" >certmq.toml
 for _ in $(seq "$rounds"); do
-    rm -rf data
-    CERTMQ__MQTT__LISTEN=127.0.0.1:0 CERTMQ__ADMIN__LISTEN=127.0.0.1:0 \
-    CERTMQ__MQTT__CONNECTIONS_PER_SECOND_PER_IP=0 CERTMQ__MQTT__MAX_CONNECTIONS=25000 \
-    CERTMQ__LOG__LEVEL=warn "$bin" serve --config certmq.toml >out 2>err &
-    pid=$!
-    for _ in $(seq 200); do [ -f data/listen.json ] && break; sleep 0.05; done
-    mqtt=$(python3 -c "import json;print(json.load(open('data/listen.json'))['mqtt'])")
-    L() {
-        "$load" --target "$mqtt" --server-ca certs/dev/ca.pem --device-ca-cert certs/dev/ca.pem \
-            --device-ca-key certs/dev/ca.key --devices-dir "$work/devs" --threads 1 --quiet \
-            --label "$label" --broker-pid "$pid" "$@"
-    }
+    fresh_broker "$bin"
     L connect --count 400 --concurrency 32 >/dev/null
     nstat -n >/dev/null
     L connect --count "$count" --concurrency "$concurrency" >result.json
     overflows=$(nstat -z TcpExtListenOverflows 2>/dev/null | awk '/TcpExtListenOverflows/ {print $2}')
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_broker
     python3 -c "import json,sys; d=json.load(open('result.json')); d['listen_overflows']=int('${overflows:-0}'); print(json.dumps(d))"
 done

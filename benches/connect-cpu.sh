@@ -17,6 +17,7 @@
 #   benches/connect-cpu.sh /tmp/certmq-under-test label > connect-cpu.jsonl
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/benches/fresh-broker.sh"
 bin=$(realpath "$1"); label=$2
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 load=$(mktemp /tmp/certmq-load.XXXXXX)
@@ -41,23 +42,11 @@ for l in sys.stdin:
 connects() {
     local label=$1 cache=$2
     cd "$work"
-    rm -rf data
     "$root/benches/load-policies.sh" >certmq.toml
-    CERTMQ__TLS__SESSION_CACHE_SIZE=$cache CERTMQ__MQTT__LISTEN=127.0.0.1:0 CERTMQ__ADMIN__LISTEN=127.0.0.1:0 \
-    CERTMQ__MQTT__CONNECTIONS_PER_SECOND_PER_IP=0 CERTMQ__MQTT__MAX_CONNECTIONS=25000 \
-    CERTMQ__LOG__LEVEL=warn "$bin" serve --config certmq.toml >out 2>err &
-    pid=$!
-    for _ in $(seq 200); do [ -f data/listen.json ] && break; sleep 0.05; done
-    port=$(python3 -c "import json;print(json.load(open('data/listen.json'))['mqtt'].rsplit(':',1)[1])")
-    L() {
-        "$load" --target "127.0.0.1:$port" --server-ca certs/dev/ca.pem --device-ca-cert certs/dev/ca.pem \
-            --device-ca-key certs/dev/ca.key --devices-dir "$work/devs" --threads 1 --quiet \
-            --label "$label" --broker-pid "$pid" "$@"
-    }
+    CERTMQ__TLS__SESSION_CACHE_SIZE=$cache fresh_broker "$bin"
     L connect --count 400 --concurrency 32 >/dev/null
     L connect --count "$n" --concurrency 32
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_broker
     cd "$root"
 }
 

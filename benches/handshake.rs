@@ -176,6 +176,24 @@ fn handshake(client_config: &Arc<ClientConfig>, server_config: Arc<ServerConfig>
     server_time
 }
 
+/// Verifies the device's chain in full through `tls`'s verifier, admits
+/// the device and has the registry remember the chain, as its first
+/// connection would (the registry remembers chains of admitted devices
+/// only).
+fn remember_chain(s: &Setup, tls: &TlsContext) {
+    let first = tls
+        .verifier_core()
+        .verify(&s.device, UnixTime::now())
+        .unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(s.registry.admit_device(&first.identity, &first.cert))
+        .unwrap();
+    s.registry
+        .remember_verified(&first.identity, first.remember.unwrap());
+}
+
 /// `iters` handshakes with certmq's per-connection configuration, timing
 /// the server's side (building the configuration included) and checking
 /// each verdict: admitted, and the chain taken from the memo when
@@ -208,18 +226,7 @@ fn bench_handshake(c: &mut Criterion) {
     });
     // The same device again once admitted: its chain was verified in full
     // at its first connection and is remembered (`tls::verifier`).
-    let first = s
-        .tls
-        .verifier_core()
-        .verify(&s.device, UnixTime::now())
-        .unwrap();
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(s.registry.admit_device(&first.identity, &first.cert))
-        .unwrap();
-    s.registry
-        .remember_verified(&first.identity, first.remember.unwrap());
+    remember_chain(&s, &s.tls);
     group.bench_function("certmq verifier, known device (chain remembered)", |b| {
         b.iter_custom(|iters| certmq_handshakes(&s.tls, &s.client, iters, true))
     });
@@ -228,13 +235,7 @@ fn bench_handshake(c: &mut Criterion) {
     // full handshake unless `tls.session_cache_size = 0`. Each TlsContext's
     // verifier keys its memo with its own secret (as two processes would):
     // this one remembers the chain in its own terms.
-    let first = s
-        .tls_tickets
-        .verifier_core()
-        .verify(&s.device, UnixTime::now())
-        .unwrap();
-    s.registry
-        .remember_verified(&first.identity, first.remember.unwrap());
+    remember_chain(&s, &s.tls_tickets);
     group.bench_function("certmq verifier, known device, one session ticket", |b| {
         b.iter_custom(|iters| certmq_handshakes(&s.tls_tickets, &s.client, iters, true))
     });
