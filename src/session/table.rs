@@ -8,6 +8,13 @@
 //! allows. The claim belongs to the identity until a clean session of it
 //! ends.
 //!
+//! What an operator asks of one device or one CA is answered from an index
+//! of it, not by walking the fleet: the client ids each identity owns (so
+//! that InactivateDeviceCertificate, and each serial a CRL revokes, release
+//! a device's persistent sessions among a million others in the same time
+//! as among a thousand) and the live sessions per CA (GetCaCertificate's
+//! count). `benches/sessions.rs` measures both.
+//!
 //! A connection enters the table right after its TLS handshake, *before* it
 //! re-reads its certificate's status (see `admission`), and leaves it when
 //! its socket is closed. That makes "drop every session of this device"
@@ -18,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -234,6 +241,16 @@ struct Shared {
     next_id: AtomicU64,
     by_device: DashMap<DeviceIdentity, HashMap<SessionId, Handle>>,
     by_client: DashMap<Arc<str>, ClientEntry>,
+    /// The keys of `by_client` by their owner. Every entry made in
+    /// `by_client` adds its key here once, under the entry's lock, and
+    /// every entry removed takes it out once, right after (lock order:
+    /// `by_client`, then `owned`). A session's claim is here before its
+    /// guard signals "closed", so whoever has waited for a device's
+    /// sessions to close finds every id it owns. A reader may briefly see
+    /// an id whose entry has gone or changed owner: `by_client` decides.
+    owned: DashMap<DeviceIdentity, Vec<Arc<str>>>,
+    /// Live sessions per CA. An entry goes when its count reaches zero.
+    live_per_ca: DashMap<CaSn, AtomicUsize>,
     /// Sessions by the moment their certificate (or its CA's) expires, in
     /// milliseconds since the epoch: one ordered map and one task for all
     /// of them (see [`SessionTable::run_expiry`]), no timer per session.
@@ -275,6 +292,64 @@ pub struct ClientIdTaken {
     pub owner: DeviceIdentity,
 }
 
+impl Shared {
+    /// `client_id` entered `by_client`, owned by `owner`.
+    fn own(&self, owner: DeviceIdentity, client_id: Arc<str>) {
+        self.owned.entry(owner).or_default().push(client_id);
+    }
+
+    /// `client_id`'s entry, owned by `owner`, left `by_client`.
+    fn disown(&self, owner: &DeviceIdentity, client_id: &str) {
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.owned.entry(*owner) {
+            let ids = e.get_mut();
+            if let Some(at) = ids.iter().position(|id| &**id == client_id) {
+                ids.swap_remove(at);
+            }
+            if ids.is_empty() {
+                e.remove();
+            } else if ids.capacity() > 2 * ids.len() {
+                ids.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Removes `client_id`'s entry if `release` says so (under the
+    /// entry's lock), and its key from `owned`. Whether it was removed.
+    fn release_claim(&self, client_id: &str, release: impl FnOnce(&ClientEntry) -> bool) -> bool {
+        match self.by_client.remove_if(client_id, |_, e| release(e)) {
+            Some((key, entry)) => {
+                self.disown(&entry.owner, &key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn session_entered(&self, ca_sn: &CaSn) {
+        if let Some(count) = self.live_per_ca.get(ca_sn) {
+            count.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.live_per_ca
+            .entry(*ca_sn)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn session_left(&self, ca_sn: &CaSn) {
+        let last = self
+            .live_per_ca
+            .get(ca_sn)
+            .is_some_and(|count| count.fetch_sub(1, Ordering::Relaxed) == 1);
+        if last {
+            // Under the shard's write lock: a session entering meanwhile
+            // has raised the count again (or finds no entry and makes one).
+            self.live_per_ca
+                .remove_if(ca_sn, |_, count| count.load(Ordering::Relaxed) == 0);
+        }
+    }
+}
+
 impl SessionTable {
     pub fn new() -> Self {
         Self::default()
@@ -295,6 +370,7 @@ impl SessionTable {
             .entry(identity)
             .or_default()
             .insert(id, handle.clone());
+        self.shared.session_entered(&identity.ca_sn);
         SessionGuard {
             table: self.clone(),
             id,
@@ -472,7 +548,7 @@ impl SessionTable {
         F: Fn(Arc<str>) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        self.release_where(|owner| owner == identity, forget).await
+        self.release_owned(identity, &forget).await
     }
 
     /// [`SessionTable::release_device`] for every device of a CA.
@@ -481,39 +557,45 @@ impl SessionTable {
         F: Fn(Arc<str>) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        self.release_where(|owner| owner.ca_sn == *ca_sn, forget)
-            .await
+        let owners: Vec<DeviceIdentity> = self
+            .shared
+            .owned
+            .iter()
+            .filter(|e| e.key().ca_sn == *ca_sn)
+            .map(|e| *e.key())
+            .collect();
+        let mut released = 0;
+        for owner in owners {
+            released += self.release_owned(&owner, &forget).await;
+        }
+        released
     }
 
-    async fn release_where<F, Fut>(
-        &self,
-        owned: impl Fn(&DeviceIdentity) -> bool,
-        forget: F,
-    ) -> usize
+    /// Releases the unheld client ids `owner` owns; see
+    /// [`SessionTable::release_device`].
+    async fn release_owned<F, Fut>(&self, owner: &DeviceIdentity, forget: &F) -> usize
     where
         F: Fn(Arc<str>) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let unheld: Vec<Arc<str>> = self
-            .shared
-            .by_client
-            .iter()
-            .filter(|e| e.holder.is_none() && owned(&e.owner))
-            .map(|e| e.key().clone())
-            .collect();
+        let unheld = |e: &ClientEntry| e.holder.is_none() && e.owner == *owner;
+        let ids: Vec<Arc<str>> = match self.shared.owned.get(owner) {
+            Some(ids) => ids.clone(),
+            None => return 0,
+        };
         let mut released = 0;
-        for client_id in unheld {
-            if !forget(client_id.clone()).await {
+        for client_id in ids {
+            let still_unheld = self
+                .shared
+                .by_client
+                .get(&client_id)
+                .is_some_and(|e| unheld(&e));
+            if !still_unheld || !forget(client_id.clone()).await {
                 continue;
             }
             // Only if still unheld: the owner cannot have come back (it has
             // no access), but be exact about it.
-            if self
-                .shared
-                .by_client
-                .remove_if(&client_id, |_, e| e.holder.is_none() && owned(&e.owner))
-                .is_some()
-            {
+            if self.shared.release_claim(&client_id, unheld) {
                 released += 1;
             }
         }
@@ -523,9 +605,7 @@ impl SessionTable {
     /// Frees the claim on `client_id` of a persistent session that
     /// expired in the router, unless a connection holds the id now.
     pub fn release_expired(&self, client_id: &str) {
-        self.shared
-            .by_client
-            .remove_if(client_id, |_, e| e.holder.is_none());
+        self.shared.release_claim(client_id, |e| e.holder.is_none());
     }
 
     /// Gives back the room of maps that emptied (after a burst of
@@ -544,6 +624,9 @@ impl SessionTable {
         ) {
             self.shared.by_device.shrink_to_fit();
         }
+        if sparse(self.shared.owned.len(), self.shared.owned.capacity()) {
+            self.shared.owned.shrink_to_fit();
+        }
     }
 
     /// Client ids claimed now, live or by a persistent session.
@@ -556,14 +639,12 @@ impl SessionTable {
         self.shared.by_device.get(identity).map_or(0, |s| s.len())
     }
 
-    /// Live sessions of a CA's devices (a walk over the live sessions).
+    /// Live sessions of a CA's devices.
     pub fn sessions_of_ca(&self, ca_sn: &CaSn) -> usize {
         self.shared
-            .by_device
-            .iter()
-            .filter(|entry| entry.key().ca_sn == *ca_sn)
-            .map(|entry| entry.value().len())
-            .sum()
+            .live_per_ca
+            .get(ca_sn)
+            .map_or(0, |count| count.load(Ordering::Relaxed))
     }
 
     /// Whether a connection currently holds this client id.
@@ -662,11 +743,16 @@ impl SessionGuard {
                 entry.holder.replace(holder)
             }
             dashmap::mapref::entry::Entry::Vacant(e) => {
-                e.insert(ClientEntry {
+                let _locked = e.insert(ClientEntry {
                     owner: self.identity,
                     holder: Some(holder),
                     persistent,
                 });
+                // Indexed before the entry's lock is let go: a take-over
+                // by the same identity could otherwise end and remove the
+                // entry before its key is in `owned`, which would then
+                // keep it for good.
+                self.table.shared.own(self.identity, key.clone());
                 None
             }
         };
@@ -694,9 +780,7 @@ impl Drop for SessionGuard {
                 }
             }
             // A clean session leaves nothing behind: the id is free again.
-            shared
-                .by_client
-                .remove_if(client_id, |_, e| e.holder.is_none() && !e.persistent);
+            shared.release_claim(client_id, |e| e.holder.is_none() && !e.persistent);
         }
         if let Some(mut sessions) = shared.by_device.get_mut(&self.identity) {
             sessions.remove(&self.id);
@@ -704,6 +788,7 @@ impl Drop for SessionGuard {
         shared
             .by_device
             .remove_if(&self.identity, |_, s| s.is_empty());
+        shared.session_left(&self.identity.ca_sn);
         self.handle.closed.cancel();
     }
 }
@@ -847,5 +932,204 @@ mod tests {
         let mut intruder = table.register(identity(3));
         assert!(intruder.claim_client_id("kept", true).is_ok());
         assert!(intruder.claim_client_id("theirs", true).is_err());
+    }
+
+    /// `owned` holds each key of `by_client` once, under its owner, and
+    /// nothing else.
+    fn assert_index_exact(table: &SessionTable) {
+        let shared = &table.shared;
+        let mut expected: HashMap<DeviceIdentity, Vec<String>> = HashMap::new();
+        for e in shared.by_client.iter() {
+            expected
+                .entry(e.owner)
+                .or_default()
+                .push(e.key().to_string());
+        }
+        let mut found: HashMap<DeviceIdentity, Vec<String>> = HashMap::new();
+        for e in shared.owned.iter() {
+            assert!(!e.value().is_empty(), "an empty entry for {}", e.key());
+            found.insert(
+                *e.key(),
+                e.value().iter().map(|id| id.to_string()).collect(),
+            );
+        }
+        for ids in expected.values_mut().chain(found.values_mut()) {
+            ids.sort();
+        }
+        assert_eq!(found, expected);
+    }
+
+    #[tokio::test]
+    async fn the_owner_index_follows_every_claim_and_release() {
+        let table = SessionTable::new();
+        let mut a = table.register(identity(1));
+        a.claim_client_id("a-kept", true).unwrap();
+        let mut a2 = table.register(identity(1));
+        a2.claim_client_id("a-clean", false).unwrap();
+        let mut b = table.register(identity(2));
+        b.claim_client_id("b-kept", true).unwrap();
+        assert_index_exact(&table);
+        // A take-over by the same identity adds nothing.
+        let mut a3 = table.register(identity(1));
+        a3.claim_client_id("a-kept", true).unwrap();
+        drop(a);
+        assert_index_exact(&table);
+        drop(a2); // clean: released
+        drop(a3); // persistent: kept
+        drop(b);
+        assert_index_exact(&table);
+        assert_eq!(table.shared.owned.get(&identity(1)).unwrap().len(), 1);
+        table.release_expired("b-kept");
+        assert_index_exact(&table);
+        assert!(table.shared.owned.get(&identity(2)).is_none());
+        assert_eq!(
+            table.release_device(&identity(1), |_| async { true }).await,
+            1
+        );
+        assert_index_exact(&table);
+        assert_eq!(table.shared.owned.len(), 0);
+        // A router that cannot forget keeps the claim, and the index with it.
+        let mut c = table.register(identity(3));
+        c.claim_client_id("c-kept", true).unwrap();
+        drop(c);
+        assert_eq!(
+            table
+                .release_device(&identity(3), |_| async { false })
+                .await,
+            0
+        );
+        assert_index_exact(&table);
+        assert_eq!(
+            table
+                .release_ca(&identity(3).ca_sn, |_| async { true })
+                .await,
+            1
+        );
+        assert_index_exact(&table);
+        assert_eq!(table.claimed_client_ids(), 0);
+    }
+
+    /// Claims, take-overs, clean and persistent ends, expiries and
+    /// releases of the same few ids from several threads at once: the
+    /// index is exact once they are done, and releasing each owner then
+    /// frees every id left.
+    #[test]
+    fn the_owner_index_stays_exact_under_contention() {
+        let table = SessionTable::new();
+        let ids = ["x", "y", "z", "w"];
+        std::thread::scope(|scope| {
+            for t in 0..4u8 {
+                let table = table.clone();
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    for i in 0..3_000usize {
+                        let owner = identity(1 + (i % 2) as u8);
+                        let id = ids[(i + t as usize) % ids.len()];
+                        let mut guard = table.register(owner);
+                        let _ = guard.claim_client_id(id, (i + t as usize) % 3 != 0);
+                        drop(guard);
+                        match i % 5 {
+                            0 => table.release_expired(ids[(i / 5) % ids.len()]),
+                            1 => {
+                                rt.block_on(table.release_device(&owner, |_| async { true }));
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        assert_index_exact(&table);
+        for n in [1, 2] {
+            rt_block(table.release_device(&identity(n), |_| async { true }));
+        }
+        assert_eq!(table.claimed_client_ids(), 0);
+        assert_eq!(table.shared.owned.len(), 0);
+    }
+
+    fn rt_block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn identity_under(ca: u8, n: u8) -> DeviceIdentity {
+        DeviceIdentity {
+            ca_sn: CaSn(Serial::from_der_content(&[ca]).unwrap()),
+            device_sn: DeviceSn(Serial::from_der_content(&[n]).unwrap()),
+        }
+    }
+
+    #[test]
+    fn live_sessions_are_counted_per_ca() {
+        let table = SessionTable::new();
+        let ca = |n: u8| identity_under(n, 1).ca_sn;
+        let a = table.register(identity_under(1, 1));
+        let b = table.register(identity_under(1, 2));
+        let c = table.register(identity_under(2, 1));
+        assert_eq!(table.sessions_of_ca(&ca(1)), 2);
+        assert_eq!(table.sessions_of_ca(&ca(2)), 1);
+        assert_eq!(table.sessions_of_ca(&ca(3)), 0);
+        drop(a);
+        drop(c);
+        assert_eq!(table.sessions_of_ca(&ca(1)), 1);
+        assert_eq!(table.sessions_of_ca(&ca(2)), 0);
+        assert_eq!(
+            table.shared.live_per_ca.len(),
+            1,
+            "an emptied CA leaves no entry"
+        );
+        drop(b);
+        assert_eq!(table.shared.live_per_ca.len(), 0);
+    }
+
+    /// Sessions of one CA entering and leaving from several threads at
+    /// once, the count passing through zero again and again: whatever the
+    /// interleaving of a last session leaving (its entry going) with a new
+    /// one entering, the count always ends at the sessions still open.
+    #[test]
+    fn the_per_ca_count_survives_contention() {
+        let table = SessionTable::new();
+        let ca = identity_under(2, 0).ca_sn;
+        let kept: Vec<SessionGuard> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let table = table.clone();
+                    scope.spawn(move || {
+                        let mut kept = Vec::new();
+                        for i in 0..100_000 {
+                            let guard = table.register(identity_under(2, t));
+                            // Not zero while this one is open: its entry
+                            // cannot have gone with its count.
+                            assert!(
+                                table.sessions_of_ca(&ca) >= 1,
+                                "a live session went uncounted"
+                            );
+                            if i % 10_000 == 9_999 {
+                                // Open for a while: if an entry went with
+                                // its count, this session's leaving lowers
+                                // another entry's.
+                                kept.push(guard);
+                            }
+                            if i % 30_000 == 29_999 {
+                                kept.clear();
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
+        });
+        assert_eq!(table.sessions_of_ca(&ca), kept.len());
+        drop(kept);
+        assert_eq!(table.sessions_of_ca(&ca), 0);
+        assert_eq!(table.shared.live_per_ca.len(), 0);
     }
 }
