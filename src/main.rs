@@ -34,7 +34,7 @@ pub static JEMALLOC_CONF: &[u8; 56] = b"retain:false,dirty_decay_ms:1000,backgro
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use certmq::config::{LogFormat, Settings};
+use certmq::config::{LogFormat, Settings, StorageBackend};
 use certmq::pki::{self, CaSigner, KeyKind};
 use certmq::{Broker, pki::dev::DevPki};
 
@@ -524,7 +524,7 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
         topic,
     } = cmd;
     let settings = Settings::load(config.as_deref())?;
-    let set = certmq::authz::PolicySet::from_settings(&settings.authz)?;
+    let set = policies_in_force(&settings)?;
     let identity = certmq::DeviceIdentity {
         ca_sn: certmq::CaSn::parse(&ca_sn).context("--ca-sn")?,
         device_sn: certmq::DeviceSn::parse(&device_sn).context("--device-sn")?,
@@ -550,6 +550,20 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
             policies.join(", ")
         }
     );
+    let custom: Vec<String> = set
+        .custom()
+        .policies_for(&identity, &who.client_id)
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    println!(
+        "custom permissions: {}",
+        if custom.is_empty() {
+            "(none)".to_owned()
+        } else {
+            custom.join(", ")
+        }
+    );
     let grants = set.grants(&identity, &who);
     let decision = match action {
         ExplainAction::Publish => grants.publish(&topic),
@@ -564,6 +578,38 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
         certmq::authz::Decision::Deny(None) => println!("denied: no allow rule covers it"),
     }
     Ok(())
+}
+
+/// The policies a broker started with `settings` would put in force: the
+/// configured ones, the development PKI's application policies when the
+/// broker would run on it, and the custom permissions stored in its
+/// registry (read-only: a running broker may hold the registry open).
+fn policies_in_force(settings: &Settings) -> Result<certmq::authz::PolicySet> {
+    let mut set = certmq::authz::PolicySet::from_settings(&settings.authz)?;
+    if settings.tls.server_cert.is_empty() {
+        let ca = DevPki::ca_cert_in(&settings.tls.dev_pki_dir);
+        if ca.exists() {
+            set.attach_dev_pki_app(&settings.authz, &ca, certmq::pki::dev::DEV_APP_NAME)?;
+        }
+    }
+    let records = match settings.storage.backend {
+        StorageBackend::Sqlite => {
+            let db = settings
+                .storage
+                .data_dir
+                .join(certmq::store::sqlite::FILE_NAME);
+            certmq::store::sqlite::read_permissions(&db)?.unwrap_or_default()
+        }
+        StorageBackend::Postgres => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(certmq::store::postgres::read_permissions(
+                &settings.storage.postgres_url,
+            ))?,
+    };
+    let custom = certmq::authz::CustomPermissions::from_records(records)
+        .context("a stored custom permission is unusable")?;
+    Ok(set.with_custom(custom))
 }
 
 fn check_config(config: Option<&Path>) -> Result<()> {

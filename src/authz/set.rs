@@ -299,7 +299,10 @@ impl PolicySet {
     }
 
     /// This set with other custom permissions.
-    pub(super) fn with_custom(&self, custom: CustomPermissions) -> PolicySet {
+    /// This set with `custom` as its custom permissions (as the broker puts
+    /// the stored ones in force at start, and `certmq authz explain` reads
+    /// them).
+    pub fn with_custom(&self, custom: CustomPermissions) -> PolicySet {
         PolicySet {
             custom,
             ..self.clone()

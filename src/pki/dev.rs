@@ -83,6 +83,11 @@ impl DevPki {
         files
     }
 
+    /// Where the development PKI in `dir` keeps its CA certificate.
+    pub fn ca_cert_in(dir: &Path) -> PathBuf {
+        DevPki::at(dir).ca_cert
+    }
+
     /// Reuses the development PKI in `dir`, or creates it. Returns whether it
     /// was created now.
     pub fn ensure(dir: &Path) -> Result<(DevPki, bool), PkiError> {

@@ -155,6 +155,31 @@ pub(crate) async fn connect(config: &Config) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// The custom permissions stored in the database at `url`, read on a
+/// connection of their own (schema unchanged), for tools such as `certmq
+/// authz explain`.
+pub async fn read_permissions(url: &str) -> Result<Vec<PermissionRecord>, StoreError> {
+    let config = config(url)?;
+    let location = describe(&config);
+    let client = connect(&config).await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
+            ),
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows.iter().map(permission_from_row).collect(),
+        // No schema yet: the first broker start creates it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(StoreError::Read(format!("{location}: {}", db_message(&e)))),
+    }
+}
+
 impl PgStore {
     /// Connects to the database at `url`, brings its schema up to date,
     /// reads the snapshot and starts the writer. `origin` (the node id)

@@ -13,7 +13,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// The migrations, in order; index `i` moves version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: instance, CAs, device certificates.
     "
     CREATE TABLE instance (
@@ -63,10 +63,15 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this certmq writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The schema version of the database `conn` is open on.
+pub fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 /// Brings the database to [`VERSION`]; returns the version found, or an
 /// error if the database is newer than this certmq.
 pub fn migrate(conn: &mut Connection) -> Result<i64, MigrateError> {
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let found = version(conn)?;
     if found > VERSION {
         return Err(MigrateError::TooNew(found));
     }

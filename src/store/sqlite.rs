@@ -155,6 +155,51 @@ impl Drop for SqliteStore {
     }
 }
 
+/// The custom permissions stored in the database at `path`, read through a
+/// read-only connection (a running broker may have it open), for tools
+/// such as `certmq authz explain`. `Ok(None)`: no database there yet.
+pub fn read_permissions(path: &Path) -> Result<Option<Vec<PermissionRecord>>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let fail = |e: rusqlite::Error| StoreError::Open {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(fail)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
+    let found = schema::version(&conn).map_err(fail)?;
+    if found > schema::VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: schema::VERSION,
+        });
+    }
+    let has_table: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'custom_permission'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(fail)?;
+    if !has_table {
+        // Written by a certmq from before custom permissions: it has none.
+        return Ok(Some(Vec::new()));
+    }
+    let records = conn
+        .prepare(&format!(
+            "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
+        ))
+        .and_then(|mut query| query.query_map([], permission_from_row)?.collect())
+        .map_err(|e| StoreError::Read(format!("{}: {e}", path.display())))?;
+    Ok(Some(records))
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -532,5 +577,36 @@ impl Store for SqliteStore {
 
     fn is_healthy(&self) -> bool {
         self.writer.as_ref().is_some_and(|w| !w.is_closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(dir: &Path, version: i64, migrations: usize) -> PathBuf {
+        let path = dir.join(format!("v{version}.db"));
+        let conn = Connection::open(&path).unwrap();
+        for sql in &schema::MIGRATIONS[..migrations] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version).unwrap();
+        path
+    }
+
+    #[test]
+    fn permissions_are_read_from_any_registry_this_certmq_can_open() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            read_permissions(&dir.path().join("none.db"))
+                .unwrap()
+                .is_none()
+        );
+        // From before custom permissions: none.
+        let old = database(dir.path(), 1, 1);
+        assert_eq!(read_permissions(&old).unwrap(), Some(Vec::new()));
+        let newer = database(dir.path(), schema::VERSION + 1, schema::MIGRATIONS.len());
+        let err = read_permissions(&newer).unwrap_err().to_string();
+        assert!(err.contains("newer than this certmq understands"), "{err}");
     }
 }

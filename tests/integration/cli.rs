@@ -1024,6 +1024,106 @@ async fn the_readme_demo_runs_on_the_embedded_policies() {
     sigterm_and_wait(child).await;
 }
 
+/// `authz explain` answers with the policies a running broker has in
+/// force: the configured ones, the development PKI's application policies,
+/// and the custom permissions in its registry (read while the broker holds
+/// it open), deny winning as on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_explain_reads_a_running_brokers_custom_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (child, _banner, _listening) = serve(d).await;
+    let pki = d.join("certs/dev");
+    let device = device_from_files(&pki, "device-1", "ca.pem");
+    let (ca_sn, device_sn) = (
+        device.identity.ca_sn.to_string(),
+        device.identity.device_sn.to_string(),
+    );
+    let explain = |cn: &str, action: &str, topic: &str| {
+        let out = std::process::Command::new(BIN)
+            .current_dir(d)
+            .args([
+                "authz",
+                "explain",
+                "--ca-sn",
+                &ca_sn,
+                "--device-sn",
+                &device_sn,
+            ])
+            .args(["--cn", cn, action, topic])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_succeeded(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let add = |identity_type: &str, identity: &str, topic: &str, action: &str, effect: &str| {
+        let (identity_type, identity, topic, action, effect) = (
+            format!("--IdentityType={identity_type}"),
+            format!("--Identity={identity}"),
+            format!("--Topic={topic}"),
+            format!("--PermitAction={action}"),
+            format!("--Effect={effect}"),
+        );
+        async move {
+            let out = certmq(d)
+                .args([
+                    "admin",
+                    "AddCustomAuthPermission",
+                    "--InstanceId=mqtt-certmq-local",
+                ])
+                .args([identity_type, identity, topic, action, effect])
+                // As `serve` ran: the client then finds the port in
+                // data/listen.json.
+                .env("CERTMQ__ADMIN__LISTEN", "127.0.0.1:0")
+                .output()
+                .await
+                .unwrap();
+            assert_succeeded(&out);
+        }
+    };
+    let before = explain("device-1", "publish", "fleet/extra/1");
+    assert!(before.contains("custom permissions: (none)"), "{before}");
+    assert!(
+        before.contains("denied: no allow rule covers it"),
+        "{before}"
+    );
+    // The development PKI's application certificate has its own policies.
+    let app = explain("app", "subscribe", "devices/+/telemetry");
+    assert!(app.contains("allowed by policy"), "{app}");
+
+    add("CLIENT", "device-1", "fleet/extra/#", "PUB", "ALLOW").await;
+    let identity = format!("{ca_sn}:{device_sn}");
+    add(
+        "DEVICE",
+        &identity,
+        "devices/device-1/secret",
+        "PUB",
+        "DENY",
+    )
+    .await;
+    let allowed = explain("device-1", "publish", "fleet/extra/1");
+    assert!(
+        allowed.contains(
+            "allowed by policy `custom permission CLIENT device-1` rule 1 (`fleet/extra/#`)"
+        ),
+        "{allowed}"
+    );
+    assert!(
+        allowed.contains("custom permissions: custom permission DEVICE"),
+        "{allowed}"
+    );
+    // Deny wins over the configured own-namespace allow.
+    let denied = explain("device-1", "publish", "devices/device-1/secret");
+    assert!(
+        denied.contains(&format!(
+            "denied by policy `custom permission DEVICE {identity}` rule 1"
+        )),
+        "{denied}"
+    );
+    sigterm_and_wait(child).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authz_explain_names_the_deciding_rule_and_check_config_warns_about_client_ids() {
     let dir = tempfile::tempdir().unwrap();

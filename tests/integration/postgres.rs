@@ -358,6 +358,29 @@ async fn a_sqlite_registry_moves_to_postgres_by_export_and_import() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.to_string().contains("fleet/#"), "{body}");
+    // `certmq authz explain` reads them from PostgreSQL, the node running.
+    let mover = &devices[2].identity;
+    let (ca_sn, device_sn) = (mover.ca_sn.to_string(), mover.device_sn.to_string());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
+        .args([
+            "authz",
+            "explain",
+            "--ca-sn",
+            &ca_sn,
+            "--device-sn",
+            &device_sn,
+        ])
+        .args(["--cn", "mover-2", "publish", "fleet/news"])
+        .envs(on_pg)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("allowed by policy `custom permission CLIENT mover-2` rule 1 (`fleet/#`)"),
+        "{said}"
+    );
     // Importing into a registry in use is refused, saying why.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_certmq"))
         .args(["registry", "import", from_sqlite.to_str().unwrap()])
