@@ -222,6 +222,7 @@ impl Broker {
         let instance = Instance::new(&settings, registration_code);
         let keys = admin::keys::load(&settings)?;
         let admin_api = admin::AdminApi::new(&settings, keys.keys, &settings.storage.data_dir)?;
+        let audit = admin_api.audit();
         let admin_tls = admin::tls::AdminTls::from_settings(&settings.admin)?.map(Arc::new);
         if let Some(path) = &keys.generated_file {
             info!(file = %path.display(), "admin API access key (generated for instance.owner)");
@@ -419,6 +420,11 @@ impl Broker {
                 revoker: ctx.revoker(),
                 health: ctx.crl_health.clone(),
                 counters: ctx.metrics.crl_counters(),
+                recorder: admin::audit::crl_refresh_recorder(
+                    audit.clone(),
+                    ctx.node_id.clone(),
+                    ctx.metrics.audit_failures(),
+                ),
             };
             let vital = health.vital("CRL refresh", shutdown.clone());
             let shutdown = shutdown.clone();

@@ -182,7 +182,7 @@ impl Metrics {
             audit_failures: counter(
                 r,
                 "certmq_audit_write_failures_total",
-                "Admin calls whose audit record could not be written to audit.jsonl (see the error log).",
+                "Admin calls and CRL refresh imports whose audit record could not be written to audit.jsonl (see the error log).",
             ),
             audit_suppressed: counter(
                 r,
@@ -327,6 +327,12 @@ impl Metrics {
 
     pub(crate) fn audit_failed(&self) {
         self.audit_failures.inc();
+    }
+
+    /// The counter [`Metrics::audit_failed`] raises, for writers of the
+    /// audit trail outside the admin API.
+    pub(crate) fn audit_failures(&self) -> IntCounter {
+        self.audit_failures.clone()
     }
 
     pub(crate) fn audit_suppressed(&self) {

@@ -1,5 +1,7 @@
 //! The audit trail: one record per state-changing admin call, whatever its
-//! outcome (refused signatures included).
+//! outcome (refused signatures included), and one per change certmq makes
+//! on its own account ([`ChangeRecord`]: a CRL refresh that imported a new
+//! CRL), so that every inactivation in the registry has its record.
 //!
 //! Records go to an append-only JSON-lines file, `audit.jsonl` in
 //! `storage.data_dir`, written by a thread of its own (file I/O never runs
@@ -16,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -101,11 +103,8 @@ impl AuditRecord<'_> {
                 ))
             })
             .collect();
-        let time = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
         json!({
-            "time": time,
+            "time": now_rfc3339(),
             "request_id": self.req.request_id,
             "peer": self.peer.to_string(),
             "node": self.node,
@@ -118,6 +117,96 @@ impl AuditRecord<'_> {
             "duration_ms": self.duration.as_secs_f64() * 1000.0,
         })
     }
+}
+
+/// A change certmq made without an admin call.
+pub struct ChangeRecord<'a> {
+    /// The node that made it (`cluster.node_id`).
+    pub node: &'a str,
+    /// What made it, as the registry records it (`crl-refresh`).
+    pub by: &'a str,
+    pub action: &'a str,
+    /// What it acted on, as an admin call's record names its targets.
+    pub targets: Map<String, Value>,
+    /// `Success`, or what went wrong.
+    pub code: &'a str,
+    pub message: Option<String>,
+    /// What it did (counts), as it reported.
+    pub outcome: Map<String, Value>,
+    pub duration: Duration,
+}
+
+impl ChangeRecord<'_> {
+    fn to_json(&self) -> Value {
+        json!({
+            "time": now_rfc3339(),
+            "node": self.node,
+            "by": self.by,
+            "action": self.action,
+            "targets": self.targets,
+            "code": self.code,
+            "message": self.message.as_ref().map(|m| m.chars().take(MAX_MESSAGE_CHARS).collect::<String>()),
+            "outcome": self.outcome,
+            "duration_ms": self.duration.as_secs_f64() * 1000.0,
+        })
+    }
+}
+
+/// The recorder of CRL refreshes ([`crate::crl::refresh::Recorder`]): one
+/// `CrlRefresh` record per refresh that imported a changed CRL, by
+/// `crl-refresh`, naming the CA and the source (`tls.crl[i]` and its
+/// location, credentials hidden), with what the import did or why it
+/// stopped. A record that cannot be written is counted
+/// (`certmq_audit_failures_total`) and logged: the import is done.
+pub fn crl_refresh_recorder(
+    audit: Arc<AuditLog>,
+    node: Arc<str>,
+    failures: prometheus::IntCounter,
+) -> crate::crl::refresh::Recorder {
+    Arc::new(move |done: crate::crl::refresh::Refreshed| {
+        let (audit, node, failures) = (audit.clone(), node.clone(), failures.clone());
+        Box::pin(async move {
+            let mut targets = Map::new();
+            targets.insert("CaSn".into(), done.ca_sn.to_string().into());
+            targets.insert(
+                "Source".into(),
+                format!("tls.crl[{}] {}", done.index, done.source).into(),
+            );
+            let mut outcome = Map::new();
+            outcome.insert("serials".into(), done.serials.into());
+            if let Ok(imported) = &done.outcome {
+                outcome.insert("inactivated".into(), imported.inactivated.into());
+                outcome.insert("blocked".into(), imported.blocked.into());
+                outcome.insert("already_inactive".into(), imported.already_inactive.into());
+            }
+            let written = audit
+                .write_change(ChangeRecord {
+                    node: &node,
+                    by: "crl-refresh",
+                    action: "CrlRefresh",
+                    targets,
+                    code: if done.outcome.is_ok() {
+                        "Success"
+                    } else {
+                        "ImportFailed"
+                    },
+                    message: done.outcome.as_ref().err().cloned(),
+                    outcome,
+                    duration: done.duration,
+                })
+                .await;
+            if let Err(e) = written {
+                failures.inc();
+                tracing::error!(ca_sn = %done.ca_sn, error = %e, "audit record of a CRL refresh not written");
+            }
+        })
+    })
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 type Job = (String, oneshot::Sender<Result<(), String>>);
@@ -199,6 +288,26 @@ impl AuditLog {
             duration_ms = record.duration.as_secs_f64() * 1000.0,
             "admin call"
         );
+        self.append(json).await
+    }
+
+    /// Writes the record of a change certmq made on its own and waits
+    /// until it is in the file.
+    pub async fn write_change(&self, record: ChangeRecord<'_>) -> Result<Written, AuditError> {
+        let json = record.to_json();
+        tracing::info!(
+            target: "certmq::audit",
+            by = record.by,
+            action = record.action,
+            targets = %json["targets"],
+            outcome = %json["outcome"],
+            code = record.code,
+            "change"
+        );
+        self.append(json).await
+    }
+
+    async fn append(&self, json: Value) -> Result<Written, AuditError> {
         let (done, written) = oneshot::channel();
         self.jobs
             .send((json.to_string(), done))

@@ -65,7 +65,7 @@ pub enum AdminError {
 pub struct AdminApi {
     auth: Authenticator,
     limits: RateLimits,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
 }
 
 impl AdminApi {
@@ -78,12 +78,17 @@ impl AdminApi {
         Ok(AdminApi {
             auth: Authenticator::new(keys, settings.timestamp_window()),
             limits: RateLimits::new(&settings.admin.rate_limits)?,
-            audit: AuditLog::open(
+            audit: Arc::new(AuditLog::open(
                 data_dir,
                 settings.admin.audit_file_max_mb * 1024 * 1024,
                 settings.admin.audit_files_kept,
-            )?,
+            )?),
         })
+    }
+
+    /// The audit trail, for the changes certmq makes on its own.
+    pub fn audit(&self) -> Arc<AuditLog> {
+        self.audit.clone()
     }
 }
 

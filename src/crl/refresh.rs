@@ -281,6 +281,32 @@ pub struct Refresher {
     pub revoker: Revoker,
     pub health: CrlHealth,
     pub counters: CrlCounters,
+    /// Records each refresh that imported a changed CRL (the audit trail).
+    pub recorder: Recorder,
+}
+
+/// Where a refresh that imported a changed CRL is recorded, given by the
+/// broker (the admin API's audit trail), so that this module needs nothing
+/// of the admin API. Runs after the import, whatever its outcome.
+pub type Recorder = Arc<
+    dyn Fn(Refreshed) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What one refresh that imported a changed CRL did.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    pub ca_sn: CaSn,
+    /// The source's label (credentials hidden).
+    pub source: String,
+    /// `tls.crl[i]`.
+    pub index: usize,
+    /// Serials the CRL lists.
+    pub serials: usize,
+    /// What the import did, or why it stopped (what it applied stays).
+    pub outcome: Result<super::import::Imported, String>,
+    pub duration: std::time::Duration,
 }
 
 /// Why one refresh failed.
@@ -424,7 +450,18 @@ impl Refresher {
             via: "crl-refresh",
             request_id: None,
         };
-        let done = self.revoker.import(&crl, &change).await?;
+        let started = std::time::Instant::now();
+        let done = self.revoker.import(&crl, &change).await;
+        (self.recorder)(Refreshed {
+            ca_sn: source.ca_sn,
+            source: source.label(),
+            index: source.index,
+            serials: crl.serials.len(),
+            outcome: done.as_ref().copied().map_err(ToString::to_string),
+            duration: started.elapsed(),
+        })
+        .await;
+        let done = done?;
         info!(ca_sn = %done.ca_sn, source = %source.label(), serials = crl.serials.len(), inactivated = done.inactivated, blocked = done.blocked, already_inactive = done.already_inactive, "CRL refreshed");
         *last = Some(digest);
         Ok(true)

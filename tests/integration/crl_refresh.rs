@@ -136,6 +136,39 @@ async fn a_refreshed_crl_cuts_a_newly_listed_device_off_and_an_outage_keeps_the_
     assert!(connect(&tb, &lost, "lost", Version::V4).await.is_err());
     kept_client.expect_quiet(Duration::from_millis(100)).await;
 
+    // Each import of a changed CRL has its record in the audit trail, by
+    // crl-refresh, with what it did; the unchanged refresh has none.
+    let audit_file = tb.broker.settings().storage.data_dir.join("audit.jsonl");
+    let refreshes = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["action"] == "CrlRefresh")
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the refresh's audit record",
+        async || refreshes().len() >= 2,
+    )
+    .await;
+    let records = refreshes();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    for record in &records {
+        assert_eq!(record["by"], "crl-refresh", "{record}");
+        assert_eq!(record["code"], "Success", "{record}");
+        assert_eq!(record["targets"]["CaSn"], ca_sn.as_str(), "{record}");
+        let source = record["targets"]["Source"].as_str().unwrap();
+        assert!(
+            source.starts_with("tls.crl[0] http://127.0.0.1:"),
+            "{record}"
+        );
+    }
+    assert_eq!(records[0]["outcome"]["serials"], 0, "{records:#?}");
+    assert_eq!(records[1]["outcome"]["serials"], 1, "{records:#?}");
+    assert_eq!(records[1]["outcome"]["inactivated"], 1, "{records:#?}");
+
     // The server goes away: failures are counted, the last state stays,
     // and (fail_closed) the broker says it is not ready.
     let (addr, crl) = server.stop().await;
