@@ -298,7 +298,6 @@ impl PolicySet {
         self.generation
     }
 
-    /// This set with other custom permissions.
     /// This set with `custom` as its custom permissions (as the broker puts
     /// the stored ones in force at start, and `certmq authz explain` reads
     /// them).
