@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::sqlite::{
     ca_from_row, device_from_row, now_ms, permission_from_row, put_permission, registration_code,
 };
-use super::{CA_COLUMNS, DEVICE_COLUMNS, PERMISSION_COLUMNS};
+use super::{CA_COLUMNS, DEVICE_COLUMNS};
 use crate::identity::DeviceIdentity;
 use crate::record::{
     CaRecord, CertStatus, DeviceRecord, IdentityKind, PermissionKey, PermissionRecord,
@@ -179,9 +179,7 @@ pub fn export(db: &Path, out: &mut dyn Write) -> Result<usize, BackupError> {
     }
     drop(stmt);
     let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
-        ))
+        .prepare(&super::all_permissions_query())
         .map_err(read)?;
     for permission in stmt.query_map([], permission_from_row).map_err(read)? {
         emit(&Line::from(&permission.map_err(read)?), out)?;

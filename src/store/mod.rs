@@ -39,6 +39,13 @@ pub(crate) const DEVICE_COLUMNS: &str =
 /// The columns of a custom permission, likewise.
 pub(crate) const PERMISSION_COLUMNS: &str = "identity_type, identity, topic, permit_action, effect";
 
+/// Every stored custom permission, in the order both stores list them.
+pub(crate) fn all_permissions_query() -> String {
+    format!(
+        "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
+    )
+}
+
 /// How a status is stored (both schemas: 1 active, 0 inactive).
 pub(crate) fn status_code(status: CertStatus) -> i16 {
     match status {

@@ -33,8 +33,8 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 use tracing::{error, info, warn};
 
 use super::{
-    CA_COLUMNS, Change, Committed, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
-    StoreFuture, status_code, status_from,
+    CA_COLUMNS, Change, Committed, DEVICE_COLUMNS, Snapshot, Store, StoreError, StoreFuture,
+    status_code, status_from,
 };
 use super::{feed, postgres_schema};
 use crate::identity::DeviceIdentity;
@@ -162,14 +162,7 @@ pub async fn read_permissions(url: &str) -> Result<Vec<PermissionRecord>, StoreE
     let config = config(url)?;
     let location = describe(&config);
     let client = connect(&config).await?;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
-            ),
-            &[],
-        )
-        .await;
+    let rows = client.query(&super::all_permissions_query(), &[]).await;
     match rows {
         Ok(rows) => rows.iter().map(permission_from_row).collect(),
         // No schema yet: the first broker start creates it.
@@ -909,12 +902,7 @@ impl Store for PgStore {
     fn permissions(&self) -> StoreFuture<'_, Vec<PermissionRecord>> {
         Box::pin(self.read(async |client: &Client| {
             client
-                .query(
-                    &format!(
-                        "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
-                    ),
-                    &[],
-                )
+                .query(&super::all_permissions_query(), &[])
                 .await
                 .map_err(read_err)?
                 .iter()

@@ -19,7 +19,7 @@ use super::postgres::{
     device_from_row,
 };
 use super::postgres_schema;
-use super::{CA_COLUMNS, Change, DEVICE_COLUMNS, PERMISSION_COLUMNS, feed, status_code};
+use super::{CA_COLUMNS, Change, DEVICE_COLUMNS, feed, status_code};
 use crate::record::DeviceRecord;
 
 /// Device rows read or written per round trip.
@@ -101,12 +101,7 @@ pub async fn export(url: &str, out: &mut dyn Write) -> Result<usize, BackupError
         }
     }
     for row in tx
-        .query(
-            &format!(
-                "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
-            ),
-            &[],
-        )
+        .query(&super::all_permissions_query(), &[])
         .await
         .map_err(read_err)?
     {

@@ -18,8 +18,8 @@ use tracing::{error, info};
 
 use super::schema::{self, MigrateError};
 use super::{
-    CA_COLUMNS, Change, Committed, DEVICE_COLUMNS, PERMISSION_COLUMNS, Snapshot, Store, StoreError,
-    StoreFuture, status_code, status_from,
+    CA_COLUMNS, Change, Committed, DEVICE_COLUMNS, Snapshot, Store, StoreError, StoreFuture,
+    status_code, status_from,
 };
 use crate::identity::DeviceIdentity;
 use crate::record::{
@@ -192,9 +192,7 @@ pub fn read_permissions(path: &Path) -> Result<Option<Vec<PermissionRecord>>, St
         return Ok(Some(Vec::new()));
     }
     let records = conn
-        .prepare(&format!(
-            "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
-        ))
+        .prepare(&super::all_permissions_query())
         .and_then(|mut query| query.query_map([], permission_from_row)?.collect())
         .map_err(|e| StoreError::Read(format!("{}: {e}", path.display())))?;
     Ok(Some(records))
@@ -563,11 +561,9 @@ impl Store for SqliteStore {
 
     fn permissions(&self) -> StoreFuture<'_, Vec<PermissionRecord>> {
         Box::pin(self.read(|conn| {
-            conn.prepare(&format!(
-                "SELECT {PERMISSION_COLUMNS} FROM custom_permission ORDER BY identity_type, identity, topic"
-            ))?
-            .query_map([], permission_from_row)?
-            .collect()
+            conn.prepare(&super::all_permissions_query())?
+                .query_map([], permission_from_row)?
+                .collect()
         }))
     }
 
