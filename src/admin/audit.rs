@@ -155,9 +155,13 @@ impl ChangeRecord<'_> {
 /// The recorder of CRL refreshes ([`crate::crl::refresh::Recorder`]): one
 /// `CrlRefresh` record per refresh that imported a changed CRL, by
 /// `crl-refresh`, naming the CA and the source (`tls.crl[i]` and its
-/// location, credentials hidden), with what the import did or why it
-/// stopped. A record that cannot be written is counted
-/// (`certmq_audit_failures_total`) and logged: the import is done.
+/// location, credentials hidden), with what the import did; and one per
+/// import that stopped part of the way having changed something (why it
+/// stopped, and what it had done). An import that failed before changing
+/// anything leaves no record: it is retried at every refresh, and a store
+/// that is down would otherwise fill the trail with the same line. A
+/// record that cannot be written is counted
+/// (`certmq_audit_write_failures_total`) and logged: the import is done.
 pub fn crl_refresh_recorder(
     audit: Arc<AuditLog>,
     node: Arc<str>,
@@ -172,13 +176,18 @@ pub fn crl_refresh_recorder(
                 "Source".into(),
                 format!("tls.crl[{}] {}", done.index, done.source).into(),
             );
+            let applied = match &done.outcome {
+                Ok(imported) => *imported,
+                Err(stopped) => stopped.applied,
+            };
+            if done.outcome.is_err() && applied.inactivated + applied.blocked == 0 {
+                return;
+            }
             let mut outcome = Map::new();
             outcome.insert("serials".into(), done.serials.into());
-            if let Ok(imported) = &done.outcome {
-                outcome.insert("inactivated".into(), imported.inactivated.into());
-                outcome.insert("blocked".into(), imported.blocked.into());
-                outcome.insert("already_inactive".into(), imported.already_inactive.into());
-            }
+            outcome.insert("inactivated".into(), applied.inactivated.into());
+            outcome.insert("blocked".into(), applied.blocked.into());
+            outcome.insert("already_inactive".into(), applied.already_inactive.into());
             let written = audit
                 .write_change(ChangeRecord {
                     node: &node,
@@ -190,7 +199,7 @@ pub fn crl_refresh_recorder(
                     } else {
                         "ImportFailed"
                     },
-                    message: done.outcome.as_ref().err().cloned(),
+                    message: done.outcome.as_ref().err().map(ToString::to_string),
                     outcome,
                     duration: done.duration,
                 })
@@ -476,5 +485,69 @@ mod tests {
         sorted.sort();
         assert_eq!(sns, sorted);
         assert_eq!(*sns.last().unwrap(), "0013");
+    }
+
+    /// A CRL refresh's import has its record when it changed something, or
+    /// ran to its end; one that stopped before changing anything (a store
+    /// that is down, retried at every refresh) has none.
+    #[tokio::test]
+    async fn crl_refresh_imports_are_recorded_when_they_change_something() {
+        use crate::crl::import::{ImportError, Imported};
+        use crate::crl::refresh::Refreshed;
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path(), 1 << 20, 2).unwrap());
+        let failures = prometheus::IntCounter::new("f", "f").unwrap();
+        let record = crl_refresh_recorder(log, Arc::from("node-a"), failures.clone());
+        let ca_sn = crate::serial::CaSn(crate::serial::Serial::from_der_content(&[0x2B]).unwrap());
+        let applied = |inactivated| Imported {
+            ca_sn,
+            inactivated,
+            blocked: 0,
+            already_inactive: 1,
+        };
+        let refreshed = |outcome| Refreshed {
+            ca_sn,
+            source: "https://pki.example/fleet.crl".into(),
+            index: 0,
+            serials: 3,
+            outcome,
+            duration: Duration::from_millis(2),
+        };
+        let stopped = |inactivated| ImportError {
+            reason: "the registry could not be written".into(),
+            done: 1,
+            total: 3,
+            applied: applied(inactivated),
+        };
+        record(refreshed(Err(stopped(0)))).await;
+        record(refreshed(Err(stopped(1)))).await;
+        record(refreshed(Ok(applied(2)))).await;
+        let lines: Vec<Value> = std::fs::read_to_string(dir.path().join(FILE_NAME))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert_eq!(lines[0]["code"], "ImportFailed");
+        assert_eq!(lines[0]["outcome"]["inactivated"], 1);
+        assert!(
+            lines[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1 of the CRL's 3 serials were applied"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines[1]["code"], "Success");
+        assert_eq!(lines[1]["by"], "crl-refresh");
+        assert_eq!(lines[1]["node"], "node-a");
+        assert_eq!(lines[1]["targets"]["CaSn"], "2B");
+        assert_eq!(
+            lines[1]["targets"]["Source"],
+            "tls.crl[0] https://pki.example/fleet.crl"
+        );
+        assert_eq!(lines[1]["outcome"]["inactivated"], 2);
+        assert_eq!(lines[1]["outcome"]["serials"], 3);
+        assert_eq!(failures.get(), 0);
     }
 }

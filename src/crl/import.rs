@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::VerifiedCrl;
 use crate::events::{Change, Event, Events};
 use crate::identity::DeviceIdentity;
@@ -51,6 +53,8 @@ pub struct ImportError {
     pub reason: String,
     pub done: usize,
     pub total: usize,
+    /// What the serials before it did.
+    pub applied: Imported,
 }
 
 /// What importing one serial did.
@@ -62,11 +66,13 @@ enum Outcome {
 
 impl Revoker {
     /// Makes every serial of `crl` inactive; `change` says who asked, for
-    /// the events.
+    /// the events. With `stop`, it stops between two serials once `stop`
+    /// is cancelled (an [`ImportError`] saying how far it got).
     pub async fn import(
         &self,
         crl: &VerifiedCrl,
         change: &Change,
+        stop: Option<&CancellationToken>,
     ) -> Result<Imported, ImportError> {
         let mut imported = Imported {
             ca_sn: crl.ca_sn,
@@ -79,11 +85,16 @@ impl Revoker {
                 ca_sn: crl.ca_sn,
                 device_sn: *device_sn,
             };
-            let outcome = self.import_one(&id).await.map_err(|reason| ImportError {
+            let stopped = |reason: String| ImportError {
                 reason,
                 done,
                 total: crl.serials.len(),
-            })?;
+                applied: imported,
+            };
+            if stop.is_some_and(CancellationToken::is_cancelled) {
+                return Err(stopped("the broker is shutting down".into()));
+            }
+            let outcome = self.import_one(&id).await.map_err(stopped)?;
             let status = match outcome {
                 Outcome::Inactivated => {
                     imported.inactivated += 1;
@@ -173,5 +184,88 @@ impl Revoker {
         Err(format!(
             "the device {id} kept changing while it was being inactivated"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, UnixTime};
+
+    use super::*;
+    use crate::pki::{self, KeyKind};
+    use crate::registry::{CaCert, CaRegistration};
+    use crate::serial::{DeviceSn, Serial};
+    use crate::store::sqlite::SqliteStore;
+
+    async fn revoker(dir: &std::path::Path) -> (Revoker, CaSn) {
+        let store = SqliteStore::open(&dir.join("registry.db"), 0).unwrap();
+        let (registry, _) = Registry::open(Arc::new(store)).unwrap();
+        let issued = pki::create_ca("CRL CA", 30, KeyKind::P256).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let ca_sn = registry
+            .register_ca(CaRegistration::declared(
+                CaCert::parse(der, UnixTime::now()).unwrap(),
+            ))
+            .await
+            .unwrap();
+        let hub = Hub::new(crate::router::hub::HubSettings {
+            max_queued_messages: 10,
+            max_session_expiry: Duration::from_secs(1),
+            max_retained_messages: 10,
+        });
+        let metrics = crate::metrics::Metrics::new();
+        let (events, _publisher) =
+            Events::new(hub.clone(), Arc::from("n"), metrics.event_counters());
+        let revoker = Revoker {
+            registry,
+            sessions: SessionTable::new(),
+            hub,
+            events,
+            drop_timeout: Duration::from_secs(1),
+        };
+        (revoker, ca_sn)
+    }
+
+    fn change() -> Change {
+        Change {
+            by: "test".into(),
+            via: "crl-refresh",
+            request_id: None,
+        }
+    }
+
+    /// A refresh stopped by the broker's shutdown ends between two serials
+    /// and says how far it got, so that its audit record can say it; a
+    /// later import finishes the work.
+    #[tokio::test]
+    async fn a_stopped_import_says_how_far_it_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let (revoker, ca_sn) = revoker(dir.path()).await;
+        let crl = VerifiedCrl {
+            ca_sn,
+            serials: (1..=3u8)
+                .map(|n| DeviceSn(Serial::from_der_content(&[0x10, n]).unwrap()))
+                .collect(),
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let stopped = revoker
+            .import(&crl, &change(), Some(&stop))
+            .await
+            .unwrap_err();
+        assert_eq!(stopped.reason, "the broker is shutting down");
+        assert_eq!((stopped.done, stopped.total), (0, 3));
+        assert_eq!(stopped.applied.blocked, 0);
+        let done = revoker
+            .import(&crl, &change(), Some(&CancellationToken::new()))
+            .await
+            .unwrap();
+        assert_eq!((done.blocked, done.already_inactive), (3, 0));
+        // Again: nothing more to do.
+        let again = revoker.import(&crl, &change(), None).await.unwrap();
+        assert_eq!((again.blocked, again.already_inactive), (0, 3));
     }
 }

@@ -304,8 +304,9 @@ pub struct Refreshed {
     pub index: usize,
     /// Serials the CRL lists.
     pub serials: usize,
-    /// What the import did, or why it stopped (what it applied stays).
-    pub outcome: Result<super::import::Imported, String>,
+    /// What the import did, or why it stopped (what it applied stays, and
+    /// the error says what that was).
+    pub outcome: Result<super::import::Imported, super::import::ImportError>,
     pub duration: std::time::Duration,
 }
 
@@ -318,6 +319,8 @@ enum RefreshError {
     Crl(#[from] super::CrlError),
     #[error("import failed: {0}")]
     Import(#[from] super::import::ImportError),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
 }
 
 impl Refresher {
@@ -383,10 +386,12 @@ impl Refresher {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let outcome = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                outcome = self.refresh(&source, &http, &mut last) => outcome,
-            };
+            // Not raced against the shutdown as a whole: an import that
+            // has begun stops between two serials and is recorded.
+            let outcome = self.refresh(&source, &http, &mut last, &shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
             match outcome {
                 Ok(changed) => {
                     self.counters
@@ -422,15 +427,18 @@ impl Refresher {
         source: &Source,
         http: &reqwest::Client,
         last: &mut Option<aws_lc_rs::digest::Digest>,
+        shutdown: &CancellationToken,
     ) -> Result<bool, RefreshError> {
-        let content = tokio::time::timeout(source.timeout, fetch(source, http))
-            .await
-            .map_err(|_| {
-                RefreshError::Fetch(format!(
-                    "no answer within tls.crl[{}].timeout_secs ({:?})",
-                    source.index, source.timeout
-                ))
-            })??;
+        let fetched = tokio::select! {
+            _ = shutdown.cancelled() => return Err(RefreshError::ShuttingDown),
+            fetched = tokio::time::timeout(source.timeout, fetch(source, http)) => fetched,
+        };
+        let content = fetched.map_err(|_| {
+            RefreshError::Fetch(format!(
+                "no answer within tls.crl[{}].timeout_secs ({:?})",
+                source.index, source.timeout
+            ))
+        })??;
         // Parsing and checking the signature of a CRL of up to 16 MB is
         // CPU work: not on an async worker.
         let registry = self.revoker.registry.clone();
@@ -451,13 +459,13 @@ impl Refresher {
             request_id: None,
         };
         let started = std::time::Instant::now();
-        let done = self.revoker.import(&crl, &change).await;
+        let done = self.revoker.import(&crl, &change, Some(shutdown)).await;
         (self.recorder)(Refreshed {
             ca_sn: source.ca_sn,
             source: source.label(),
             index: source.index,
             serials: crl.serials.len(),
-            outcome: done.as_ref().copied().map_err(ToString::to_string),
+            outcome: done.clone(),
             duration: started.elapsed(),
         })
         .await;

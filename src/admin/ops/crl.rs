@@ -33,7 +33,7 @@ pub(super) async fn import(
     };
     let done = ctx
         .revoker()
-        .import(&crl, &change)
+        .import(&crl, &change, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     info!(request_id = %req.request_id, ca_sn = %done.ca_sn, inactivated = done.inactivated, blocked = done.blocked, already_inactive = done.already_inactive, "CRL imported");
