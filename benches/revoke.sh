@@ -18,7 +18,7 @@ bin=$(realpath "$1"); label=$2
 load=$(realpath "${LOAD:-${CARGO_TARGET_DIR:-$root/target}/release/certmq-load}")
 rounds=${ROUNDS:-3}; others=${OTHERS:-10000}; count=${COUNT:-200}
 work=$(mktemp -d /tmp/certmq-revoke.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'kill "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
 "$root/benches/load-policies.sh" >certmq.toml
 for _ in $(seq "$rounds"); do

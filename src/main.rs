@@ -524,11 +524,21 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
         topic,
     } = cmd;
     let settings = Settings::load(config.as_deref())?;
-    let set = policies_in_force(&settings)?;
+    // The arguments first: a typo is reported before the registry is read.
     let identity = certmq::DeviceIdentity {
         ca_sn: certmq::CaSn::parse(&ca_sn).context("--ca-sn")?,
         device_sn: certmq::DeviceSn::parse(&device_sn).context("--device-sn")?,
     };
+    let filter = match action {
+        ExplainAction::Publish => None,
+        ExplainAction::Subscribe => {
+            Some(certmq::authz::Filter::parse(&topic).context("the topic filter")?)
+        }
+    };
+    let (set, read_from) = policies_in_force(&settings)?;
+    for line in read_from {
+        println!("{line}");
+    }
     let who = certmq::authz::Principal {
         client_id: client_id.unwrap_or_else(|| cn.clone()),
         common_name: cn,
@@ -565,12 +575,9 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
         }
     );
     let grants = set.grants(&identity, &who);
-    let decision = match action {
-        ExplainAction::Publish => grants.publish(&topic),
-        ExplainAction::Subscribe => {
-            let filter = certmq::authz::Filter::parse(&topic).context("the topic filter")?;
-            grants.subscribe(&filter)
-        }
+    let decision = match &filter {
+        None => grants.publish(&topic),
+        Some(filter) => grants.subscribe(filter),
     };
     match decision {
         certmq::authz::Decision::Allow(rule) => println!("allowed by {rule}"),
@@ -583,13 +590,21 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
 /// The policies a broker started with `settings` would put in force: the
 /// configured ones, the development PKI's application policies when the
 /// broker would run on it, and the custom permissions stored in its
-/// registry (read-only: a running broker may hold the registry open).
-fn policies_in_force(settings: &Settings) -> Result<certmq::authz::PolicySet> {
+/// registry (read-only: a running broker may hold the registry open); and
+/// lines that say where they were read, or why some were not.
+fn policies_in_force(settings: &Settings) -> Result<(certmq::authz::PolicySet, Vec<String>)> {
+    let mut said = Vec::new();
     let mut set = certmq::authz::PolicySet::from_settings(&settings.authz)?;
-    if settings.tls.server_cert.is_empty() {
+    if settings.tls.server_cert.is_empty() && !settings.authz.dev_pki_app_policies.is_empty() {
         let ca = DevPki::ca_cert_in(&settings.tls.dev_pki_dir);
         if ca.exists() {
             set.attach_dev_pki_app(&settings.authz, &ca, certmq::pki::dev::DEV_APP_NAME)?;
+        } else {
+            said.push(format!(
+                "note: no development PKI at {} yet (the broker makes it at its first start): \
+                 authz.dev_pki_app_policies left out",
+                settings.tls.dev_pki_dir.display()
+            ));
         }
     }
     let records = match settings.storage.backend {
@@ -598,18 +613,46 @@ fn policies_in_force(settings: &Settings) -> Result<certmq::authz::PolicySet> {
                 .storage
                 .data_dir
                 .join(certmq::store::sqlite::FILE_NAME);
-            certmq::store::sqlite::read_permissions(&db)?.unwrap_or_default()
+            let read = certmq::store::sqlite::read_permissions(&db).with_context(|| {
+                format!(
+                    "cannot read the custom permissions stored in {} (run this as the broker's \
+                     user, or with read access to storage.data_dir)",
+                    db.display()
+                )
+            })?;
+            match read {
+                Some(records) => {
+                    said.push(format!("custom permissions read from {}", db.display()));
+                    records
+                }
+                None => {
+                    said.push(format!(
+                        "note: no registry at {} (storage.data_dir, from this directory): \
+                         no custom permissions read",
+                        db.display()
+                    ));
+                    Vec::new()
+                }
+            }
         }
-        StorageBackend::Postgres => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(certmq::store::postgres::read_permissions(
-                &settings.storage.postgres_url,
-            ))?,
+        StorageBackend::Postgres => {
+            let records = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(certmq::store::postgres::read_permissions(
+                    &settings.storage.postgres_url,
+                ))
+                .context(
+                    "cannot read the custom permissions stored in storage.postgres_url (is the \
+                     database reachable, and the URL the broker's?)",
+                )?;
+            said.push("custom permissions read from storage.postgres_url".to_owned());
+            records
+        }
     };
     let custom = certmq::authz::CustomPermissions::from_records(records)
         .context("a stored custom permission is unusable")?;
-    Ok(set.with_custom(custom))
+    Ok((set.with_custom(custom), said))
 }
 
 fn check_config(config: Option<&Path>) -> Result<()> {

@@ -162,13 +162,33 @@ pub async fn read_permissions(url: &str) -> Result<Vec<PermissionRecord>, StoreE
     let config = config(url)?;
     let location = describe(&config);
     let client = connect(&config).await?;
+    let undefined = |e: &tokio_postgres::Error| {
+        e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+    };
+    match client
+        .query_opt("SELECT version FROM certmq_schema WHERE id = 1", &[])
+        .await
+    {
+        Ok(Some(row)) => {
+            let found: i64 = row.get(0);
+            if found > postgres_schema::VERSION {
+                return Err(StoreError::SchemaTooNew {
+                    path: location.into(),
+                    found,
+                    supported: postgres_schema::VERSION,
+                });
+            }
+        }
+        Ok(None) => {}
+        // No schema yet: the first broker start creates it.
+        Err(e) if undefined(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::Read(format!("{location}: {}", db_message(&e)))),
+    }
     let rows = client.query(&super::all_permissions_query(), &[]).await;
     match rows {
         Ok(rows) => rows.iter().map(permission_from_row).collect(),
-        // No schema yet: the first broker start creates it.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            Ok(Vec::new())
-        }
+        // A schema from before custom permissions: none.
+        Err(e) if undefined(&e) => Ok(Vec::new()),
         Err(e) => Err(StoreError::Read(format!("{location}: {}", db_message(&e)))),
     }
 }
