@@ -1149,6 +1149,15 @@ async fn authz_explain_names_the_deciding_rule_and_check_config_warns_about_clie
     assert_succeeded(&output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("policies: own-namespace"), "{stdout}");
+    // Nothing has run in this directory: it says what it could not read.
+    assert!(
+        stdout.contains("note: no registry at data/registry.db"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("note: no development PKI at certs/dev yet"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("allowed by policy `own-namespace` rule 1 (`devices/${CommonName}/#`)"),
         "{stdout}"
