@@ -423,8 +423,10 @@ async fn probe(conn: &Connection) -> bool {
 /// batch fails, and the database is taken to be away).
 ///
 /// A connection lost during COMMIT leaves its outcome unknown: the server
-/// may have committed what is reported here as failed. The in-memory index
-/// then lags the database until the next start reads it again.
+/// may have committed what is reported here as failed. Such a change is in
+/// the change log all the same, and every node, this one included, applies
+/// the log (`cluster::feed`): the in-memory index catches up once the feed
+/// reads it, and a caller who was told it failed and retries finds it done.
 async fn commit_batch(
     client: &mut Client,
     batch: &[Job],
