@@ -547,32 +547,13 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
         subject_o,
         subject_ou,
     };
-    let policies: Vec<String> = set
-        .policies_for(&identity, &who.common_name)
-        .iter()
-        .map(|p| p.name.to_string())
-        .collect();
     println!(
         "policies: {}",
-        if policies.is_empty() {
-            "(none)".to_owned()
-        } else {
-            policies.join(", ")
-        }
+        names(&set.policies_for(&identity, &who.common_name))
     );
-    let custom: Vec<String> = set
-        .custom()
-        .policies_for(&identity, &who.client_id)
-        .iter()
-        .map(|p| p.name.to_string())
-        .collect();
     println!(
         "custom permissions: {}",
-        if custom.is_empty() {
-            "(none)".to_owned()
-        } else {
-            custom.join(", ")
-        }
+        names(&set.custom().policies_for(&identity, &who.client_id))
     );
     let grants = set.grants(&identity, &who);
     let decision = match &filter {
@@ -585,6 +566,15 @@ fn authz(cmd: AuthzCommand) -> Result<()> {
         certmq::authz::Decision::Deny(None) => println!("denied: no allow rule covers it"),
     }
     Ok(())
+}
+
+/// Policy names for `authz explain`, or `(none)`.
+fn names(policies: &[&certmq::authz::Policy]) -> String {
+    if policies.is_empty() {
+        return "(none)".to_owned();
+    }
+    let names: Vec<&str> = policies.iter().map(|p| &*p.name).collect();
+    names.join(", ")
 }
 
 /// The policies a broker started with `settings` would put in force: the
