@@ -191,26 +191,11 @@ impl Revoker {
 mod tests {
     use std::sync::Arc;
 
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, UnixTime};
-
     use super::*;
-    use crate::pki::{self, KeyKind};
-    use crate::registry::{CaCert, CaRegistration};
     use crate::serial::{DeviceSn, Serial};
-    use crate::store::sqlite::SqliteStore;
 
     async fn revoker(dir: &std::path::Path) -> (Revoker, CaSn) {
-        let store = SqliteStore::open(&dir.join("registry.db"), 0).unwrap();
-        let (registry, _) = Registry::open(Arc::new(store)).unwrap();
-        let issued = pki::create_ca("CRL CA", 30, KeyKind::P256).unwrap();
-        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
-        let ca_sn = registry
-            .register_ca(CaRegistration::declared(
-                CaCert::parse(der, UnixTime::now()).unwrap(),
-            ))
-            .await
-            .unwrap();
+        let (registry, ca_sn, _) = crate::registry::with_one_ca(dir, "CRL CA").await;
         let hub = Hub::new(crate::router::hub::HubSettings {
             max_queued_messages: 10,
             max_session_expiry: Duration::from_secs(1),

@@ -709,3 +709,24 @@ impl Registry {
         Ok(())
     }
 }
+
+/// For unit tests: a registry on SQLite in `dir` with one CA, `name`,
+/// registered; the CA's certificate and key come back with its serial.
+#[cfg(test)]
+pub(crate) async fn with_one_ca(
+    dir: &std::path::Path,
+    name: &str,
+) -> (Registry, CaSn, crate::pki::Issued) {
+    use rustls_pki_types::pem::PemObject;
+    let store = crate::store::sqlite::SqliteStore::open(&dir.join("registry.db"), 0).unwrap();
+    let (registry, _) = Registry::open(Arc::new(store)).unwrap();
+    let issued = crate::pki::create_ca(name, 30, crate::pki::KeyKind::P256).unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+    let ca_sn = registry
+        .register_ca(CaRegistration::declared(
+            CaCert::parse(der, rustls_pki_types::UnixTime::now()).unwrap(),
+        ))
+        .await
+        .unwrap();
+    (registry, ca_sn, issued)
+}

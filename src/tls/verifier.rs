@@ -435,15 +435,12 @@ impl ClientCertVerifier for ConnectionVerifier {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use rustls_pki_types::pem::PemObject;
 
     use super::*;
     use crate::pki::{self, CaSigner, KeyKind};
-    use crate::registry::{CaCert, CaRegistration};
-    use crate::store::sqlite::SqliteStore;
 
     struct Setup {
         _dir: tempfile::TempDir,
@@ -455,17 +452,8 @@ mod tests {
 
     async fn setup() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("registry.db"), 0).unwrap();
-        let (registry, _) = Registry::open(Arc::new(store)).unwrap();
-        let issued = pki::create_ca("fleet CA", 30, KeyKind::P256).unwrap();
+        let (registry, ca_sn, issued) = crate::registry::with_one_ca(dir.path(), "fleet CA").await;
         let ca = CaSigner::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
-        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
-        let ca_sn = registry
-            .register_ca(CaRegistration::declared(
-                CaCert::parse(der, UnixTime::now()).unwrap(),
-            ))
-            .await
-            .unwrap();
         let core = VerifierCore::new(
             registry.clone(),
             crate::tls::provider().signature_verification_algorithms,
