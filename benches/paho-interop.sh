@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The Eclipse Paho interoperability suite (github.com/eclipse/paho.mqtt.testing,
+# interoperability/client_test.py for MQTT 3.1.1 and client_test5.py for
+# MQTT 5) against a fresh broker, through benches/mtls-tunnel.py (the suite
+# speaks plain MQTT; certmq has no plaintext port). Every connection of the
+# suite presents the development PKI's device-1 certificate; the broker runs
+# with a policy that lets it publish and subscribe anywhere outside `$`
+# topics, and with `mqtt.max_keep_alive_secs = 60`, the server keep alive
+# the suite expects. Not part of `cargo test`: the suite is not on a package
+# registry. Prints each suite's unittest summary and the tests that failed;
+# the whole output goes to $out_dir (default: a temporary directory).
+#
+#   git clone https://github.com/eclipse/paho.mqtt.testing /tmp/paho.mqtt.testing
+#   cargo build --release
+#   benches/paho-interop.sh /tmp/paho.mqtt.testing "$CARGO_TARGET_DIR"/release/certmq
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+suite=$(realpath "$1")/interoperability
+bin=$(realpath "${2:-${CARGO_TARGET_DIR:-$root/target}/release/certmq}")
+[ -f "$suite/client_test5.py" ] || { echo "no $suite/client_test5.py: give the path of a paho.mqtt.testing checkout" >&2; exit 2; }
+out_dir=${out_dir:-$(mktemp -d /tmp/certmq-paho.XXXXXX)}
+mkdir -p "$out_dir"
+work=$(mktemp -d /tmp/certmq-paho-broker.XXXXXX)
+cd "$work"
+cat >certmq.toml <<'TOML'
+[mqtt]
+max_keep_alive_secs = 60
+
+[authz]
+default_policies = ["interop"]
+dev_pki_app_policies = ["interop"]
+
+[[authz.policies]]
+name = "interop"
+rules = [
+  { effect = "allow", actions = ["publish", "subscribe"], topics = ["#"] },
+]
+TOML
+
+pid=; tunnel=
+cleanup() {
+    [ -n "$tunnel" ] && kill "$tunnel" 2>/dev/null
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+for version in 3.1.1 5; do
+    script=client_test.py; [ "$version" = 5 ] && script=client_test5.py
+    rm -rf data tunnel.port
+    CERTMQ__MQTT__LISTEN=127.0.0.1:0 CERTMQ__ADMIN__LISTEN=127.0.0.1:0 CERTMQ__LOG__LEVEL=info \
+        "$bin" serve --config certmq.toml >"$out_dir/broker-$version.out" 2>"$out_dir/broker-$version.log" &
+    pid=$!
+    for _ in $(seq 200); do [ -f data/listen.json ] && break; sleep 0.05; done
+    port=$(python3 -c "import json;print(json.load(open('data/listen.json'))['mqtt'].rsplit(':',1)[1])")
+    python3 "$root/benches/mtls-tunnel.py" 127.0.0.1 "$port" certs/dev/ca.pem \
+        certs/dev/device-1.pem certs/dev/device-1.key >tunnel.port 2>"$out_dir/tunnel-$version.log" &
+    tunnel=$!
+    for _ in $(seq 100); do [ -s tunnel.port ] && break; sleep 0.05; done
+    # client_test.py hands its own -p on to unittest, which refuses it: run
+    # a copy that does not.
+    sed 's/^    unittest.main()$/    unittest.main(argv=sys.argv[:1])/' "$suite/$script" >"$work/$script"
+    (cd "$suite" && PYTHONPATH="$suite" timeout 900 python3 "$work/$script" -p "$(cat "$work/tunnel.port")") \
+        >"$out_dir/suite-$version.out" 2>&1 || true
+    kill "$tunnel"; tunnel=
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+    echo "MQTT $version ($script):"
+    grep -E "^(Ran|OK|FAILED)|^(FAIL|ERROR): " "$out_dir/suite-$version.out" | sed 's/^/  /' || true
+done
+echo "output: $out_dir"
