@@ -16,9 +16,13 @@
 #   benches/paho-interop.sh /tmp/paho.mqtt.testing "$CARGO_TARGET_DIR"/release/certmq
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-suite=$(realpath "$1")/interoperability
-bin=$(realpath "${2:-${CARGO_TARGET_DIR:-$root/target}/release/certmq}")
+[ $# -ge 1 ] || { echo "usage: $0 PAHO_MQTT_TESTING_CHECKOUT [CERTMQ_BINARY]" >&2; exit 2; }
+suite=$1/interoperability
 [ -f "$suite/client_test5.py" ] || { echo "no $suite/client_test5.py: give the path of a paho.mqtt.testing checkout" >&2; exit 2; }
+suite=$(realpath "$suite")
+bin=${2:-${CARGO_TARGET_DIR:-$root/target}/release/certmq}
+[ -x "$bin" ] || { echo "no broker binary $bin: build it (cargo build --release) or give its path" >&2; exit 2; }
+bin=$(realpath "$bin")
 out_dir=${out_dir:-$(mktemp -d /tmp/certmq-paho.XXXXXX)}
 mkdir -p "$out_dir"
 work=$(mktemp -d /tmp/certmq-paho-broker.XXXXXX)
