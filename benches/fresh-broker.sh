@@ -1,5 +1,5 @@
 # Sourced by the bench scripts that start a broker per round (connect-cpu.sh,
-# burst.sh). In the current directory, which holds certmq.toml
+# burst.sh, paho-interop.sh). In the current directory, which holds certmq.toml
 # (load-policies.sh): `fresh_broker BIN` starts BIN on the development PKI
 # and loopback ports it picks itself, with any CERTMQ__* settings given on
 # the call, and sets `pid` and `mqtt`; `L ...` runs certmq-load ($load)

@@ -16,6 +16,7 @@
 #   benches/paho-interop.sh /tmp/paho.mqtt.testing "$CARGO_TARGET_DIR"/release/certmq
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/benches/fresh-broker.sh"
 [ $# -ge 1 ] || { echo "usage: $0 PAHO_MQTT_TESTING_CHECKOUT [CERTMQ_BINARY]" >&2; exit 2; }
 suite=$1/interoperability
 [ -f "$suite/client_test5.py" ] || { echo "no $suite/client_test5.py: give the path of a paho.mqtt.testing checkout" >&2; exit 2; }
@@ -52,13 +53,9 @@ trap cleanup EXIT
 
 for version in 3.1.1 5; do
     script=client_test.py; [ "$version" = 5 ] && script=client_test5.py
-    rm -rf data tunnel.port
-    CERTMQ__MQTT__LISTEN=127.0.0.1:0 CERTMQ__ADMIN__LISTEN=127.0.0.1:0 CERTMQ__LOG__LEVEL=info \
-        "$bin" serve --config certmq.toml >"$out_dir/broker-$version.out" 2>"$out_dir/broker-$version.log" &
-    pid=$!
-    for _ in $(seq 200); do [ -f data/listen.json ] && break; sleep 0.05; done
-    port=$(python3 -c "import json;print(json.load(open('data/listen.json'))['mqtt'].rsplit(':',1)[1])")
-    python3 "$root/benches/mtls-tunnel.py" 127.0.0.1 "$port" certs/dev/ca.pem \
+    rm -f tunnel.port
+    fresh_broker "$bin"
+    python3 "$root/benches/mtls-tunnel.py" "${mqtt%:*}" "${mqtt##*:}" certs/dev/ca.pem \
         certs/dev/device-1.pem certs/dev/device-1.key >tunnel.port 2>"$out_dir/tunnel-$version.log" &
     tunnel=$!
     for _ in $(seq 100); do [ -s tunnel.port ] && break; sleep 0.05; done
@@ -81,6 +78,7 @@ for version in 3.1.1 5; do
     done
     echo "MQTT $version ($script): $passed of $total passed${failed:+; failed: ${failed[*]}}"
     kill "$tunnel"; tunnel=
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+    stop_broker; pid=
+    cp err "$out_dir/broker-$version.log"
 done
 echo "output: $out_dir"
